@@ -1,0 +1,1 @@
+"""The L-SR1 optimizer core; imports torch and the standard library only."""

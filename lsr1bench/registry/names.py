@@ -1,0 +1,111 @@
+"""The names the tool knows and the paper's defaults for each, without importing torch.
+
+The suite schema validates against these tables, and the torch-side factories in
+``models.py``, ``datasets.py`` and ``optimizers.py`` build from the same names, so a
+name that validates is a name that runs.
+
+Defaults come from the paper's appendix ("Network Architectures and Hyperparameter
+Settings") and section 4: first-order learning rate 0.003 on MNIST and 0.01 on
+CIFAR-10, momentum 0.9 where needed, AdaDelta with no parameters, Adam with the
+defaults of Kingma & Ba, L-SR1 memory 5 with radius factors 0.5 / 2.0, L-BFGS memory 5
+with "forgetting" every 5 steps. L2 regularisation 1e-4 (MNIST) and 1e-3 (CIFAR-10).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+MODELS: Mapping[str, str] = MappingProxyType(
+    {
+        "lenet5": "the paper's MNIST LeNet-5 (appendix): conv20-conv50-fc500-fc10",
+        "cifar_lenet": "the paper's CIFAR-10 LeNet-like network (appendix): conv32-conv32-conv64-fc64-fc10",
+        "resnet20": "ResNet-20 of He et al. 2016, section 4.2 (n = 3), batch norm, He initialisation",
+        "mlp": "a small multilayer perceptron for tests and quick checks",
+    }
+)
+
+# dataset name -> family; the family picks the paper's L2 coefficient and learning rates.
+DATASETS: Mapping[str, str] = MappingProxyType(
+    {
+        "mnist": "mnist",
+        "mnist-embedded": "mnist",
+        "cifar10": "cifar10",
+        "synthetic-cifar10": "cifar10",
+    }
+)
+
+DATASET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "mnist": "MNIST via torchvision (60,000 train / 10,000 test)",
+        "mnist-embedded": "a real MNIST subset shipped inside the package (offline)",
+        "cifar10": "CIFAR-10 via torchvision (50,000 train / 10,000 test)",
+        "synthetic-cifar10": "generated CIFAR-shaped tensors, for tests only (not CIFAR-10)",
+    }
+)
+
+WEIGHT_DECAY: Mapping[str, float] = MappingProxyType({"mnist": 1e-4, "cifar10": 1e-3})
+
+FIRST_ORDER_LR: Mapping[str, float] = MappingProxyType({"mnist": 0.003, "cifar10": 0.01})
+
+SECOND_ORDER = frozenset({"lsr1", "lsr1-ls", "lbfgs"})
+
+OPTIMIZERS: Mapping[str, str] = MappingProxyType(
+    {
+        "lsr1": "L-SR1 with a trust region (the paper's Algorithm 1)",
+        "lsr1-ls": "L-SR1 with a line search (the paper's Algorithm 2)",
+        "lbfgs": "torch.optim.LBFGS with forgetting every 5 steps, pairs from one minibatch",
+        "nag": "SGD with Nesterov momentum",
+        "sgd": "plain SGD",
+        "momentum": "SGD with (heavy-ball) momentum",
+        "adadelta": "AdaDelta",
+        "adam": "Adam",
+    }
+)
+
+# Hyperparameters each optimizer accepts in a suite, with the paper's defaults.
+# ``None`` for "lr" means "the dataset family's first-order rate" (FIRST_ORDER_LR).
+_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lsr1": {
+        "memory": 5,
+        "gamma": 1.0,
+        "initial_radius": None,
+        "eta": 1e-4,
+        "skip_tol": 1e-8,
+        "radius_increase": 2.0,
+        "radius_decrease": 0.5,
+        "increase_threshold": 0.75,
+        "decrease_threshold": 0.1,
+        "boundary_fraction": 0.8,
+    },
+    "lsr1-ls": {"memory": 5, "gamma": 1.0, "skip_tol": 1e-8},
+    "lbfgs": {"memory": 5, "forget_every": 5, "lr": 1.0, "line_search": "strong_wolfe"},
+    "nag": {"lr": None, "momentum": 0.9},
+    "sgd": {"lr": None},
+    "momentum": {"lr": None, "momentum": 0.9},
+    "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6},
+    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8},
+}
+
+OPTIMIZER_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {name: MappingProxyType(d) for name, d in _OPTIMIZER_DEFAULTS.items()}
+)
+
+
+def family(dataset: str) -> str:
+    """The dataset family (``mnist`` or ``cifar10``) of a known dataset name."""
+    return DATASETS[dataset]
+
+
+def resolved_optimizer_params(
+    optimizer: str, dataset: str, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The paper's defaults for ``optimizer`` on ``dataset``'s family, updated by ``overrides``.
+
+    Unknown override keys are not checked here; the suite schema rejects them first.
+    """
+    params = dict(OPTIMIZER_DEFAULTS[optimizer])
+    if "lr" in params and params["lr"] is None:
+        params["lr"] = FIRST_ORDER_LR[family(dataset)]
+    params.update(overrides or {})
+    return params
