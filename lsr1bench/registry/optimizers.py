@@ -1,0 +1,334 @@
+"""Optimizer name -> ``TrainOptimizer``: a torch optimizer with one closure-based step.
+
+Every optimizer takes one training step as ``loss = opt.step(closure)``, where the closure
+zeroes the gradients, runs forward and backward on ONE fixed minibatch and returns the
+loss tensor. First-order methods call it once per step; second-order methods call it as
+often as they need (L-SR1 twice; L-BFGS once plus its line search plus one call for the
+same-minibatch curvature pair). The wrapper counts every call, so ``closure_evaluations``
+is the number of forward+backward passes, comparable across methods.
+
+Weight decay is never handed to an optimizer: the runner puts the L2 term
+(``models.l2_penalty``) in the loss, so all methods minimise the same objective and no
+method decays twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsr1bench.registry.names import OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
+
+__all__ = ["TrainOptimizer", "LBFGSTrainOptimizer", "build_optimizer", "known_optimizers"]
+
+Closure = Callable[[], Tensor]
+
+# torch.optim.LBFGS's default evaluation budget for its default max_iter=20 is 25 calls; one
+# step here is one L-BFGS iteration, so allow the strong-Wolfe search the same 24 extra
+# evaluations. (With torch's default for max_iter=1, max_eval=1, the search could not make
+# a single evaluation beyond the start point.)
+LBFGS_MAX_EVALUATIONS = 25
+
+
+def known_optimizers() -> list[str]:
+    """The registered optimizer names, sorted."""
+    return sorted(OPTIMIZERS)
+
+
+class TrainOptimizer:
+    """One torch optimizer behind a common closure-based step.
+
+    ``optimizer``: the ``torch.optim.Optimizer`` (attach LR schedulers to it).
+    ``second_order``: whether the method is L-SR1 / L-BFGS (calls the closure many times).
+    ``closure_evaluations``: cumulative number of closure calls.
+    """
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, second_order: bool) -> None:
+        self.name = name
+        self.optimizer = optimizer
+        self.second_order = second_order
+        self.closure_evaluations = 0
+        self.steps = 0
+
+    def _counted(self, closure: Closure) -> Closure:
+        def counted() -> Tensor:
+            self.closure_evaluations += 1
+            return closure()
+
+        return counted
+
+    def step(self, closure: Closure) -> float:
+        """One optimizer step on the closure's minibatch; the loss at the start point."""
+        loss = self.optimizer.step(self._counted(closure))
+        self.steps += 1
+        return _as_float(loss)
+
+    def statistics(self) -> dict[str, Any]:
+        """Cumulative counters; L-SR1's own statistics for ``lsr1`` / ``lsr1-ls``."""
+        if hasattr(self.optimizer, "statistics"):
+            stats = dict(self.optimizer.statistics())
+        else:
+            stats = {"steps": self.steps}
+        stats["closure_evaluations"] = self.closure_evaluations
+        return stats
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {type(self.optimizer).__name__})"
+
+
+class LBFGSTrainOptimizer(TrainOptimizer):
+    """``torch.optim.LBFGS`` (one iteration per step) as the paper's L-BFGS baseline.
+
+    Two changes to plain ``LBFGS(max_iter=1)`` in a minibatch loop:
+
+    * Forgetting: the whole L-BFGS state (pairs, scaling, last direction) is cleared every
+      ``forget_every`` steps, so steps ``forget_every * j + 1`` start afresh from the
+      steepest-descent direction (with torch's first-iteration step length
+      ``min(1, 1/|g|_1) * lr``), and the memory holds at most ``forget_every - 1`` pairs.
+    * Same-minibatch pairs: torch forms ``y = g(x_{k+1}) - prev_flat_grad`` where
+      ``prev_flat_grad`` is the gradient it saw at ``x_k`` - on minibatch ``B_k``, while
+      ``g(x_{k+1})`` is on ``B_{k+1}``. That ``y`` is mostly minibatch noise. Before each
+      step (except fresh starts) this wrapper evaluates the new minibatch's gradient at
+      the previous iterate ``x_k`` and puts it in ``prev_flat_grad``, so
+      ``y = g_B(x_{k+1}) - g_B(x_k)`` with ``B = B_{k+1}`` and ``s = x_{k+1} - x_k``.
+      It costs one more closure call per step (counted) and one flat copy of the
+      parameters. In train mode that call also updates batch-norm running statistics once
+      more, at ``x_k``; the line search's calls do the same.
+
+    This relies on torch's internal state keys; they are checked once against a small
+    quadratic and any mismatch raises ``RuntimeError``.
+    """
+
+    def __init__(self, optimizer: torch.optim.LBFGS, forget_every: int | None) -> None:
+        super().__init__("lbfgs", optimizer, second_order=True)
+        _check_torch_lbfgs_internals()
+        self.forget_every = forget_every
+        self.forgettings = 0
+        self.skipped_updates = 0
+        self._params: list[Tensor] = list(optimizer.param_groups[0]["params"])
+        self._previous_point: Tensor | None = None
+
+    @property
+    def _state(self) -> dict[str, Any]:
+        return self.optimizer.state[self._params[0]]
+
+    def forget(self) -> None:
+        """Clear the L-BFGS memory; the next step starts from steepest descent."""
+        self._state.clear()
+        self._previous_point = None
+        self.forgettings += 1
+
+    def step(self, closure: Closure) -> float:
+        counted = self._counted(closure)
+        if self.forget_every and self.steps > 0 and self.steps % self.forget_every == 0:
+            self.forget()
+        state = self._state
+        pair_expected = state.get("n_iter", 0) >= 1 and self._previous_point is not None
+        if pair_expected:
+            for key in ("prev_flat_grad", "d", "t"):
+                if key not in state:
+                    raise RuntimeError(
+                        f"torch.optim.LBFGS state lacks {key!r} after a step: its internals "
+                        "changed, so the same-minibatch pair fix in lsr1bench cannot work"
+                    )
+            state["prev_flat_grad"].copy_(self._gradient_at(self._previous_point, counted))
+        last_pair = state["old_dirs"][-1] if state.get("old_dirs") else None
+        iterations_before = state.get("n_iter", 0)
+        start = _flat_params(self._params)
+
+        loss = self.optimizer.step(counted)
+        self.steps += 1
+
+        state = self._state
+        moved = not torch.equal(start, _flat_params(self._params))
+        if not moved and "t" in state:
+            # torch stopped before moving (tolerance or a zero-length line search): make the
+            # next pair's s = d * t zero so torch skips it instead of storing a step never taken.
+            state["t"] = 0.0
+        iterated = state.get("n_iter", 0) > iterations_before
+        if pair_expected and iterated:
+            dirs = state.get("old_dirs") or []
+            if not dirs or dirs[-1] is last_pair:
+                self.skipped_updates += 1
+        self._previous_point = start
+        return _as_float(loss)
+
+    def _gradient_at(self, point: Tensor, closure: Closure) -> Tensor:
+        """The closure's flat gradient at ``point``; the parameters are restored afterwards."""
+        current = _flat_params(self._params)
+        _set_flat_params(self._params, point)
+        try:
+            with torch.enable_grad():
+                closure()
+            return _flat_grad(self._params)
+        finally:
+            _set_flat_params(self._params, current)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "forgettings": self.forgettings,
+            "closure_evaluations": self.closure_evaluations,
+            "stored_pairs": len(self._state.get("old_dirs") or []),
+            "skipped_updates": self.skipped_updates,
+        }
+
+
+def build_optimizer(
+    name: str, params: Iterable[Tensor] | Iterable[dict], hyper: Mapping[str, Any]
+) -> TrainOptimizer:
+    """Build optimizer ``name`` over ``params`` with the resolved hyperparameters ``hyper``.
+
+    ``hyper`` is normally ``names.resolved_optimizer_params(name, dataset, overrides)``;
+    keys it lacks take the registry defaults, keys the registry does not know raise
+    ``ValueError`` (as does ``weight_decay``, which belongs in the loss).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {name!r}; known optimizers: {', '.join(known_optimizers())}"
+        )
+    hp = _resolve(name, hyper)
+    params = list(params)
+
+    if name in ("lsr1", "lsr1-ls"):
+        try:
+            from lsr1bench.optim import LSR1
+        except ImportError as err:  # the optimizer package is built alongside this one
+            raise RuntimeError(f"optimizer {name!r} needs lsr1bench.optim.LSR1: {err}") from err
+        method = "trust_region" if name == "lsr1" else "line_search"
+        return TrainOptimizer(name, LSR1(params, method=method, **hp), second_order=True)
+
+    if name == "lbfgs":
+        line_search = hp["line_search"]
+        if isinstance(line_search, str) and line_search.lower() == "none":
+            line_search = None
+        if line_search not in (None, "strong_wolfe"):
+            raise ValueError(
+                f"lbfgs line_search must be 'strong_wolfe' or None, got {line_search!r}"
+            )
+        forget_every = hp["forget_every"]
+        if forget_every is not None and (isinstance(forget_every, bool) or forget_every < 0):
+            raise ValueError(
+                f"lbfgs forget_every must be a non-negative integer, got {forget_every!r}"
+            )
+        lbfgs = torch.optim.LBFGS(
+            params,
+            lr=hp["lr"],
+            max_iter=1,
+            max_eval=LBFGS_MAX_EVALUATIONS if line_search else 1,
+            history_size=int(hp["memory"]),
+            line_search_fn=line_search,
+        )
+        return LBFGSTrainOptimizer(lbfgs, forget_every=forget_every)
+
+    optimizer: torch.optim.Optimizer
+    if name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=hp["lr"])
+    elif name == "momentum":
+        optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"])
+    elif name == "nag":
+        optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=True)
+    elif name == "adadelta":
+        optimizer = torch.optim.Adadelta(params, lr=hp["lr"], rho=hp["rho"], eps=hp["eps"])
+    elif name == "adam":
+        optimizer = torch.optim.Adam(params, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"])
+    else:  # pragma: no cover - names.OPTIMIZERS and this function are kept in step
+        raise ValueError(f"optimizer {name!r} is registered in names.py but has no factory")
+    return TrainOptimizer(name, optimizer, second_order=name in SECOND_ORDER)
+
+
+def _resolve(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = OPTIMIZER_DEFAULTS[name]
+    if "weight_decay" in hyper:
+        raise ValueError(
+            "weight_decay is not an optimizer parameter here: the L2 term is part of the "
+            "loss (RunSpec.weight_decay), so every optimizer minimises the same objective"
+        )
+    unknown = sorted(set(hyper) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) for {name!r}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    resolved = {**defaults, **hyper}
+    if "lr" in resolved and resolved["lr"] is None:
+        raise ValueError(
+            f"{name!r} needs a learning rate: resolve it with names.resolved_optimizer_params"
+        )
+    return resolved
+
+
+# --------------------------------------------------------------------------- flat helpers
+
+
+def _as_float(loss: Tensor | float) -> float:
+    return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+
+
+def _flat_params(params: list[Tensor]) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def _set_flat_params(params: list[Tensor], flat: Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def _flat_grad(params: list[Tensor]) -> Tensor:
+    """Flat gradient in parameter order, zeros where a gradient is missing (as torch's LBFGS)."""
+    return torch.cat(
+        [
+            p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+            for p in params
+        ]
+    )
+
+
+_LBFGS_CHECKED = False
+
+
+def _check_torch_lbfgs_internals() -> None:
+    """Check, once, that torch's LBFGS forms ``y = g - state['prev_flat_grad']``.
+
+    Runs two steps on f(x) = 0.5 * x^T diag(1, 2) x with a planted ``prev_flat_grad`` and
+    checks the stored pair is built from it. Raises ``RuntimeError`` if not.
+    """
+    global _LBFGS_CHECKED
+    if _LBFGS_CHECKED:
+        return
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    opt = torch.optim.LBFGS([x], lr=0.5, max_iter=1, history_size=5)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = 0.5 * (scale * x * x).sum()
+        loss.backward()
+        return loss
+
+    problem = "torch.optim.LBFGS internals changed"
+    opt.step(closure)
+    state = opt.state[x]
+    needed = ("n_iter", "d", "t", "old_dirs", "old_stps", "prev_flat_grad")
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise RuntimeError(f"{problem}: state lacks {missing}; the lbfgs baseline needs them")
+    # a planted gradient that still gives y^T s > 0, so torch stores the pair
+    planted = state["prev_flat_grad"] + 0.1
+    state["prev_flat_grad"].copy_(planted)
+    expected_y = scale * x.detach() - planted
+    opt.step(closure)
+    dirs = state.get("old_dirs")
+    if not dirs or not torch.allclose(dirs[-1], expected_y, rtol=1e-12, atol=1e-12):
+        raise RuntimeError(
+            f"{problem}: it no longer builds y from state['prev_flat_grad'], so the "
+            "same-minibatch pair fix in lsr1bench would be silently wrong"
+        )
+    _LBFGS_CHECKED = True
