@@ -161,6 +161,18 @@ class CurvatureMemory:
         m_inv = torch.diag(torch.diagonal(sy)) + lower + lower.T - gamma * ss
         return _sym(psi_gram), _sym(m_inv)
 
+    def b_policy_inputs(self, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(Psi^T Psi, M^{-1}, ||s_i|| ||psi_i||) for ``well_posed``."""
+        psi_gram, m_inv = self.b_factors(gamma)
+        ss = torch.diagonal(self.grams()[0])
+        return psi_gram, m_inv, torch.sqrt(ss.clamp(min=0) * torch.diagonal(psi_gram).clamp(min=0))
+
+    def h_policy_inputs(self, delta: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(Phi^T Phi, N^{-1}, ||y_i|| ||phi_i||) for ``well_posed``."""
+        phi_gram, n_inv = self.h_factors(delta)
+        yy = torch.diagonal(self.grams()[2])
+        return phi_gram, n_inv, torch.sqrt(yy.clamp(min=0) * torch.diagonal(phi_gram).clamp(min=0))
+
     def h_factors(self, delta: float) -> tuple[Tensor, Tensor]:
         """(Phi^T Phi, N^{-1}) for H = delta I + Phi N Phi^T (the triangular form)."""
         ss, sy, yy = self.grams()
@@ -187,24 +199,30 @@ def _sym(a: Tensor) -> Tensor:
     return 0.5 * (a + a.T)
 
 
-def well_posed(gram: Tensor | None, middle_inv: Tensor, rank_tol: float) -> bool:
-    """The pair policy's test: Gram positive definite (scale-invariant) and middle matrix nonsingular.
+def well_posed(
+    gram: Tensor, middle_inv: Tensor, pair_norms: Tensor, rank_tol: float, *, check_gram: bool
+) -> bool:
+    """The pair policy's test, invariant to the lengths of the individual pairs.
 
-    Gram = Psi^T Psi (or Phi^T Phi) is tested after scaling to unit diagonal, so columns of
-    very different lengths are not mistaken for dependent ones; the middle matrix M^{-1}
-    (or N^{-1}) by its smallest eigenvalue magnitude relative to its largest.
+    Gram = Psi^T Psi (or Phi^T Phi) must be positive definite after scaling to unit
+    diagonal, so columns of very different lengths are not mistaken for dependent ones.
+    The middle matrix M^{-1} (or N^{-1}), whose (i, j) entry scales like
+    ||s_i|| ||psi_j||, is scaled by 1/sqrt(||s_i|| ||psi_i||) on both sides (``pair_norms``
+    holds ||s_i|| ||psi_i||) and must have its smallest eigenvalue magnitude above
+    ``rank_tol`` times its largest. Radii that change by 2x per step make pairs of very
+    different lengths; an unscaled test would drop well-conditioned pairs for that.
     """
     if middle_inv.shape[0] == 0:
         return True
-    if gram is not None:
-        d = torch.diagonal(gram)
-        if not bool(torch.isfinite(gram).all()) or not bool((d > 0).all()):
-            return False
-        scale = d.rsqrt()
+    if not (bool(torch.isfinite(gram).all()) and bool(torch.isfinite(middle_inv).all())):
+        return False
+    if not bool((pair_norms > 0).all()):
+        return False
+    if check_gram:
+        scale = torch.diagonal(gram).rsqrt()
         normalized = gram * scale[:, None] * scale[None, :]
         if float(torch.linalg.eigvalsh(normalized)[0]) <= rank_tol:
             return False
-    if not bool(torch.isfinite(middle_inv).all()):
-        return False
-    ev = torch.linalg.eigvalsh(middle_inv).abs()
+    scale = pair_norms.rsqrt()
+    ev = torch.linalg.eigvalsh(middle_inv * scale[:, None] * scale[None, :]).abs()
     return float(ev.min()) > rank_tol * float(ev.max())

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ._compact import CurvatureMemory, Reducer, combine, exact_float32_matmul, well_posed
 from ._line_search import armijo_backtracking, strong_wolfe
-from ._trust_region import spectral_form, solve_subproblem
+from ._trust_region import solve_subproblem, spectral_form
 
 _METHODS = ("trust_region", "line_search")
 _LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -420,24 +420,36 @@ class LSR1(Optimizer):
             sr_rr = reducer.dots([(s, r), (r, r)])
             self._maybe_store_pair(
                 state, memory, s, y, s_prod, y_prod, sy_ss_yy, float(sr_rr[0]),
-                math.sqrt(float(sy_ss_yy[0]) * max(float(sr_rr[1]), 0.0)),
-                lambda: memory.b_factors(gamma),
+                math.sqrt(max(float(sr_rr[1]), 0.0)), math.sqrt(float(sy_ss_yy[2])),
+                math.sqrt(float(sy_ss_yy[0])), lambda: memory.b_policy_inputs(gamma),
             )
 
     def _maybe_store_pair(
-        self, state, memory, s, y, s_prod, y_prod, sy_ss_yy, numerator, norms, factors
+        self, state, memory, s, y, s_prod, y_prod, sy_ss_yy, numerator, residual_norm,
+        reference_norm, other_norm, factors,
     ) -> None:
-        """Append (s, y) when |numerator| >= r * norms and numerator != 0; then the pair policy."""
+        """Append (s, y) unless the SR1 skip test says not to; then apply the pair policy.
+
+        The test is |numerator| >= r * other_norm * residual_norm (N&W eq. 6.26), where the
+        residual is y - B s (or s - H y). A residual at the rounding level of
+        ``reference_norm`` (||y||, or ||s||) means the model already explains the pair: its
+        direction is noise, and storing it would add an arbitrary rank-one term.
+        """
         stats = state["stats"]
-        if numerator == 0.0 or not abs(numerator) >= self.defaults["skip_tol"] * norms:
+        noise_floor = 100.0 * torch.finfo(s.dtype).eps * reference_norm
+        if (
+            numerator == 0.0
+            or residual_norm <= noise_floor
+            or not abs(numerator) >= self.defaults["skip_tol"] * other_norm * residual_norm
+        ):
             stats["skipped_updates"] += 1
             return
         memory.append(s, y, s_prod, y_prod, sy_ss_yy[[0, 1, 2]])
         tol = self._rank_tol()
+        # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
         check_gram = self.defaults["method"] == "trust_region"
         while memory.k > 0:
-            gram, middle = factors()
-            if well_posed(gram if check_gram else None, middle, tol):
+            if well_posed(*factors(), tol, check_gram=check_gram):
                 break
             memory.drop_oldest()
             stats["dropped_pairs"] += 1
@@ -546,6 +558,6 @@ class LSR1(Optimizer):
             yr_rr = reducer.dots([(y, r), (r, r)])
             self._maybe_store_pair(
                 state, memory, s, y, s_prod, y_prod, sy_ss_yy, float(yr_rr[0]),
-                math.sqrt(float(sy_ss_yy[2]) * max(float(yr_rr[1]), 0.0)),
-                lambda: memory.h_factors(delta),
+                math.sqrt(max(float(yr_rr[1]), 0.0)), math.sqrt(float(sy_ss_yy[0])),
+                math.sqrt(float(sy_ss_yy[2])), lambda: memory.h_policy_inputs(delta),
             )

@@ -1,0 +1,289 @@
+"""Oracles 6-8 of ALGORITHM.md and the optimizer's public behaviour."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from dense_reference import sr1_trust_region_dense
+
+from lsr1bench.optim import LSR1
+
+F64 = torch.float64
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def quartic_problem(n: int = 8, seed: int = 0):
+    """f(x) = 1/2 x^T A x + 1/4 sum x^4 + sum log cosh(x) - b^T x: smooth, non-quadratic."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=gen, dtype=F64)
+    A = A @ A.T / n + 0.5 * torch.eye(n, dtype=F64)
+    b = torch.randn(n, generator=gen, dtype=F64)
+    x0 = 2.0 * torch.randn(n, generator=gen, dtype=F64)
+
+    def f(x):
+        A_ = A.to(x)
+        return 0.5 * x @ A_ @ x + 0.25 * (x**4).sum() + torch.log(torch.cosh(x)).sum() - b.to(x) @ x
+
+    return f, x0
+
+
+def run_lsr1(f, x0, iterations, *, device="cpu", dtype=F64, split=None, **kw):
+    """Run LSR1 on f; ``split`` cuts x into several parameter tensors of various shapes."""
+    x0 = x0.to(device=device, dtype=dtype)
+    if split is None:
+        params = [x0.clone().requires_grad_(True)]
+    else:
+        pieces, shapes = torch.split(x0, [math.prod(s) for s in split]), split
+        params = [p.reshape(s).clone().requires_grad_(True) for p, s in zip(pieces, shapes)]
+    opt = LSR1(params, **kw)
+
+    def flat():
+        return torch.cat([p.detach().reshape(-1) for p in params])
+
+    def closure():
+        opt.zero_grad()
+        loss = f(torch.cat([p.reshape(-1) for p in params]))
+        loss.backward()
+        return loss
+
+    iterates = [flat().clone()]
+    for _ in range(iterations):
+        opt.step(closure)
+        iterates.append(flat().clone())
+    return iterates, opt
+
+
+@pytest.mark.parametrize("memory", [50, 5])
+def test_iterates_equal_dense_sr1_trust_region_reference(memory):
+    f, x0 = quartic_problem()
+    iterations = 30
+    ours, opt = run_lsr1(f, x0, iterations, memory=memory)
+    ref = sr1_trust_region_dense(f, x0, iterations, memory=memory)
+    stats = opt.statistics()
+    assert stats["accepted_steps"] >= 10 and stats["stored_pairs"] >= min(memory, 5)
+    assert stats["rejected_steps"] >= 1  # the comparison covers rejected steps too
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9, msg=f"iterate {k} differs")
+    assert float(f(ours[-1])) < float(f(x0)) - 1.0
+
+
+def test_reaches_known_minimum_of_a_convex_problem():
+    f, x0 = quartic_problem(seed=3)
+    ours, _ = run_lsr1(f, x0, 80, memory=5)
+    x = ours[-1].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x), x)
+    assert float(g.norm()) < 1e-8
+
+
+def test_any_parameter_shapes_give_the_same_iterates_as_one_flat_tensor():
+    f, x0 = quartic_problem(n=24, seed=4)
+    flat, _ = run_lsr1(f, x0, 15)
+    shaped, _ = run_lsr1(f, x0, 15, split=[(2, 3), (4,), (2, 2, 2), (1, 6)])
+    for a, b in zip(flat, shaped):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["trust_region", "line_search"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_agrees_with_float64(method, device):
+    f, x0 = quartic_problem(n=10, seed=5)
+    x0 = 0.3 * x0
+    it64, _ = run_lsr1(f, x0, 8, method=method, device=device, dtype=F64)
+    it32, _ = run_lsr1(f, x0, 8, method=method, device=device, dtype=torch.float32)
+    for a, b in zip(it64, it32):
+        torch.testing.assert_close(b.double().cpu(), a.cpu(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["trust_region", "line_search"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip_lockstep(method, device):
+    f, x0 = quartic_problem(n=12, seed=6)
+    x0 = x0.to(device)
+    p1 = x0.clone().requires_grad_(True)
+    opt1 = LSR1([p1], method=method, memory=4)
+
+    def closure_for(p, opt):
+        def closure():
+            opt.zero_grad()
+            loss = f(p)
+            loss.backward()
+            return loss
+        return closure
+
+    for _ in range(6):
+        opt1.step(closure_for(p1, opt1))
+    saved = copy.deepcopy(opt1.state_dict())
+    p2 = p1.detach().clone().requires_grad_(True)
+    opt2 = LSR1([p2], method=method, memory=4)
+    opt2.load_state_dict(saved)
+    st = opt2.state[p2]
+    assert st["gram_sy"].dtype == F64 and st["gram_sy"].device.type == "cpu"
+    for _ in range(6):
+        opt1.step(closure_for(p1, opt1))
+        opt2.step(closure_for(p2, opt2))
+        assert torch.equal(p1, p2)
+    assert opt1.statistics() == opt2.statistics()
+
+
+def test_rejected_step_leaves_parameters_bit_identical():
+    torch.manual_seed(0)
+    x = torch.randn(1000, dtype=torch.float32, requires_grad=True)
+    opt = LSR1([x], initial_radius=1e4, gamma=1e-3)  # B0 = 1e-3 I: a step of length 1e4
+
+    def closure():  # a function whose quadratic model overshoots badly
+        opt.zero_grad()
+        loss = torch.log1p(x**2).sum()
+        loss.backward()
+        return loss
+
+    before = x.detach().clone()
+    opt.step(closure)
+    stats = opt.statistics()
+    assert stats["rejected_steps"] == 1 and stats["accepted_steps"] == 0
+    assert torch.equal(x.detach(), before)
+    assert stats["radius"] == pytest.approx(0.5e4)
+    assert stats["stored_pairs"] == 1  # the pair is collected after a rejected step too
+
+
+def test_nonfinite_trial_is_a_rejected_step_not_a_nan():
+    x = torch.ones(5, dtype=F64, requires_grad=True)
+    opt = LSR1([x], initial_radius=10.0)
+    calls = {"n": 0}
+
+    def closure():
+        opt.zero_grad()
+        calls["n"] += 1
+        loss = (x**2).sum()
+        if calls["n"] % 2 == 0:  # the trial point blows up
+            loss = loss * float("nan")
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert torch.equal(x.detach(), torch.ones(5, dtype=F64))
+    stats = opt.statistics()
+    assert stats["rejected_steps"] == 1 and stats["nonfinite_trials"] == 1
+    assert stats["stored_pairs"] == 0 and stats["radius"] == 5.0
+
+
+def test_statistics_count_closure_evaluations_and_steps():
+    f, x0 = quartic_problem()
+    _, opt = run_lsr1(f, x0, 7)
+    stats = opt.statistics()
+    assert stats["steps"] == 7
+    assert stats["closure_evaluations"] == 14  # x_k and x_k + s on the same data
+    assert stats["accepted_steps"] + stats["rejected_steps"] == 7
+    for key in ["skipped_updates", "dropped_pairs", "radius", "stored_pairs", "last_rho",
+                "hard_cases", "newton_iterations"]:
+        assert key in stats
+
+
+def test_skip_test_skips_when_the_model_already_explains_y():
+    """On f = 1/2 ||x||^2 with gamma = 1, y = s = B s exactly: every update is skipped."""
+    x = torch.tensor([3.0, -1.0, 2.0], dtype=F64, requires_grad=True)
+    opt = LSR1([x], initial_radius=0.5)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (x**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    stats = opt.statistics()
+    assert stats["skipped_updates"] == 3 and stats["stored_pairs"] == 0
+
+
+def test_saddle_escape_where_lbfgs_stalls():
+    """f = 1/2 x^T diag(1..5, -1) x + 1/4 x_6^4 has a saddle at 0 and minima at x_6 = +-1.
+
+    Started next to the saddle with a tiny component along the negative direction,
+    L-BFGS converges to the saddle; L-SR1 picks up the negative curvature and goes down.
+    """
+    d = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, -1.0], dtype=F64)
+
+    def f(x):
+        return 0.5 * (d * x * x).sum() + 0.25 * x[5] ** 4
+
+    x0 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1e-6], dtype=F64)
+    ours, _ = run_lsr1(f, x0, 30, memory=6)
+    assert float(f(ours[-1])) < -0.24  # the minimum value is -0.25
+
+    x = x0.clone().requires_grad_(True)
+    lbfgs = torch.optim.LBFGS([x], lr=1, max_iter=30, history_size=6, line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = f(x)
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    assert abs(float(f(x.detach()))) < 1e-6  # stuck at the saddle value 0
+
+
+@pytest.mark.parametrize("line_search", ["strong_wolfe", "armijo"])
+def test_line_search_variant_minimises(line_search):
+    f, x0 = quartic_problem(seed=7)
+    ours, opt = run_lsr1(f, x0, 60, method="line_search", line_search=line_search)
+    x = ours[-1].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x), x)
+    assert float(g.norm()) < 1e-6
+    assert opt.statistics()["stored_pairs"] > 0
+
+
+def test_line_search_falls_back_to_steepest_descent_when_direction_ascends():
+    """An indefinite H (from a negative-curvature pair) can give g^T d >= 0: use -g then."""
+    d = torch.tensor([1.0, -1.0], dtype=F64)
+
+    def f(x):
+        return 0.5 * (d * x * x).sum() + 0.25 * (x**4).sum()
+
+    _, opt = run_lsr1(f, torch.tensor([0.5, 0.3], dtype=F64), 25, method="line_search")
+    stats = opt.statistics()
+    assert stats["descent_fallbacks"] >= 1
+    assert stats["accepted_steps"] >= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"memory": 0}, "memory: 0"),
+        ({"memory": 2.5}, "memory: 2.5"),
+        ({"gamma": 0.0}, "gamma: 0.0"),
+        ({"eta": -1e-3}, "eta: -0.001"),
+        ({"radius_decrease": 1.5}, "radius_decrease: 1.5"),
+        ({"radius_increase": 0.5}, "radius_increase: 0.5"),
+        ({"initial_radius": -1.0}, "initial_radius: -1.0"),
+        ({"method": "newton"}, "'newton'"),
+        ({"skip_tol": 2.0}, "skip_tol: 2.0"),
+        ({"decrease_threshold": 0.9}, "decrease_threshold=0.9"),
+        ({"boundary_fraction": 0.0}, "boundary_fraction: 0.0"),
+        ({"line_search": "exact"}, "'exact'"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error_naming_the_value(kwargs, fragment):
+    with pytest.raises(ValueError, match="Invalid") as err:
+        LSR1([torch.zeros(3, requires_grad=True)], **kwargs)
+    assert fragment in str(err.value)
+
+
+def test_missing_closure_and_several_groups_are_clear_errors():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        LSR1([p]).step()
+    q = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="single parameter group"):
+        LSR1([{"params": [p]}, {"params": [q]}])
+    with pytest.raises(ValueError, match="one device with one dtype"):
+        LSR1([p, torch.zeros(2, dtype=F64, requires_grad=True)])
+
+
+def test_memory_is_capped_at_the_number_of_parameters():
+    f, x0 = quartic_problem(n=3, seed=8)
+    _, opt = run_lsr1(f, x0, 20, memory=10)
+    assert opt.statistics()["stored_pairs"] <= 3
