@@ -1,0 +1,264 @@
+"""``lsr1bench report``: run records -> report.md, CSV tables, plots and a baseline file.
+
+The tables follow the paper's Table 1 (epochs to surpass a target test error, a row per
+optimizer, columns grouped by model / dataset / batch norm, then target, then batch
+size), and add the same layout for training wall-clock seconds and gradient evaluations
+(second-order methods evaluate the closure twice per step), the final and best test error,
+and the skip statistics of the quasi-Newton runs (section 4.1.4 of the paper reports
+MNIST with batch norm skipping 7% to over 60% of the updates).
+
+Never imports torch: records are read with :mod:`lsr1bench.records`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsr1bench.reporting import tables
+from lsr1bench.reporting.cells import (
+    CellSummary,
+    baseline_dict,
+    cells_from_baseline,
+    summarize_cells,
+)
+from lsr1bench.reporting.runs import ReportError, Results, load_results
+
+__all__ = [
+    "Report",
+    "ReportError",
+    "WrittenReport",
+    "build_report",
+    "export_baseline",
+    "load_cells",
+    "main_table",
+    "render_markdown",
+    "write_report",
+]
+
+REPORT_FILE = "report.md"
+TARGETS_CSV = "report_targets.csv"
+CELLS_CSV = "report_cells.csv"
+RUNS_CSV = "report_runs.csv"
+PLOTS_FOLDER = "plots"
+
+SPREAD_NOTE = (
+    "Over seeds: median [min–max] (the spread is left out when all seeds agree). "
+    "In the to-target tables the median and spread are over the seeds that reached the "
+    "target, and (k/n) says how many of the n seeds did; a setting no seed reached reads "
+    "never reached / diverged / failed / not reached yet, never a number. "
+    "Epoch 0 is the evaluation before training and never counts. "
+    '"—": the target is not among these runs\' targets; "not run": no run of that setting.'
+)
+
+
+@dataclass
+class Report:
+    """The results of one folder, summarized per cell."""
+
+    results: Results
+    cells: list[CellSummary]
+
+    @property
+    def multi_suite(self) -> bool:
+        return len(self.results.suites) > 1
+
+
+@dataclass
+class WrittenReport:
+    report_md: Path
+    csv_files: list[Path]
+    plot_files: list[Path] = field(default_factory=list)
+
+
+def build_report(results_dir: str | Path) -> Report:
+    """Read and summarize a suite's output folder, a folder of suites, or one run folder."""
+    results = load_results(Path(results_dir))
+    return Report(results=results, cells=summarize_cells(results.runs))
+
+
+def _grouped_tables(report: Report, render: Any) -> list[str]:
+    parts: list[str] = []
+    for group, cells in tables.groups(report.cells).items():
+        headers, rows = render(cells)
+        if not rows:
+            continue
+        parts.append(f"### {tables.group_title(group, report.multi_suite)}\n")
+        parts.append(tables.markdown(headers, rows) + "\n")
+    return parts
+
+
+def _target_tables(report: Report, metric: str, fmt: Any) -> list[str]:
+    return _grouped_tables(report, lambda cells: tables.target_table(cells, metric, fmt))
+
+
+def main_table(report: Report) -> str:
+    """The epochs-to-target tables (the paper's Table 1), as Markdown, for the terminal."""
+    return "\n".join(_target_tables(report, "epochs", tables.fmt_count))
+
+
+def _counts_line(report: Report) -> str:
+    runs = report.results.runs
+    statuses: dict[str, int] = defaultdict(int)
+    for run in runs:
+        statuses["diverged" if run.diverged else run.status] += 1
+    missing_epochs = sum(run.incomplete and run.status == "completed" for run in runs)
+    parts = [f"{count} {status}" for status, count in sorted(statuses.items())]
+    if missing_epochs:
+        parts.append(f"{missing_epochs} with epochs missing")
+    if report.results.unreadable:
+        parts.append(f"{len(report.results.unreadable)} unreadable")
+    return f"{len(runs)} runs in {len(report.cells)} cells ({', '.join(parts)})"
+
+
+def missing_lines(report: Report) -> list[str]:
+    """What is missing or incomplete: runs still going, epochs or seeds missing, bad files."""
+    lines = [f"- unreadable: {reason}" for reason in report.results.unreadable]
+    for run in report.results.runs:
+        if run.problems:
+            lines.append(f"- `{run.run_id}`: {'; '.join(run.problems)}")
+    seeds_by_suite: dict[str, set[int]] = defaultdict(set)
+    for cell in report.cells:
+        seeds_by_suite[cell.key.suite].update(cell.seeds)
+    for cell in report.cells:
+        absent = sorted(seeds_by_suite[cell.key.suite] - set(cell.seeds))
+        if absent:
+            seeds = ", ".join(str(s) for s in absent)
+            lines.append(
+                f"- {cell.key.describe()}: no run for seed {seeds} "
+                "(other cells of the suite have it)"
+            )
+    return lines
+
+
+def _warning_lines(report: Report) -> list[str]:
+    lines = []
+    for cell in report.cells:
+        if cell.mixed_fields:
+            lines.append(
+                f"- {cell.key.describe()}: its runs differ in {', '.join(cell.mixed_fields)}, "
+                "not only in the seed; give the settings distinct labels"
+            )
+    return lines
+
+
+def render_markdown(
+    report: Report, plot_files: list[Path] | None = None, base: Path | None = None
+) -> str:
+    """The whole report.md; plot paths are written relative to ``base``."""
+    results = report.results
+    devices = sorted({run.device for run in results.runs if run.device})
+    commits = sorted({run.git_commit[:12] for run in results.runs if run.git_commit})
+    out = [
+        f"# lsr1bench report: {', '.join(results.suites)}\n",
+        f"{_counts_line(report)}. Devices: {', '.join(devices) or 'unknown'}. "
+        f"Commits: {', '.join(commits) or 'unknown'}.\n",
+        f"{SPREAD_NOTE}\n",
+        "## Epochs to surpass the target test error\n",
+        *_target_tables(report, "epochs", tables.fmt_count),
+        "## Training wall-clock seconds to target\n",
+        "Cumulative training time (evaluation excluded) at the epoch that surpassed the target; "
+        "it depends on the machine.\n",
+        *_target_tables(report, "train_seconds", tables.fmt_seconds),
+        "## Gradient evaluations to target\n",
+        "Cumulative forward+backward passes; L-SR1 and L-BFGS evaluate the closure twice or "
+        "more per step, so this is the fair cost comparison with first-order methods.\n",
+        *_target_tables(report, "grad_evals", tables.fmt_count),
+        "## Final and best test error, final train loss\n",
+        "Final values are at the last recorded epoch of each run; a diverged run has none "
+        "(it is counted in runs). Best test error is the lowest over epochs >= 1.\n",
+        *_grouped_tables(report, tables.final_table),
+    ]
+    skips = _grouped_tables(report, tables.skip_table)
+    out.append("## Skipped updates (quasi-Newton runs)\n")
+    if skips:
+        out.append(
+            "Skipped updates % = skipped_updates / steps at the last epoch (the SR1 "
+            "denominator was too small, so the pair was not used); rejected % = rejected "
+            "trust-region steps / steps; dropped pairs and the final radius at the last epoch.\n"
+        )
+        out.extend(skips)
+    else:
+        out.append("No run records skip statistics.\n")
+    if plot_files:
+        out.append("## Plots\n")
+        for path in plot_files:
+            shown = path.relative_to(base) if base is not None else path
+            out.append(f"![{path.stem}]({shown.as_posix()})\n")
+    missing = missing_lines(report)
+    out.append("## Missing or incomplete\n")
+    out.append("\n".join(missing) + "\n" if missing else "Nothing: every run finished.\n")
+    warnings = _warning_lines(report)
+    if warnings:
+        out.append("## Warnings\n")
+        out.append("\n".join(warnings) + "\n")
+    return "\n".join(out)
+
+
+def _write_csv(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+
+
+def write_report(
+    report: Report, out_dir: str | Path | None = None, plots: bool = True
+) -> WrittenReport:
+    """Write report.md, the CSV tables and (unless ``plots`` is false) the PNG plots.
+
+    ``out_dir`` defaults to the results folder itself ("next to the results").
+    """
+    out = Path(out_dir) if out_dir is not None else report.results.source
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot create the output folder ({exc})") from exc
+    csv_files = []
+    for name, (headers, rows) in (
+        (TARGETS_CSV, tables.targets_csv(report.cells)),
+        (CELLS_CSV, tables.cells_csv(report.cells)),
+        (RUNS_CSV, tables.runs_csv(report.results.runs)),
+    ):
+        _write_csv(out / name, headers, rows)
+        csv_files.append(out / name)
+    plot_files: list[Path] = []
+    if plots:
+        from lsr1bench.plots import plot_results  # matplotlib is slow to import; only here
+
+        plot_files = plot_results(report.results.runs, out / PLOTS_FOLDER)
+    report_md = out / REPORT_FILE
+    report_md.write_text(render_markdown(report, plot_files, base=out), encoding="utf-8")
+    return WrittenReport(report_md=report_md, csv_files=csv_files, plot_files=plot_files)
+
+
+def export_baseline(report: Report, path: str | Path) -> Path:
+    """Write the cells' summaries as a baseline file for ``lsr1bench compare``."""
+    path = Path(path)
+    data = baseline_dict(report.cells, source=str(report.results.source))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the baseline ({exc})") from exc
+    return path
+
+
+def load_cells(source: str | Path) -> tuple[list[CellSummary], Report | None]:
+    """Cells from a results folder (summarized now) or a baseline JSON file.
+
+    Returns the cells and, for a folder, its Report (for what is missing there).
+    """
+    source = Path(source)
+    if source.is_file():
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"{source}: not a readable baseline JSON file ({exc})") from exc
+        return cells_from_baseline(data, str(source)), None
+    report = build_report(source)
+    return report.cells, report

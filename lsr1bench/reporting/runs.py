@@ -1,0 +1,327 @@
+"""Read the run records under a results folder and reduce each run to the numbers a report needs.
+
+Layout (docs/ARCHITECTURE.md, "Records"): ``<suite>/<run_id>/run.json`` + ``epochs.csv``, one
+row per epoch, epoch 0 being the evaluation before any training. A results folder is a
+suite's folder (run folders inside), a folder of suites, or a single run folder.
+
+"Epochs to surpass target t" is the smallest epoch >= 1 whose ``test_error < t``; the
+training seconds and gradient evaluations "to target" are the cumulative ``train_seconds``
+and ``grad_evals`` on that same row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsr1bench.records import (
+    EPOCHS_FILE,
+    RUN_FILE,
+    RecordError,
+    epochs_to_target,
+    read_epochs,
+    read_run,
+)
+
+# Folders the report stage itself writes next to the results; never run folders.
+OWN_FOLDERS = frozenset({"plots"})
+
+UNFINISHED_STATUSES = frozenset({"running", "interrupted"})
+
+# Per-target outcome of one run.
+REACHED = "reached"
+NEVER_REACHED = "never reached"
+DIVERGED = "diverged"
+FAILED = "failed"
+INCOMPLETE = "incomplete"
+
+
+class ReportError(Exception):
+    """Bad input to the report stage (missing or empty folder, unreadable baseline)."""
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """The runs that differ only by seed: one cell of a report table."""
+
+    suite: str
+    model: str
+    dataset: str
+    batch_norm: bool
+    label: str
+    batch_size: int
+
+    @property
+    def group(self) -> tuple[str, str, str, bool]:
+        """The column group of the paper's Table 1: (suite, model, dataset, batch norm)."""
+        return (self.suite, self.model, self.dataset, self.batch_norm)
+
+    def describe(self, with_suite: bool = True) -> str:
+        bn = " + BN" if self.batch_norm else ""
+        head = f"{self.suite} · " if with_suite else ""
+        return f"{head}{self.model}{bn} · {self.dataset} · {self.label} · b{self.batch_size}"
+
+
+@dataclass(frozen=True)
+class TargetHit:
+    epoch: int
+    train_seconds: float | None
+    grad_evals: float | None
+
+
+@dataclass
+class RunSummary:
+    """One run reduced to what the tables need; ``problems`` says why it is incomplete."""
+
+    path: Path
+    run_id: str
+    key: CellKey
+    seed: int | None
+    spec: dict[str, Any]
+    status: str
+    error: str | None
+    device: str | None
+    git_commit: str | None
+    epochs_planned: int | None
+    epochs_present: int
+    targets: tuple[float, ...]
+    hits: dict[float, TargetHit]
+    diverged: bool
+    incomplete: bool
+    problems: list[str] = field(default_factory=list)
+    final_test_error: float | None = None
+    best_test_error: float | None = None
+    final_train_loss: float | None = None
+    final_train_seconds: float | None = None
+    final_grad_evals: float | None = None
+    # Quasi-Newton statistics at the last epoch; None for optimizers without them.
+    steps: float | None = None
+    skipped_updates: float | None = None
+    rejected_steps: float | None = None
+    dropped_pairs: float | None = None
+    radius: float | None = None
+    # (epoch, train_seconds, test_error) for the plots.
+    curve: list[tuple[int, float | None, float | None]] = field(default_factory=list)
+
+    def outcome(self, target: float) -> str:
+        if target in self.hits:
+            return REACHED
+        if self.diverged:
+            return DIVERGED
+        if self.status == "failed":
+            return FAILED
+        if self.incomplete:
+            return INCOMPLETE
+        return NEVER_REACHED
+
+    @property
+    def skip_percent(self) -> float | None:
+        """% of steps whose SR1 update was skipped (skipped_updates / steps)."""
+        if self.skipped_updates is None or not self.steps:
+            return None
+        return 100.0 * self.skipped_updates / self.steps
+
+    @property
+    def rejected_percent(self) -> float | None:
+        if self.rejected_steps is None or not self.steps:
+            return None
+        return 100.0 * self.rejected_steps / self.steps
+
+
+def find_run_dirs(results: Path) -> list[Path]:
+    """The run folders under ``results``: itself, its children, or its grandchildren.
+
+    A run folder is one holding run.json or epochs.csv (a run whose run.json is not written
+    yet is still listed, as incomplete). Raises ReportError when there is none.
+    """
+    results = Path(results)
+    if not results.exists():
+        raise ReportError(f"{results}: no such file or directory")
+    if not results.is_dir():
+        raise ReportError(f"{results}: not a directory (expected a results folder)")
+    if _is_run_dir(results):
+        return [results]
+    found: list[Path] = []
+    for child in _subdirs(results):
+        if _is_run_dir(child):
+            found.append(child)
+        else:
+            found.extend(grand for grand in _subdirs(child) if _is_run_dir(grand))
+    if not found:
+        raise ReportError(
+            f"{results}: no run records found; expected <suite>/<run_id>/{RUN_FILE} "
+            f"(a suite's output folder or a folder of suites)"
+        )
+    return found
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in OWN_FOLDERS)
+
+
+def _is_run_dir(folder: Path) -> bool:
+    return (folder / RUN_FILE).is_file() or (folder / EPOCHS_FILE).is_file()
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def summarize_run(run_dir: Path) -> RunSummary | str:
+    """Reduce one run folder to a RunSummary, or return why it cannot be read at all."""
+    try:
+        record = read_run(run_dir)
+    except RecordError as exc:
+        return str(exc)
+    spec = record.spec
+    try:
+        key = CellKey(
+            suite=record.suite,
+            model=str(spec["model"]),
+            dataset=str(spec["dataset"]),
+            batch_norm=bool(spec.get("batch_norm", False)),
+            label=str(spec.get("label") or spec["optimizer"]),
+            batch_size=int(spec["batch_size"]),
+        )
+        targets = tuple(float(t) for t in spec.get("targets") or ())
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"{run_dir / RUN_FILE}: spec lacks a usable field ({exc!r})"
+
+    problems: list[str] = []
+    try:
+        rows = read_epochs(run_dir)
+    except RecordError as exc:
+        rows = []
+        problems.append(str(exc))
+    rows.sort(key=lambda r: r["epoch"] or 0)
+    epochs_planned = spec.get("epochs")
+    run = RunSummary(
+        path=run_dir,
+        run_id=record.run_id,
+        key=key,
+        seed=spec.get("seed"),
+        spec=spec,
+        status=record.status,
+        error=record.error,
+        device=record.device,
+        git_commit=record.git_commit,
+        epochs_planned=int(epochs_planned) if epochs_planned is not None else None,
+        epochs_present=int(rows[-1]["epoch"] or 0) if rows else 0,
+        targets=targets,
+        hits={},
+        diverged=record.status == "diverged",
+        incomplete=False,
+        problems=problems,
+    )
+    _scan_rows(run, rows)
+    _check_completeness(run, rows, record.epochs_completed)
+    return run
+
+
+def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
+    trained = [r for r in rows if (r["epoch"] or 0) >= 1]
+    for row in rows:
+        run.curve.append((int(row["epoch"] or 0), row.get("train_seconds"), row.get("test_error")))
+        for name in ("train_loss", "test_loss", "test_error"):
+            value = row.get(name)
+            if value is not None and not math.isfinite(value):
+                run.diverged = True
+    by_epoch = {int(row["epoch"] or 0): row for row in rows}
+    for target in run.targets:
+        epoch = epochs_to_target(rows, target)
+        if epoch is not None:
+            row = by_epoch[epoch]
+            run.hits[target] = TargetHit(epoch, row.get("train_seconds"), row.get("grad_evals"))
+    errors = [r["test_error"] for r in trained if _finite(r.get("test_error"))]
+    run.best_test_error = min(errors) if errors else None
+    if not trained:
+        return
+    last = trained[-1]
+    if _finite(last.get("test_error")):
+        run.final_test_error = last["test_error"]
+    if _finite(last.get("train_loss")):
+        run.final_train_loss = last["train_loss"]
+    run.final_train_seconds = last.get("train_seconds")
+    run.final_grad_evals = last.get("grad_evals")
+    run.steps = last.get("steps")
+    run.skipped_updates = last.get("skipped_updates")
+    run.rejected_steps = last.get("rejected_steps")
+    run.dropped_pairs = last.get("dropped_pairs")
+    run.radius = last.get("radius")
+
+
+def _check_completeness(
+    run: RunSummary, rows: list[dict[str, float | None]], epochs_completed: int
+) -> None:
+    """Mark the run incomplete and say why: still running, interrupted, or epochs missing."""
+    problems = run.problems
+    if run.status in UNFINISHED_STATUSES:
+        problems.append(f"status {run.status}")
+    if run.status == "failed":
+        problems.append(f"failed: {run.error}" if run.error else "failed")
+    if not rows:
+        problems.append(f"{EPOCHS_FILE} missing or empty")
+    epochs = [int(r["epoch"] or 0) for r in rows]
+    gaps = sorted(set(range(epochs[-1] + 1)) - set(epochs)) if epochs else []
+    if gaps:
+        problems.append(f"epochs {_ranges(gaps)} missing from {EPOCHS_FILE}")
+    if epochs_completed > run.epochs_present:
+        problems.append(
+            f"run.json says {epochs_completed} epochs, {EPOCHS_FILE} has {run.epochs_present}"
+        )
+    stopped_early = bool(run.spec.get("stop_at_targets")) and len(run.hits) == len(run.targets)
+    if (
+        run.status == "completed"
+        and run.epochs_planned is not None
+        and run.epochs_present < run.epochs_planned
+        and not stopped_early
+    ):
+        problems.append(f"{run.epochs_present} of {run.epochs_planned} epochs recorded")
+    # A diverged or failed run ends early by design; its missing epochs are not "incomplete".
+    run.incomplete = bool(problems) and run.status not in {"diverged", "failed"}
+
+
+def _ranges(numbers: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}–{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
+
+@dataclass
+class Results:
+    """Everything read from one results folder."""
+
+    source: Path
+    runs: list[RunSummary]
+    unreadable: list[str]
+
+    @property
+    def suites(self) -> list[str]:
+        return sorted({run.key.suite for run in self.runs})
+
+
+def load_results(results: Path) -> Results:
+    """Read every run under ``results``; ReportError when nothing usable is there."""
+    results = Path(results)
+    runs: list[RunSummary] = []
+    unreadable: list[str] = []
+    for run_dir in find_run_dirs(results):
+        summary = summarize_run(run_dir)
+        if isinstance(summary, str):
+            unreadable.append(summary)
+        else:
+            runs.append(summary)
+    if not runs:
+        detail = "; ".join(unreadable[:5])
+        raise ReportError(f"{results}: no readable run records ({detail})")
+    runs.sort(key=lambda r: (r.key.suite, r.run_id))
+    return Results(source=results, runs=runs, unreadable=unreadable)
