@@ -64,31 +64,41 @@ class Reducer:
         return small.to(device="cpu", dtype=SMALL)
 
 
-def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor) -> Tensor:
-    """out += memory_rows^T coefficients, one pass over the (r x n) rows; no reduction over n."""
-    return out.addmv_(memory_rows.T, coefficients.to(device=memory_rows.device, dtype=memory_rows.dtype))
+def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor, base: Tensor | None = None,
+            beta: float = 1.0) -> Tensor:
+    """out = beta * base + memory_rows^T coefficients (base defaults to out): one pass over
+    the rows, no reduction over n."""
+    c = coefficients.to(device=memory_rows.device, dtype=memory_rows.dtype)
+    if base is None:
+        return out.addmv_(memory_rows.T, c)
+    return torch.addmv(base, memory_rows.T, c, beta=beta, out=out)
 
 
 class CurvatureMemory:
-    """Up to ``m`` pairs (s, y) in ring slots with their per-slot Gram matrices.
+    """Up to ``m`` pairs (s, y) in m + 1 ring slots with their per-slot Gram matrices.
 
-    The tensors live in the optimizer's state dict (so they round-trip); this class is a
-    view of them with the algebra on top.
+    The spare slot (one not holding a stored pair) is where a step writes its trial
+    gradient difference y, so storing the pair copies only s. The tensors live in the
+    optimizer's state dict (so they round-trip); this class is a view of them with the
+    algebra on top.
     """
 
     def __init__(self, state: dict, m: int, n: int, like: Tensor) -> None:
+        slots = m + 1
         if "memory" not in state:
-            state["memory"] = torch.zeros((2 * m, n), dtype=like.dtype, device=like.device)
-            state["gram_ss"] = torch.zeros((m, m), dtype=SMALL)
-            state["gram_sy"] = torch.zeros((m, m), dtype=SMALL)
-            state["gram_yy"] = torch.zeros((m, m), dtype=SMALL)
+            state["memory"] = torch.zeros((2 * slots, n), dtype=like.dtype, device=like.device)
+            state["gram_ss"] = torch.zeros((slots, slots), dtype=SMALL)
+            state["gram_sy"] = torch.zeros((slots, slots), dtype=SMALL)
+            state["gram_yy"] = torch.zeros((slots, slots), dtype=SMALL)
             state["order"] = []
         self.state = state
         self.m = m
+        self.slots = slots
 
     # --- storage -------------------------------------------------------------------
     @property
     def buffer(self) -> Tensor:
+        """The (2(m+1) x n) storage: S slots, then Y slots."""
         return self.state["memory"]
 
     @property
@@ -99,58 +109,52 @@ class CurvatureMemory:
     def k(self) -> int:
         return len(self.state["order"])
 
-    def s_rows(self) -> Tensor:
-        return self.buffer[: self.m]
-
-    def y_rows(self) -> Tensor:
-        return self.buffer[self.m :]
-
-    def free_slot(self) -> int:
-        """The slot the next pair goes into: a never-used one, else the oldest's."""
+    def spare_slot(self) -> int:
         used = set(self.order)
-        for slot in range(self.m):
-            if slot not in used:
-                return slot
-        return self.order[0]
+        return next(slot for slot in range(self.slots) if slot not in used)
 
-    def append(
-        self, s: Tensor, y: Tensor, s_products: Tensor, y_products: Tensor, diag: Tensor
-    ) -> int:
-        """Store (s, y) in a slot, updating the Gram matrices' row and column for it.
+    def s_row(self, slot: int) -> Tensor:
+        return self.buffer[slot]
 
-        ``s_products`` = buffer @ s and ``y_products`` = buffer @ y (each 2m, float64),
-        computed before the slot is overwritten; ``diag`` = [s.s, s.y, y.y]. Returns how
-        many pairs were dropped to make room (0 or 1).
+    def y_row(self, slot: int) -> Tensor:
+        return self.buffer[self.slots + slot]
+
+    def append(self, s: Tensor, s_products: Tensor, y_products: Tensor, diag: Tensor) -> None:
+        """Store s with the y already written in the spare slot's Y row, and update the
+        Gram matrices' row and column for that slot.
+
+        ``s_products`` and ``y_products`` hold (S^T v, Y^T v) over all slots (2(m+1),
+        float64); entries of slots holding no pair are ignored. ``diag`` = [s.s, s.y, y.y].
+        The oldest pair leaves when more than m are stored.
         """
-        dropped = 0
-        if self.k == self.m:
-            self.order.pop(0)
-            dropped = 1
-        slot = self.free_slot()
-        m = self.m
-        self.s_rows()[slot].copy_(s)
-        self.y_rows()[slot].copy_(y)
+        slot = self.spare_slot()
+        n_slots = self.slots
+        self.s_row(slot).copy_(s)
         g_ss, g_sy, g_yy = self.state["gram_ss"], self.state["gram_sy"], self.state["gram_yy"]
-        g_ss[slot, :] = s_products[:m]
-        g_ss[:, slot] = s_products[:m]
-        g_sy[:, slot] = y_products[:m]  # s_i . y_new
-        g_sy[slot, :] = s_products[m:]  # s_new . y_i
-        g_yy[slot, :] = y_products[m:]
-        g_yy[:, slot] = y_products[m:]
+        g_ss[slot, :] = s_products[:n_slots]
+        g_ss[:, slot] = s_products[:n_slots]
+        g_sy[:, slot] = y_products[:n_slots]  # s_i . y_new
+        g_sy[slot, :] = s_products[n_slots:]  # s_new . y_i
+        g_yy[slot, :] = y_products[n_slots:]
+        g_yy[:, slot] = y_products[n_slots:]
         g_ss[slot, slot], g_sy[slot, slot], g_yy[slot, slot] = diag[0], diag[1], diag[2]
         self.order.append(slot)
-        return dropped
+        if self.k > self.m:
+            self.order.pop(0)
 
     def drop_oldest(self) -> None:
         self.order.pop(0)
 
-    def clear(self) -> None:
-        self.order.clear()
-
     # --- k x k algebra in logical order (oldest first) ------------------------------
+    def _index(self) -> Tensor:
+        return torch.tensor(self.order, dtype=torch.long)
+
     def grams(self) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch.tensor(self.order, dtype=torch.long)
-        pick = lambda g: g.index_select(0, idx).index_select(1, idx)  # noqa: E731
+        idx = self._index()
+
+        def pick(g: Tensor) -> Tensor:
+            return g.index_select(0, idx).index_select(1, idx)
+
         return pick(self.state["gram_ss"]), pick(self.state["gram_sy"]), pick(self.state["gram_yy"])
 
     def b_factors(self, gamma: float) -> tuple[Tensor, Tensor]:
@@ -160,6 +164,14 @@ class CurvatureMemory:
         lower = torch.tril(sy, diagonal=-1)
         m_inv = torch.diag(torch.diagonal(sy)) + lower + lower.T - gamma * ss
         return _sym(psi_gram), _sym(m_inv)
+
+    def h_factors(self, delta: float) -> tuple[Tensor, Tensor]:
+        """(Phi^T Phi, N^{-1}) for H = delta I + Phi N Phi^T (the triangular form)."""
+        ss, sy, yy = self.grams()
+        phi_gram = ss - delta * (sy + sy.T) + delta**2 * yy
+        upper = torch.triu(sy, diagonal=1)
+        n_inv = torch.diag(torch.diagonal(sy)) + upper + upper.T - delta * yy
+        return _sym(phi_gram), _sym(n_inv)
 
     def b_policy_inputs(self, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
         """(Psi^T Psi, M^{-1}, ||s_i|| ||psi_i||) for ``well_posed``."""
@@ -173,26 +185,53 @@ class CurvatureMemory:
         yy = torch.diagonal(self.grams()[2])
         return phi_gram, n_inv, torch.sqrt(yy.clamp(min=0) * torch.diagonal(phi_gram).clamp(min=0))
 
-    def h_factors(self, delta: float) -> tuple[Tensor, Tensor]:
-        """(Phi^T Phi, N^{-1}) for H = delta I + Phi N Phi^T (the triangular form)."""
-        ss, sy, yy = self.grams()
-        phi_gram = ss - delta * (sy + sy.T) + delta**2 * yy
-        upper = torch.triu(sy, diagonal=1)
-        n_inv = torch.diag(torch.diagonal(sy)) + upper + upper.T - delta * yy
-        return _sym(phi_gram), _sym(n_inv)
-
     def split(self, products: Tensor) -> tuple[Tensor, Tensor]:
-        """(S^T v, Y^T v) in logical order from buffer @ v (2m,)."""
-        idx = torch.tensor(self.order, dtype=torch.long)
-        return products[: self.m].index_select(0, idx), products[self.m :].index_select(0, idx)
+        """(S^T v, Y^T v) in logical order from buffer @ v (2(m+1),)."""
+        idx = self._index()
+        return products[: self.slots].index_select(0, idx), products[self.slots :].index_select(0, idx)
 
-    def coefficients(self, s_coef: Tensor, y_coef: Tensor) -> Tensor:
-        """Slot-ordered (2m,) coefficients so that buffer^T c = S s_coef + Y y_coef."""
-        c = torch.zeros(2 * self.m, dtype=SMALL)
-        idx = torch.tensor(self.order, dtype=torch.long)
-        c.index_copy_(0, idx, s_coef)
-        c.index_copy_(0, idx + self.m, y_coef)
+    def scatter(self, s_part: Tensor, y_part: Tensor) -> Tensor:
+        """Slot-ordered (2(m+1),) vector from logical-order parts; zero for other slots.
+
+        Used both for coefficients (buffer^T c = S s_part + Y y_part) and for products
+        (buffer @ v assembled from (S^T v, Y^T v))."""
+        c = torch.zeros(2 * self.slots, dtype=SMALL)
+        idx = self._index()
+        c.index_copy_(0, idx, s_part)
+        c.index_copy_(0, idx + self.slots, y_part)
         return c
+
+    def products_of_combination(self, beta: float, s_g: Tensor, y_g: Tensor, s_coef: Tensor,
+                                y_coef: Tensor) -> tuple[Tensor, Tensor]:
+        """(S^T v, Y^T v) for v = beta g + S s_coef + Y y_coef, from the Gram matrices and
+        (S^T g, Y^T g): no pass over the n parameters."""
+        ss, sy, yy = self.grams()
+        s_v = beta * s_g + ss @ s_coef + sy @ y_coef
+        y_v = beta * y_g + sy.T @ s_coef + yy @ y_coef
+        return s_v, y_v
+
+
+def residual(a_dot_b: float, a_dot_a: float, b_dot_b: float, basis_a: Tensor, basis_b: Tensor,
+             basis_gram: Tensor, middle_inv: Tensor, scale: float) -> tuple[float, float, float]:
+    """Quasi-Newton residual r = a - (scale I + Omega W Omega^T) b without forming r.
+
+    With (a, b) = (y, s), Omega = Psi, W = M, scale = gamma this is y - B s (trust region);
+    with (a, b) = (s, y), Omega = Phi, W = N, scale = delta it is s - H y (line search).
+    ``basis_a`` = Omega^T a, ``basis_b`` = Omega^T b. Returns (b.r, ||r||^2, ||a||^2 + ||Qb||^2)
+    where Q = scale I + Omega W Omega^T; the last is the size the cancellation in ||r||^2
+    is measured against.
+    """
+    if basis_b.numel():
+        w = torch.linalg.solve(middle_inv, basis_b)
+        b_omega_w = float(basis_b @ w)
+        a_omega_w = float(basis_a @ w)
+        w_gram_w = float(w @ basis_gram @ w)
+    else:
+        b_omega_w = a_omega_w = w_gram_w = 0.0
+    b_dot_r = a_dot_b - scale * b_dot_b - b_omega_w
+    qb_sq = scale**2 * b_dot_b + 2.0 * scale * b_omega_w + w_gram_w
+    r_sq = a_dot_a - 2.0 * (scale * a_dot_b + a_omega_w) + qb_sq
+    return b_dot_r, r_sq, a_dot_a + qb_sq
 
 
 def _sym(a: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._compact import CurvatureMemory, Reducer, combine, exact_float32_matmul, well_posed
+from ._compact import CurvatureMemory, Reducer, combine, exact_float32_matmul, residual, well_posed
 from ._line_search import armijo_backtracking, strong_wolfe
 from ._trust_region import solve_subproblem, spectral_form
 
@@ -97,13 +97,16 @@ class LSR1(Optimizer):
     state where both passes compute the same function (e.g. no dropout randomness
     between them) if the ratio rho should be meaningful.
 
-    Cost: memory ``param_bytes * (2m + 4)`` (S and Y in one (2m x n) buffer, plus the
-    gradient, the trial gradient, the step and a saved copy of x). Time per step: four
-    passes over the (2m x n) buffer (Psi^T g, the step, the new pair's Gram rows and
-    y - Bs) plus O(n) vector work and O(m^3) float64 work on k x k matrices; the first
-    two passes become one more when g lies mostly in range(Psi) (||g_perp|| is then
-    computed explicitly to avoid cancellation). All reductions over the n parameters go
-    through one ``Reducer``, so a data-parallel version all-reduces only k-vectors.
+    Cost: memory ``param_bytes * (2m + 5)``: S and Y in one (2(m+1) x n) ring buffer
+    whose spare slot receives the trial gradient difference y directly, plus the
+    gradient, the step and a saved copy of x (so a rejected step restores x bit for bit).
+    Time per step: three passes over the ring buffer (Psi^T g, the step s = beta g + Psi w,
+    and the Gram row of y) plus about fifteen O(n) vector passes and O(m^3) float64 work
+    on k x k matrices; the Gram row of s and the SR1 residual y - B s come from k x k
+    algebra. A fourth pass forms g_perp or y - B s explicitly, only when cancellation
+    would make the algebraic value inaccurate (g mostly in range(Psi), or y - B s small
+    next to y). All reductions over the n parameters go through one ``Reducer``, so a
+    data-parallel version shards S and Y and all-reduces only k-vectors.
     """
 
     def __init__(
@@ -190,55 +193,54 @@ class LSR1(Optimizer):
         self._n = sum(self._numels)
         self._reducer = Reducer()
         self._work: dict[str, Tensor] = {}
-        self._views: dict[str, list[Tensor]] = {}
+        self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
+    def _views_of(self, flat: Tensor) -> list[Tensor]:
+        """Per-parameter views of a flat n-vector, cached by storage address."""
+        key = (flat.data_ptr(), flat.device)
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) > 64:  # buffers were replaced (e.g. a loaded state): start over
+                self._views.clear()
+            views = [v.view_as(p) for v, p in zip(torch.split(flat, self._numels), self._params)]
+            self._views[key] = views
+        return views
+
     def _buffer(self, name: str) -> Tensor:
         buf = self._work.get(name)
         if buf is None:
             first = self._params[0]
-            if name in ("s", "y"):
-                # s and y share one (2 x n) tensor, so [s y] needs no copy for a GEMM.
-                pair = torch.empty((2, self._n), dtype=first.dtype, device=first.device)
-                self._work["sy"] = pair
-                named = {"s": pair[0], "y": pair[1]}
-            else:
-                named = {name: torch.empty(self._n, dtype=first.dtype, device=first.device)}
-            for key, flat in named.items():
-                self._work[key] = flat
-                self._views[key] = [
-                    v.view_as(p) for v, p in zip(torch.split(flat, self._numels), self._params)
-                ]
-            buf = self._work[name]
+            buf = torch.empty(self._n, dtype=first.dtype, device=first.device)
+            self._work[name] = buf
         return buf
 
-    def _gather_grad(self, name: str) -> Tensor:
-        buf = self._buffer(name)
+    def _gather_grad(self, out: Tensor) -> Tensor:
+        views = self._views_of(out)
         grads = [p.grad for p in self._params]
         if any(g is None for g in grads):
-            for view, grad in zip(self._views[name], grads):
+            for view, grad in zip(views, grads):
                 if grad is None:
                     view.zero_()
-            pairs = [(v, g) for v, g in zip(self._views[name], grads) if g is not None]
+            pairs = [(v, g) for v, g in zip(views, grads) if g is not None]
             if pairs:
                 torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
         else:
             if any(g.is_sparse for g in grads):
                 raise RuntimeError("LSR1 does not support sparse gradients")
-            torch._foreach_copy_(self._views[name], grads)
-        return buf
+            torch._foreach_copy_(views, grads)
+        return out
 
-    def _save_params(self, name: str) -> None:
-        self._buffer(name)
-        torch._foreach_copy_(self._views[name], [p.detach() for p in self._params])
+    def _save_params(self, out: Tensor) -> None:
+        torch._foreach_copy_(self._views_of(out), [p.detach() for p in self._params])
 
-    def _load_params(self, name: str) -> None:
+    def _load_params(self, flat: Tensor) -> None:
         with torch.no_grad():
-            torch._foreach_copy_(self._params, self._views[name])
+            torch._foreach_copy_(self._params, self._views_of(flat))
 
-    def _add_to_params(self, name: str, alpha: float = 1.0) -> None:
+    def _add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:
         with torch.no_grad():
-            torch._foreach_add_(self._params, self._views[name], alpha=alpha)
+            torch._foreach_add_(self._params, self._views_of(flat), alpha=alpha)
 
     # --- state ----------------------------------------------------------------------------
     def _global_state(self) -> dict:
@@ -300,26 +302,32 @@ class LSR1(Optimizer):
         stats = state["stats"]
         stats["steps"] += 1
 
-        def evaluate(grad_name: str) -> tuple[Tensor, float, Tensor]:
+        def evaluate(out: Tensor) -> tuple[Tensor, float]:
+            """Loss and gradient at the current parameters; the gradient goes into ``out``."""
             loss = grad_closure()
             stats["closure_evaluations"] += 1
             value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-            return loss, value, self._gather_grad(grad_name)
+            self._gather_grad(out)
+            return loss, value
 
-        loss, f, g = evaluate("g")
+        g = self._buffer("g")
+        loss, f = evaluate(g)
         if self.defaults["method"] == "trust_region":
-            self._trust_region_step(state, f, g, lambda: evaluate("y"))
+            self._trust_region_step(state, f, g, evaluate)
         else:
             self._line_search_step(state, f, g, evaluate)
         return loss
 
-    def _trust_region_step(self, state: dict, f: float, g: Tensor, evaluate_trial) -> None:
+    def _trust_region_step(self, state: dict, f: float, g: Tensor, evaluate) -> None:
         d = self.defaults
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
         gamma = d["gamma"]
         device = g.device
+        k = memory.k
+        with exact_float32_matmul(device):
+            g_products = reducer.rows(memory.buffer, g) if k > 0 else None
         gg = float(reducer.dots([(g, g)])[0])
         if not (math.isfinite(f) and math.isfinite(gg)):
             stats["rejected_steps"] += 1
@@ -330,25 +338,21 @@ class LSR1(Optimizer):
             if not state["radius"] > 0:
                 state["radius"] = 1.0
         radius = state["radius"]
+        empty = torch.zeros(0, dtype=torch.float64)
 
         with exact_float32_matmul(device):
-            k = memory.k
             psi_gram, m_inv = memory.b_factors(gamma)
             spectral = spectral_form(psi_gram, m_inv, gamma)
-            if k > 0:
-                s_g, y_g = memory.split(reducer.rows(memory.buffer, g))
-                psi_g = y_g - gamma * s_g
-            else:
-                psi_g = torch.zeros(0, dtype=torch.float64)
+            s_g, y_g = memory.split(g_products) if k > 0 else (empty, empty)
+            psi_g = y_g - gamma * s_g
             g_par = spectral.parallel_coordinates(psi_g)
             u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
             s = self._buffer("s")
             par_sq = float((g_par**2).sum())
             if par_sq <= 0.5 * gg:
-                g_perp_sq = gg - par_sq
-            else:  # g lies mostly in range(Psi): compute g_perp explicitly (cancellation)
-                s.copy_(g)
-                combine(memory.buffer, memory.coefficients(gamma * u, -u), s)
+                g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
+            else:  # g lies mostly in range(Psi): form g_perp explicitly
+                combine(memory.buffer, memory.scatter(gamma * u, -u), s, base=g)
                 g_perp_sq = float(reducer.dots([(s, s)])[0])
             eps = torch.finfo(g.dtype).eps
             solution = solve_subproblem(
@@ -362,35 +366,44 @@ class LSR1(Optimizer):
                 # g = 0 and B positive semidefinite: x is a stationary point of the model.
                 state["last_rho"] = None
                 return
-            # s = perp_scale * (g - Psi u) + Psi c_par (+ perp_unit * z in the hard case)
-            w = spectral.psi_coefficients(solution.par) - solution.perp_scale * u
-            if solution.perp_scale != 0.0:
-                torch.mul(g, solution.perp_scale, out=s)
-            else:
-                s.zero_()
+            # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case)
+            #   = beta g + Psi w, one pass over the memory.
+            beta = solution.perp_scale
+            w = spectral.psi_coefficients(solution.par) - beta * u
             if k > 0:
-                combine(memory.buffer, memory.coefficients(-gamma * w, w), s)
+                combine(memory.buffer, memory.scatter(-gamma * w, w), s, base=g, beta=beta)
+            else:
+                torch.mul(g, beta, out=s)
+            x_saved = self._buffer("x")
             if solution.perp_unit != 0.0:
-                s.add_(self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"]),
-                       alpha=solution.perp_unit)
+                z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], x_saved)
+                s.add_(z, alpha=solution.perp_unit)
+                s_products = reducer.rows(memory.buffer, s) if k > 0 else None
+            elif k > 0:
+                s_products = memory.scatter(*memory.products_of_combination(beta, s_g, y_g, -gamma * w, w))
+            else:
+                s_products = None
 
-        # Trial point on the same minibatch.
-        self._save_params("x")
-        self._add_to_params("s")
-        _, f_trial, y = evaluate_trial()
+        # Trial point x + s on the same minibatch; y goes straight into the spare slot.
+        self._save_params(x_saved)
+        self._add_to_params(s)
+        spare = memory.spare_slot()
+        y = memory.y_row(spare)
+        _, f_trial = evaluate(y)
         y.sub_(g)
-        sy_ss_yy = reducer.dots([(s, s), (s, y), (y, y)])
-        finite = math.isfinite(f_trial) and bool(torch.isfinite(sy_ss_yy).all())
+        with exact_float32_matmul(device):
+            y_products = reducer.rows(memory.buffer, y)
+        ss_sy = reducer.dots([(s, s), (s, y)])
+        yy = float(y_products[memory.slots + spare])
+        finite = math.isfinite(f_trial) and bool(torch.isfinite(ss_sy).all()) and math.isfinite(yy)
         rho = (f - f_trial) / pred if finite else -math.inf
         state["last_rho"] = rho if finite else None
         if rho > d["eta"]:
             stats["accepted_steps"] += 1
         else:
             stats["rejected_steps"] += 1
-            self._load_params("x")
-        if not finite:
-            stats["nonfinite_trials"] += 1
-        step_norm = math.sqrt(float(sy_ss_yy[0])) if finite else solution.step_norm
+            self._load_params(x_saved)
+        step_norm = math.sqrt(float(ss_sy[0])) if finite else solution.step_norm
         if rho > d["increase_threshold"]:
             if step_norm > d["boundary_fraction"] * radius:
                 radius *= d["radius_increase"]
@@ -400,32 +413,37 @@ class LSR1(Optimizer):
             radius = min(radius, d["max_radius"])
         state["radius"] = radius
         if not finite:
+            stats["nonfinite_trials"] += 1
+            y.zero_()  # the spare row takes part in products with zero weight: keep it finite
             return
 
+        ss, sy = float(ss_sy[0]), float(ss_sy[1])
         with exact_float32_matmul(device):
-            # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with y - B s explicit.
-            if memory.k > 0:
-                products = reducer.rows(memory.buffer, self._work["sy"].T)
-                s_prod, y_prod = products[:, 0], products[:, 1]
-                s_s, y_s = memory.split(s_prod)
-                psi_s = y_s - gamma * s_s
-                w_s = torch.linalg.solve(m_inv, psi_s)  # M Psi^T s
+            if k > 0:
+                s_s, y_s = memory.split(s_products)
+                s_y, y_y = memory.split(y_products)
+                basis_s, basis_y = y_s - gamma * s_s, y_y - gamma * s_y
             else:
-                s_prod = y_prod = torch.zeros(2 * memory.m, dtype=torch.float64)
-                w_s = torch.zeros(0, dtype=torch.float64)
-            r = self._buffer("x")  # x is restored or no longer needed: reuse its storage
-            torch.add(y, s, alpha=-gamma, out=r)
-            if memory.k > 0:
-                combine(memory.buffer, memory.coefficients(gamma * w_s, -w_s), r)
-            sr_rr = reducer.dots([(s, r), (r, r)])
+                basis_s = basis_y = empty
+                s_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
+            # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||.
+            s_dot_r, r_sq, size = residual(sy, yy, ss, basis_y, basis_s, psi_gram, m_inv, gamma)
+            if r_sq <= 1e-2 * size:
+                # y - B s is small next to y and B s: form it explicitly (cancellation).
+                r = x_saved  # x is restored or no longer needed
+                w_s = torch.linalg.solve(m_inv, basis_s) if k > 0 else empty
+                combine(memory.buffer, memory.scatter(gamma * w_s, -w_s), r, base=y)
+                r.add_(s, alpha=-gamma)
+                sr_rr = reducer.dots([(s, r), (r, r)])
+                s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
             self._maybe_store_pair(
-                state, memory, s, y, s_prod, y_prod, sy_ss_yy, float(sr_rr[0]),
-                math.sqrt(max(float(sr_rr[1]), 0.0)), math.sqrt(float(sy_ss_yy[2])),
-                math.sqrt(float(sy_ss_yy[0])), lambda: memory.b_policy_inputs(gamma),
+                state, memory, s, s_products, y_products, (ss, sy, yy), s_dot_r,
+                math.sqrt(max(r_sq, 0.0)), math.sqrt(yy), math.sqrt(ss),
+                lambda: memory.b_policy_inputs(gamma),
             )
 
     def _maybe_store_pair(
-        self, state, memory, s, y, s_prod, y_prod, sy_ss_yy, numerator, residual_norm,
+        self, state, memory, s, s_products, y_products, diag, numerator, residual_norm,
         reference_norm, other_norm, factors,
     ) -> None:
         """Append (s, y) unless the SR1 skip test says not to; then apply the pair policy.
@@ -444,7 +462,7 @@ class LSR1(Optimizer):
         ):
             stats["skipped_updates"] += 1
             return
-        memory.append(s, y, s_prod, y_prod, sy_ss_yy[[0, 1, 2]])
+        memory.append(s, s_products, y_products, torch.tensor(diag, dtype=torch.float64))
         tol = self._rank_tol()
         # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
         check_gram = self.defaults["method"] == "trust_region"
@@ -454,17 +472,16 @@ class LSR1(Optimizer):
             memory.drop_oldest()
             stats["dropped_pairs"] += 1
 
-    def _unit_orthogonal_to_psi(self, memory, spectral, gamma: float, seed: int) -> Tensor:
+    def _unit_orthogonal_to_psi(self, memory, spectral, gamma: float, seed: int, out: Tensor) -> Tensor:
         """A unit vector orthogonal to range(Psi): the hard case with lambda_min = gamma."""
-        v = self._buffer("y")  # free until the trial gradient is gathered
-        generator = torch.Generator(device=v.device).manual_seed(1_000_003 + seed)
-        v.copy_(torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype))
+        generator = torch.Generator(device=out.device).manual_seed(1_000_003 + seed)
+        out.copy_(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
         if memory.k > 0:
-            s_v, y_v = memory.split(self._reducer.rows(memory.buffer, v))
+            s_v, y_v = memory.split(self._reducer.rows(memory.buffer, out))
             u = spectral.psi_coefficients(spectral.parallel_coordinates(y_v - gamma * s_v))
-            combine(memory.buffer, memory.coefficients(gamma * u, -u), v)
-        v.div_(math.sqrt(float(self._reducer.dots([(v, v)])[0])))
-        return v
+            combine(memory.buffer, memory.scatter(gamma * u, -u), out)
+        out.div_(math.sqrt(float(self._reducer.dots([(out, out)])[0])))
+        return out
 
     def _line_search_step(self, state: dict, f: float, g: Tensor, evaluate) -> None:
         d = self.defaults
@@ -473,6 +490,7 @@ class LSR1(Optimizer):
         reducer = self._reducer
         delta = 1.0 / d["gamma"]
         device = g.device
+        k = memory.k
         gg = float(reducer.dots([(g, g)])[0])
         if not (math.isfinite(f) and math.isfinite(gg)):
             stats["rejected_steps"] += 1
@@ -481,38 +499,35 @@ class LSR1(Optimizer):
         if gg == 0.0:  # a stationary point: no descent direction exists
             state["last_rho"] = None
             return
+        empty = torch.zeros(0, dtype=torch.float64)
         direction = self._buffer("s")
+        phi_gram, n_inv = memory.h_factors(delta)
+        fallback = True
         with exact_float32_matmul(device):
-            _, n_inv = memory.h_factors(delta)
-            slope = -gg
-            if memory.k > 0:
+            if k > 0:
                 s_g, y_g = memory.split(reducer.rows(memory.buffer, g))
                 phi_g = s_g - delta * y_g
                 c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
                 # d = -H g = -delta g - Phi c = -delta g - S c + delta Y c
-                torch.mul(g, -delta, out=direction)
-                combine(memory.buffer, memory.coefficients(-c, delta * c), direction)
+                combine(memory.buffer, memory.scatter(-c, delta * c), direction, base=g, beta=-delta)
                 slope = -delta * gg - float(phi_g @ c)
-            else:
-                torch.neg(g, out=direction)
-            if not slope < 0.0:
-                stats["descent_fallbacks"] += 1
-                torch.neg(g, out=direction)
-                slope = -gg
-        if slope == 0.0:
-            state["last_rho"] = None
-            return
+                fallback = not slope < 0.0
+                stats["descent_fallbacks"] += int(fallback)
+        if fallback:
+            torch.neg(g, out=direction)
+            slope = -gg
 
-        self._save_params("x")
-        x_views, d_views = self._views["x"], self._views["s"]
-        trial = {"alpha": 0.0}
+        x_saved = self._buffer("x")
+        self._save_params(x_saved)
+        x_views, d_views = self._views_of(x_saved), self._views_of(direction)
+        spare = memory.spare_slot()
+        y = memory.y_row(spare)
 
         def phi(alpha: float) -> tuple[float, float]:
             torch._foreach_copy_(self._params, x_views)
             torch._foreach_add_(self._params, d_views, alpha=alpha)
-            _, f_a, g_a = evaluate("y")
-            trial["alpha"] = alpha
-            return f_a, float(reducer.dots([(g_a, direction)])[0])
+            _, f_a = evaluate(y)
+            return f_a, float(reducer.dots([(y, direction)])[0])
 
         alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats["steps"] > 1 else 1.0
         if d["line_search"] == "strong_wolfe":
@@ -525,39 +540,52 @@ class LSR1(Optimizer):
                 phi, f, slope, alpha0, c1=d["c1"], max_evaluations=d["max_line_search_evaluations"]
             )
         stats["line_search_evaluations"] += result.evaluations
+        state["last_rho"] = None
         if result.alpha <= 0.0:
             stats["rejected_steps"] += 1
-            self._load_params("x")
-            state["last_rho"] = None
+            self._load_params(x_saved)
+            y.zero_()  # may hold a non-finite gradient; the spare row must stay finite
             return
         stats["accepted_steps"] += 1
         state["last_step_length"] = result.alpha
-        state["last_rho"] = None
         if not result.last_is_alpha:
             phi(result.alpha)
-        y = self._buffer("y")
         y.sub_(g)
-        s = direction.mul_(result.alpha)  # s = alpha d (the direction is no longer needed)
-        sy_ss_yy = reducer.dots([(s, s), (s, y), (y, y)])
-        if not bool(torch.isfinite(sy_ss_yy).all()):
-            return
+        s = direction.mul_(result.alpha)  # s = alpha d
         with exact_float32_matmul(device):
-            # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
-            if memory.k > 0:
-                products = reducer.rows(memory.buffer, self._work["sy"].T)
-                s_prod, y_prod = products[:, 0], products[:, 1]
-                s_y, y_y = memory.split(y_prod)
-                w_y = torch.linalg.solve(n_inv, s_y - delta * y_y)  # N Phi^T y
+            y_products = reducer.rows(memory.buffer, y)
+        ss_sy = reducer.dots([(s, s), (s, y)])
+        yy = float(y_products[memory.slots + spare])
+        if not (bool(torch.isfinite(ss_sy).all()) and math.isfinite(yy)):
+            y.zero_()
+            return
+        ss, sy = float(ss_sy[0]), float(ss_sy[1])
+        with exact_float32_matmul(device):
+            if k > 0 and not fallback:
+                # s = alpha (-delta g - S c + delta Y c): its products from the Gram matrices.
+                s_products = memory.scatter(*memory.products_of_combination(
+                    -delta * result.alpha, s_g, y_g, -result.alpha * c, delta * result.alpha * c))
+            elif k > 0:
+                s_products = memory.scatter(-result.alpha * s_g, -result.alpha * y_g)
             else:
-                s_prod = y_prod = torch.zeros(2 * memory.m, dtype=torch.float64)
-                w_y = torch.zeros(0, dtype=torch.float64)
-            r = self._buffer("x")
-            torch.add(s, y, alpha=-delta, out=r)
-            if memory.k > 0:
-                combine(memory.buffer, memory.coefficients(-w_y, delta * w_y), r)
-            yr_rr = reducer.dots([(y, r), (r, r)])
+                s_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
+            if k > 0:
+                s_s, y_s = memory.split(s_products)
+                s_y, y_y = memory.split(y_products)
+                basis_s, basis_y = s_s - delta * y_s, s_y - delta * y_y
+            else:
+                basis_s = basis_y = empty
+            # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
+            y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
+            if r_sq <= 1e-2 * size:
+                r = x_saved
+                w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
+                combine(memory.buffer, memory.scatter(-w_y, delta * w_y), r, base=s)
+                r.add_(y, alpha=-delta)
+                yr_rr = reducer.dots([(y, r), (r, r)])
+                y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
             self._maybe_store_pair(
-                state, memory, s, y, s_prod, y_prod, sy_ss_yy, float(yr_rr[0]),
-                math.sqrt(max(float(yr_rr[1]), 0.0)), math.sqrt(float(sy_ss_yy[0])),
-                math.sqrt(float(sy_ss_yy[2])), lambda: memory.h_policy_inputs(delta),
+                state, memory, s, s_products, y_products, (ss, sy, yy), y_dot_r,
+                math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
+                lambda: memory.h_policy_inputs(delta),
             )
