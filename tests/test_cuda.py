@@ -1,0 +1,77 @@
+"""CUDA paths of the optimizer: float32 with the user's TF32 setting on. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsr1bench.optim import LSR1
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def elementwise_problem(n: int, seed: int = 0):
+    """No matmul in the objective, so TF32 can only matter inside the optimizer."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.rand(n, generator=gen) * 2.0 + 0.1
+    x0 = torch.randn(n, generator=gen)
+
+    def f(x):
+        d_ = d.to(x)
+        return (0.5 * d_ * x * x + 0.25 * x**4 + torch.log(torch.cosh(x))).sum()
+
+    return f, x0
+
+
+def run(f, x0, dtype, steps=10, memory=5):
+    x = x0.to("cuda", dtype).clone().requires_grad_(True)
+    opt = LSR1([x], memory=memory)
+
+    def closure():
+        opt.zero_grad()
+        loss = f(x)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return x.detach(), opt
+
+
+def test_user_tf32_setting_does_not_reach_the_optimizer_products():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed for float32 matmuls
+    try:
+        f, x0 = elementwise_problem(200_000)
+        x32, opt = run(f, x0, torch.float32)
+        assert torch.get_float32_matmul_precision() == "high"  # the user's setting is back
+        state = opt.state[opt._params[0]]
+        memory = opt._memory(state)
+        idx = torch.tensor(memory.order, device="cuda")
+        S = memory.buffer[: memory.slots][idx].double()
+        Y = memory.buffer[memory.slots :][idx].double()
+        ss, sy, yy = memory.grams()
+        for got, want in [(ss, S @ S.T), (sy, S @ Y.T), (yy, Y @ Y.T)]:
+            # TF32 (10-bit mantissa) would give errors near 1e-3; float32 accumulation ~1e-6.
+            torch.testing.assert_close(got, want.cpu(), rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+        x64, _ = run(f, x0, torch.float64)
+        torch.testing.assert_close(x32.double(), x64, rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_cuda_and_cpu_iterates_agree_in_float64():
+    f, x0 = elementwise_problem(5_000, seed=1)
+    x_gpu, _ = run(f, x0, torch.float64)
+    x = x0.double().clone().requires_grad_(True)
+    opt = LSR1([x], memory=5)
+
+    def closure():
+        opt.zero_grad()
+        loss = f(x)
+        loss.backward()
+        return loss
+
+    for _ in range(10):
+        opt.step(closure)
+    torch.testing.assert_close(x_gpu.cpu(), x.detach(), rtol=1e-9, atol=1e-10)
