@@ -127,14 +127,10 @@ def _check_runs(diff: CellDiff, base: CellSummary, current: CellSummary) -> None
         ("failed", base.failed, current.failed),
     ):
         if _share(current_count, current.n) > _share(base_count, base.n) + _EPS:
-            diff.regressions.append(
-                f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})"
-            )
+            diff.regressions.append(f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})")
 
 
-def _check_targets(
-    diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances
-) -> None:
+def _check_targets(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
     for target, base_t in sorted(base.targets.items()):
         name = f"< {target:g}%"
         current_t = current.targets.get(target)
@@ -145,13 +141,11 @@ def _check_targets(
         current_share = _share(current_t.reached, current_t.n)
         if current_share < base_share - _EPS:
             diff.regressions.append(
-                f"{name}: reached by {current_t.reached}/{current_t.n} seeds "
-                f"(base {base_t.reached}/{base_t.n})"
+                f"{name}: reached by {current_t.reached}/{current_t.n} seeds (base {base_t.reached}/{base_t.n})"
             )
         elif current_share > base_share + _EPS:
             diff.improvements.append(
-                f"{name}: reached by {current_t.reached}/{current_t.n} seeds "
-                f"(base {base_t.reached}/{base_t.n})"
+                f"{name}: reached by {current_t.reached}/{current_t.n} seeds (base {base_t.reached}/{base_t.n})"
             )
         delta = _delta(base_t.epochs, current_t.epochs)
         if delta is None or base_t.epochs is None:
@@ -182,10 +176,7 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
         delta = _delta(getattr(base, attribute), getattr(current, attribute))
         if delta is None:
             continue
-        change = (
-            f"{label} {getattr(base, attribute).median:.2f}% -> "
-            f"{getattr(current, attribute).median:.2f}%"
-        )
+        change = f"{label} {getattr(base, attribute).median:.2f}% -> {getattr(current, attribute).median:.2f}%"
         if delta > allowed + _EPS:
             diff.regressions.append(f"{change} (+{delta:.2f} points; allowed +{allowed:g})")
         elif delta < -allowed - _EPS:
@@ -193,9 +184,7 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     if tol.wall_clock_percent is not None:
         percent = _percent_change(base.train_seconds, current.train_seconds)
         if percent is not None and percent > tol.wall_clock_percent + _EPS:
-            diff.regressions.append(
-                f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)"
-            )
+            diff.regressions.append(f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)")
 
 
 def _percent_change(base: Stat | None, current: Stat | None) -> float | None:
@@ -224,9 +213,7 @@ def compare(
     ignore_suite = len(base_suites) == 1 and len(current_suites) == 1
     notes = []
     if ignore_suite and base_suites != current_suites:
-        notes.append(
-            f"suite {next(iter(base_suites))!r} compared with suite {next(iter(current_suites))!r}"
-        )
+        notes.append(f"suite {next(iter(base_suites))!r} compared with suite {next(iter(current_suites))!r}")
     base_by = {_match_key(c.key, ignore_suite): c for c in base}
     current_by = {_match_key(c.key, ignore_suite): c for c in current}
     diffs = []
@@ -245,9 +232,7 @@ def _sort_key(key: CellKey) -> tuple[object, ...]:
     return (key.suite, key.model, key.dataset, key.batch_norm, key.label, key.batch_size)
 
 
-def compare_paths(
-    base: str | Path, current: str | Path, tolerances: Tolerances | None = None
-) -> Comparison:
+def compare_paths(base: str | Path, current: str | Path, tolerances: Tolerances | None = None) -> Comparison:
     """Compare two results folders or baseline files; ReportError on bad input."""
     base_cells, _ = load_cells(base)
     current_cells, _ = load_cells(current)
@@ -263,9 +248,7 @@ def _target_cell(cell: CellSummary | None, target: float) -> str:
     return tables.target_text(cell.targets.get(target), "epochs", tables.fmt_count)
 
 
-def _pair(
-    base: Stat | None, current: Stat | None, fmt: tables.Formatter, percent: bool = False
-) -> str:
+def _pair(base: Stat | None, current: Stat | None, fmt: tables.Formatter, percent: bool = False) -> str:
     text = f"{tables.fmt_stat(base, fmt)} → {tables.fmt_stat(current, fmt)}"
     if base is None or current is None:
         return text
@@ -319,7 +302,11 @@ def to_markdown(comparison: Comparison) -> str:
                 _target_cell(diff.current, target),
                 diff.status,
             ])  # fmt: skip
-    out.append(tables.markdown(["cell", "target", "base", "current", "cell status"], rows) + "\n")
+    if rows:
+        headers = ["cell", "target", "base", "current", "cell status"]
+        out.append(tables.markdown(headers, rows) + "\n")
+    else:
+        out.append("No cell has target test errors.\n")
     out.append("### Final test error, skipped updates, training time\n")
     rows = []
     for diff in comparison.diffs:

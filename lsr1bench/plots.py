@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lsr1bench.reporting.runs import RunSummary
 
@@ -132,6 +133,8 @@ def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
         ax.set_xlabel("training wall-clock (s)" if use_time else "epoch", fontsize=8)
         ax.set_ylabel("test error (%)", fontsize=8)
         ax.tick_params(labelsize=7)
+        if not use_time:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=7)

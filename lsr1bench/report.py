@@ -92,8 +92,12 @@ def _grouped_tables(report: Report, render: Any) -> list[str]:
     return parts
 
 
+NO_TARGETS = "No run has target test errors (set `targets:` in the suite).\n"
+
+
 def _target_tables(report: Report, metric: str, fmt: Any) -> list[str]:
-    return _grouped_tables(report, lambda cells: tables.target_table(cells, metric, fmt))
+    parts = _grouped_tables(report, lambda cells: tables.target_table(cells, metric, fmt))
+    return parts or [NO_TARGETS]
 
 
 def main_table(report: Report) -> str:
@@ -128,10 +132,7 @@ def missing_lines(report: Report) -> list[str]:
         absent = sorted(seeds_by_suite[cell.key.suite] - set(cell.seeds))
         if absent:
             seeds = ", ".join(str(s) for s in absent)
-            lines.append(
-                f"- {cell.key.describe()}: no run for seed {seeds} "
-                "(other cells of the suite have it)"
-            )
+            lines.append(f"- {cell.key.describe()}: no run for seed {seeds} (other cells of the suite have it)")
     return lines
 
 
@@ -146,9 +147,7 @@ def _warning_lines(report: Report) -> list[str]:
     return lines
 
 
-def render_markdown(
-    report: Report, plot_files: list[Path] | None = None, base: Path | None = None
-) -> str:
+def render_markdown(report: Report, plot_files: list[Path] | None = None, base: Path | None = None) -> str:
     """The whole report.md; plot paths are written relative to ``base``."""
     results = report.results
     devices = sorted({run.device for run in results.runs if run.device})
@@ -206,9 +205,7 @@ def _write_csv(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_report(
-    report: Report, out_dir: str | Path | None = None, plots: bool = True
-) -> WrittenReport:
+def write_report(report: Report, out_dir: str | Path | None = None, plots: bool = True) -> WrittenReport:
     """Write report.md, the CSV tables and (unless ``plots`` is false) the PNG plots.
 
     ``out_dir`` defaults to the results folder itself ("next to the results").

@@ -122,9 +122,7 @@ def write_run(
         "versions": {"python": "3.x", "torch": "n/a", "lsr1bench": "0.1.0"},
         "git_commit": "0123456789abcdef",
         "started_at": "2024-01-01T00:00:00+00:00",
-        "finished_at": None
-        if status in {"running", "interrupted"}
-        else "2024-01-01T00:01:00+00:00",
+        "finished_at": None if status in {"running", "interrupted"} else "2024-01-01T00:01:00+00:00",
         "epochs_completed": last,
         "targets_reached": reached,
     }

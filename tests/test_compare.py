@@ -22,9 +22,7 @@ SGD = [90, 9.0, 6.0, 4.5, 3.5, 3.0]
 QN = {"steps": 40, "skipped_updates": 4, "rejected_steps": 1, "dropped_pairs": 0, "radius": 1.0}
 
 
-def make_suite(
-    root: Path, lsr1=LSR1, sgd=SGD, qn=QN, seconds=2.0, seeds=(0, 1), name="ci", **kw
-) -> Path:
+def make_suite(root: Path, lsr1=LSR1, sgd=SGD, qn=QN, seconds=2.0, seeds=(0, 1), name="ci", **kw) -> Path:
     suite = root / name
     for seed in seeds:
         write_run(
@@ -82,10 +80,7 @@ def test_two_more_epochs_regress(base: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "FAIL: 1 of 2 cells regressed" in result.output
     assert "### Regressions" in result.output
-    assert (
-        "**lenet5 + BN · mnist · lsr1 · b100**: < 5%: median epochs 2 -> 4 (+2; allowed +1)"
-        in result.output
-    )
+    assert "**lenet5 + BN · mnist · lsr1 · b100**: < 5%: median epochs 2 -> 4 (+2; allowed +1)" in result.output
     assert run_compare(base, current, "--epochs-tol", "2").exit_code == 0
 
 
@@ -106,12 +101,8 @@ def test_final_error_tolerance(base: Path, tmp_path: Path) -> None:
     assert run_compare(base, make_suite(tmp_path / "a", lsr1=worse)).exit_code == 0
     worse = LSR1[:-2] + [1.9, 2.1]  # 2% still reached at epoch 4; final +0.6 points
     result = run_compare(base, make_suite(tmp_path / "b", lsr1=worse))
-    assert (
-        result.exit_code == 1 and "final test error 1.50% -> 2.10% (+0.60 points" in result.output
-    )
-    assert (
-        run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1").exit_code == 0
-    )
+    assert result.exit_code == 1 and "final test error 1.50% -> 2.10% (+0.60 points" in result.output
+    assert run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1").exit_code == 0
 
 
 def test_skip_rate_tolerance(base: Path, tmp_path: Path) -> None:
@@ -214,9 +205,7 @@ def test_bad_input_exits_2(base: Path, tmp_path: Path, case: str) -> None:
     elif case == "no-cells":
         bad.write_text(json.dumps({"format": "lsr1bench-baseline", "version": 1, "cells": []}))
     elif case == "malformed-cell":
-        bad.write_text(
-            json.dumps({"format": "lsr1bench-baseline", "version": 1, "cells": [{"suite": "x"}]})
-        )
+        bad.write_text(json.dumps({"format": "lsr1bench-baseline", "version": 1, "cells": [{"suite": "x"}]}))
     elif case == "empty-dir":
         bad = tmp_path / "empty"
         bad.mkdir()
@@ -227,3 +216,14 @@ def test_bad_input_exits_2(base: Path, tmp_path: Path, case: str) -> None:
     assert "Traceback" not in result.output
     result = run_compare(base, bad, *options)
     assert result.exit_code == 2, result.output
+
+
+def test_cells_without_targets(tmp_path: Path) -> None:
+    suite = tmp_path / "b" / "quick"
+    write_run(suite, [90, 5.0, 4.0], targets=())
+    result = run_compare(suite, suite)
+    assert result.exit_code == 0, result.output
+    assert "No cell has target test errors." in result.output
+    worse = tmp_path / "c" / "quick"
+    write_run(worse, [90, 5.0, 4.6], targets=())
+    assert run_compare(suite, worse).exit_code == 1

@@ -92,9 +92,7 @@ def test_main_table_layout_like_table_1(table1: Path) -> None:
     ]
     rows = {
         cols[0]: cols[1:]
-        for cols in (
-            [c.strip() for c in line.strip("|").split("|")] for line in lines[bn + 4 : bn + 7]
-        )
+        for cols in ([c.strip() for c in line.strip("|").split("|")] for line in lines[bn + 4 : bn + 7])
     }
     assert rows == {
         "adam": ["2 (1/2, 1 incomplete)", "not run", "1.5 [1–2] (2/2)", "not run"],
@@ -133,11 +131,7 @@ def test_skip_statistics_by_hand(table1: Path) -> None:
     assert not cells_by(report)[(True, "nag", 500)].has_skip_statistics
     written = write_report(report, plots=False)
     text = written.report_md.read_text(encoding="utf-8")
-    row = next(
-        line
-        for line in text.splitlines()
-        if line.startswith("| lsr1") and "10.00 [5.00–25.00]" in line
-    )
+    row = next(line for line in text.splitlines() if line.startswith("| lsr1") and "10.00 [5.00–25.00]" in line)
     assert "4 [2–6]" in row and "10.00 [5.00–15.00]" in row and "2 [0.5–8]" in row
 
 
@@ -156,9 +150,7 @@ def test_partial_results_are_listed(table1: Path) -> None:
     assert "`lenet5-bn-mnist-adam-b500-s1`: status running" in missing
     assert "adam · b500: no run for seed 2" in missing
     assert "`lenet5-bn-mnist-momentum-b500-s0`: epochs 2 missing from epochs.csv" in missing
-    assert (
-        "`lenet5-bn-mnist-momentum-b500-s1`: status running; epochs.csv missing or empty" in missing
-    )
+    assert "`lenet5-bn-mnist-momentum-b500-s1`: status running; epochs.csv missing or empty" in missing
     assert "unreadable:" in missing and "momentum-b500-s2/run.json" in missing
     # Diverged runs end early by design and are not listed as incomplete.
     assert "lsr1-b1000" not in missing
@@ -201,11 +193,7 @@ def test_write_report_files_and_csv_values(table1: Path) -> None:
     assert "![table1-test-error-vs-epoch](plots/table1-test-error-vs-epoch.png)" in text
     with (table1 / "report_targets.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    row = next(
-        r
-        for r in rows
-        if r["label"] == "lsr1" and r["batch_size"] == "500" and r["target"] == "1.2"
-    )
+    row = next(r for r in rows if r["label"] == "lsr1" and r["batch_size"] == "500" and r["target"] == "1.2")
     assert (
         row["n"],
         row["reached"],
@@ -308,3 +296,12 @@ def test_report_stage_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_runs_without_targets(tmp_path: Path) -> None:
+    suite = tmp_path / "quick"
+    write_run(suite, [90, 5.0, 4.0], targets=())
+    report = build_report(suite)
+    assert main_table(report).startswith("No run has target test errors")
+    text = write_report(report, plots=False).report_md.read_text(encoding="utf-8")
+    assert "| lsr1        | 500     | 1 (1 completed) | 2            | 4.00" in text

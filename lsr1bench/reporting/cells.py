@@ -57,9 +57,7 @@ class Stat:
     def from_dict(cls, data: Any) -> Stat | None:
         if data is None:
             return None
-        return cls(
-            float(data["median"]), float(data["min"]), float(data["max"]), int(data["count"])
-        )
+        return cls(float(data["median"]), float(data["min"]), float(data["max"]), int(data["count"]))
 
 
 @dataclass
@@ -267,8 +265,7 @@ def cells_from_baseline(data: Any, origin: str) -> list[CellSummary]:
         raise ReportError(f'{origin}: not an lsr1bench baseline (no "format": "{BASELINE_FORMAT}")')
     if data.get("version") != BASELINE_VERSION:
         raise ReportError(
-            f"{origin}: baseline version {data.get('version')!r}, this lsr1bench reads "
-            f"version {BASELINE_VERSION}"
+            f"{origin}: baseline version {data.get('version')!r}, this lsr1bench reads version {BASELINE_VERSION}"
         )
     raw_cells = data.get("cells")
     if not isinstance(raw_cells, list) or not raw_cells:

@@ -252,9 +252,7 @@ def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
     run.radius = last.get("radius")
 
 
-def _check_completeness(
-    run: RunSummary, rows: list[dict[str, float | None]], epochs_completed: int
-) -> None:
+def _check_completeness(run: RunSummary, rows: list[dict[str, float | None]], epochs_completed: int) -> None:
     """Mark the run incomplete and say why: still running, interrupted, or epochs missing."""
     problems = run.problems
     if run.status in UNFINISHED_STATUSES:
@@ -268,9 +266,7 @@ def _check_completeness(
     if gaps:
         problems.append(f"epochs {_ranges(gaps)} missing from {EPOCHS_FILE}")
     if epochs_completed > run.epochs_present:
-        problems.append(
-            f"run.json says {epochs_completed} epochs, {EPOCHS_FILE} has {run.epochs_present}"
-        )
+        problems.append(f"run.json says {epochs_completed} epochs, {EPOCHS_FILE} has {run.epochs_present}")
     stopped_early = bool(run.spec.get("stop_at_targets")) and len(run.hits) == len(run.targets)
     if (
         run.status == "completed"

@@ -87,9 +87,7 @@ def target_text(summary: TargetSummary | None, metric: str, fmt: Formatter) -> s
         head = UNREACHED_WORDS[shown_in_head]
     tail = [f"{k}/{n}"]
     tail += [
-        f"{others[o]} {TAIL_WORDS[o]}"
-        for o in OUTCOME_ORDER
-        if o in others and o in TAIL_WORDS and o != shown_in_head
+        f"{others[o]} {TAIL_WORDS[o]}" for o in OUTCOME_ORDER if o in others and o in TAIL_WORDS and o != shown_in_head
     ]
     return f"{head} ({', '.join(tail)})"
 
@@ -112,16 +110,16 @@ def groups(cells: Iterable[CellSummary]) -> dict[Group, list[CellSummary]]:
     return out
 
 
-def target_table(
-    cells: list[CellSummary], metric: str, fmt: Formatter
-) -> tuple[list[str], list[list[str]]]:
+def target_table(cells: list[CellSummary], metric: str, fmt: Formatter) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of one group's "to target" table (rows: labels; columns: target x batch)."""
     labels = sorted({c.key.label for c in cells})
     batches = sorted({c.key.batch_size for c in cells})
     targets = sorted({t for c in cells for t in c.targets})
     by_key = {(c.key.label, c.key.batch_size): c for c in cells}
     headers = ["optimizer"] + [f"< {t:g}% · b{b}" for t in targets for b in batches]
-    rows = []
+    rows: list[list[str]] = []
+    if not targets:
+        return headers, rows
     for label in labels:
         row = [label]
         for target in targets:
