@@ -1,0 +1,312 @@
+"""The ``lsr1bench`` command line: ``run`` and ``validate`` a suite.
+
+The only module that imports typer and rich. Every bad input ends here as a clear
+message and exit code 2, before anything is written; torch is imported only once a
+suite is known to be good and is about to run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lsr1bench.grid import RunSpec, expand, parse_shard, shard
+from lsr1bench.spec import SpecError, Suite, load_suite
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Benchmark L-SR1 against first-order methods over YAML suites.",
+)
+
+SuiteArg = Annotated[Path, typer.Argument(metavar="SUITE", help="the suite's YAML file")]
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED_RUNS = 1
+EXIT_INTERRUPTED = 130
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # off a terminal (logs, CI, Slurm output files) keep run ids whole rather than 80 columns
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def _bad_input(lines: list[str], source: str | None = None) -> typer.Exit:
+    err = _console(stderr=True)
+    head = f"{source}: " if source else ""
+    noun = "problem" if len(lines) == 1 else "problems"
+    err.print(f"[bold red]error:[/] {escape(head)}{len(lines)} {noun}")
+    for line in lines:
+        err.print(f"  {escape(line)}", highlight=False)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _load(suite_path: Path) -> tuple[Suite, list[RunSpec]]:
+    try:
+        suite = load_suite(suite_path)
+        runs = expand(suite)
+    except SpecError as exc:
+        raise _bad_input(exc.problems, str(suite_path)) from None
+    return suite, runs
+
+
+@app.command()
+def validate(suite_path: SuiteArg) -> None:
+    """Check a suite and print its expanded runs (count and ids) without training."""
+    suite, runs = _load(suite_path)
+    out = _console()
+    out.print(f"{escape(str(suite_path))}: suite '{escape(suite.name or '')}' is valid: {len(runs)} runs")
+    for run in runs:
+        out.print(f"  {run.run_id}  (epochs {run.epochs})")
+
+
+def _shard_option(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise _bad_input([f"--shard: {exc}"]) from None
+
+
+def _resume_command(suite_path: Path, options: dict[str, Any]) -> str:
+    """The command that resumes this run: the same suite and options, without --force."""
+    words = ["lsr1bench", "run", str(suite_path)]
+    for flag, value in options.items():
+        if value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@app.command()
+def run(
+    suite_path: SuiteArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the runs and what would happen; train nothing")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="rerun runs that already completed")] = False,
+    devices: Annotated[
+        str | None,
+        typer.Option("--devices", help="auto | cpu | cuda:0,cuda:1,... (default: the suite's, else auto)"),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", min=1, help="worker processes per device; CPU threads are split among them"),
+    ] = None,
+    shard_text: Annotated[
+        str | None,
+        typer.Option("--shard", metavar="i/N", help="run only shard i (0-based) of N, e.g. $SLURM_ARRAY_TASK_ID/4"),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", help="results tree: OUTPUT/<suite>/<run id>/")] = Path("outputs"),
+    data_root: Annotated[
+        str | None,
+        typer.Option("--data-root", help="where MNIST/CIFAR-10 live (else the suite's, else $LSR1BENCH_DATA)"),
+    ] = None,
+) -> None:
+    """Train every run of a suite, skipping runs already completed in OUTPUT."""
+    suite, runs = _load(suite_path)
+    shard_spec = _shard_option(shard_text)
+    problems: list[str] = []
+    if output.exists() and not output.is_dir():
+        problems.append(f"--output: {output} exists and is not a directory")
+    if devices is not None:
+        from lsr1bench.spec import DEVICES_PATTERN
+
+        if not DEVICES_PATTERN.match(devices.replace(" ", "")):
+            problems.append(f"--devices: expected auto, cpu or cuda:0,cuda:1,..., got {devices!r}")
+    if data_root is not None and not data_root.strip():
+        problems.append("--data-root: must not be empty")
+    if problems:
+        raise _bad_input(problems)
+    if data_root is not None:
+        runs = [replace(r, data_root=data_root) for r in runs]
+    total_in_suite = len(runs)
+    if shard_spec is not None:
+        runs = shard(runs, *shard_spec)
+
+    from lsr1bench import scheduler  # imports torch: only once the input is known good
+
+    try:
+        device_list = scheduler.resolve_devices(devices or suite.devices or "auto", jobs or suite.jobs or 1)
+    except scheduler.DeviceError as exc:
+        raise _bad_input([f"--devices: {exc}"]) from None
+    planned = scheduler.plan(runs, output, force=force)
+    out = _console()
+    shard_note = f" (shard {shard_spec[0]}/{shard_spec[1]} of {total_in_suite})" if shard_spec else ""
+    todo = [p for p in planned if p.action != "skip"]
+    out.print(
+        f"suite '{escape(suite.name or '')}': {len(planned)} runs{shard_note}, "
+        f"{len(planned) - len(todo)} already done, {len(todo)} to run on {', '.join(device_list)}"
+        f" -> {escape(str(output / (suite.name or '')))}"
+    )
+    if dry_run:
+        for p in planned:
+            out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
+        return
+    try:
+        scheduler.prepare_data([p.spec for p in todo])
+    except scheduler.DataError as exc:
+        raise _bad_input([str(exc)]) from None
+
+    display = _Display(out, total=len(planned), done=len(planned) - len(todo))
+    started = time.perf_counter()
+    outcome = display.run(lambda on_event: scheduler.run_suite(todo, output, device_list, on_event))
+    elapsed = time.perf_counter() - started
+    _summary(out, planned, outcome, elapsed)
+    if outcome.interrupted:
+        err = _console(stderr=True)
+        kept = sum(1 for s in outcome.statuses.values() if s in ("completed", "diverged"))
+        err.print(
+            f"[bold yellow]interrupted.[/] Finished runs are kept ({kept} this time); "
+            "unfinished ones are marked interrupted and will restart.\nResume with:\n  "
+            + escape(
+                _resume_command(
+                    suite_path,
+                    {
+                        "--devices": devices,
+                        "--jobs": jobs,
+                        "--shard": shard_text,
+                        "--output": output if output != Path("outputs") else None,
+                        "--data-root": data_root,
+                    },
+                )
+            )
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if any(s == "failed" for s in outcome.statuses.values()):
+        raise typer.Exit(EXIT_FAILED_RUNS)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+class _Display:
+    """Live grid progress and the active runs, or plain lines when not on a terminal."""
+
+    def __init__(self, console: Console, total: int, done: int) -> None:
+        self.console = console
+        self.total = total
+        self.done = done
+        self.active: dict[str, dict[str, Any]] = {}
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("grid"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("grid", total=total, completed=done)
+
+    def _table(self) -> Table:
+        table = Table(box=None, pad_edge=False)
+        for col in ("run", "device", "epoch", "train loss", "test error %"):
+            table.add_column(col, justify="left" if col in ("run", "device") else "right")
+        for run_id, row in self.active.items():
+            table.add_row(
+                run_id,
+                row.get("device", ""),
+                f"{row.get('epoch', 0)}/{row.get('epochs', '?')}",
+                _fmt(row.get("train_loss"), ".4f"),
+                _fmt(row.get("test_error"), ".2f"),
+            )
+        return table
+
+    def _render(self) -> Group:
+        return Group(self.progress, self._table())
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind, run_id = event["type"], event.get("run_id", "")
+        if kind == "message":
+            self.console.print(escape(event["text"]))
+        elif kind == "start":
+            self.active[run_id] = {"device": event.get("device", ""), "epochs": event.get("epochs")}
+            if not self.live:
+                self.console.print(f"start {run_id} on {event.get('device', '')}")
+        elif kind == "epoch":
+            row = self.active.setdefault(run_id, {})
+            row.update({k: event.get(k) for k in ("epoch", "epochs", "train_loss", "test_error")})
+            if not self.live:
+                self.console.print(
+                    f"  {run_id} epoch {event['epoch']}/{event['epochs']} "
+                    f"train loss {_fmt(event.get('train_loss'), '.4f') or '-'} "
+                    f"test error {_fmt(event.get('test_error'), '.2f')}%"
+                )
+        elif kind == "end":
+            self.active.pop(run_id, None)
+            self.done += 1
+            self.progress.update(self.task, completed=self.done)
+            error = f": {event['error']}" if event.get("error") else ""
+            line = (
+                f"[{self.done}/{self.total}] {run_id} {event['status']} "
+                f"(test error {_fmt(event.get('test_error'), '.2f') or '-'}%, "
+                f"{_fmt(event.get('seconds'), '.1f')} s){error}"
+            )
+            if self.live:
+                self.progress.console.print(escape(line))
+            else:
+                self.console.print(escape(line))
+
+    def run(self, job: Any) -> Any:
+        if not self.live:
+            return job(self.on_event)
+        with Live(self._render(), console=self.console, refresh_per_second=4, transient=True) as live:
+
+            def on_event(event: dict[str, Any]) -> None:
+                self.on_event(event)
+                live.update(self._render())
+
+            return job(on_event)
+
+
+def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float) -> None:
+    counts: dict[str, int] = {}
+    for p in planned:
+        status = outcome.statuses.get(p.spec.run_id)
+        if status is None:
+            status = "skipped (done before)" if p.action == "skip" else "not started"
+        counts[status] = counts.get(status, 0) + 1
+    if outcome.results:
+        table = Table(box=None, pad_edge=False, title=None)
+        for col in ("run", "status", "epochs", "test error %", "train s", "wall s"):
+            table.add_column(col, justify="left" if col in ("run", "status") else "right")
+        for p in planned:
+            result = outcome.results.get(p.spec.run_id)
+            if result is None:
+                continue
+            table.add_row(
+                p.spec.run_id,
+                result["status"],
+                f"{result.get('epochs_completed', '')}/{p.spec.epochs}",
+                _fmt(result.get("test_error"), ".2f"),
+                _fmt(result.get("train_seconds"), ".1f"),
+                _fmt(result.get("seconds"), ".1f"),
+            )
+        console.print(table)
+        for run_id, result in outcome.results.items():
+            if result.get("status") == "failed":
+                console.print(f"[red]{escape(run_id)} failed:[/] {escape(str(result.get('error')))}")
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"done in {elapsed:.1f} s: {parts}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,205 @@
+"""Expand a validated :class:`~lsr1bench.spec.Suite` into frozen :class:`RunSpec`s.
+
+Expansion is deterministic: grids in file order, then models, batch-norm settings,
+datasets, optimizer entries, batch sizes and seeds, each in the order written. Every
+setting is resolved here (optimizer entry, else grid, else suite, else the paper's
+default), so a RunSpec alone says everything a run needs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lsr1bench.registry import names
+from lsr1bench.spec import DEFAULT_EPOCHS, Grid, OptimizerEntry, SpecError, Suite
+
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training run needs; see docs/ARCHITECTURE.md for the fields."""
+
+    suite: str
+    run_id: str
+    model: str
+    batch_norm: bool
+    dataset: str
+    optimizer: str
+    label: str
+    optimizer_params: dict[str, Any]
+    lr_schedule: dict[str, Any] | None
+    batch_size: int
+    seed: int
+    epochs: int
+    targets: tuple[float, ...] = field(default_factory=tuple)
+    weight_decay: float = 0.0
+    stop_at_targets: bool = False
+    data_root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists, not tuples)."""
+        out = asdict(self)
+        out["targets"] = list(self.targets)
+        out["optimizer_params"] = _jsonable(self.optimizer_params)
+        out["lr_schedule"] = _jsonable(self.lr_schedule)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """Invert :meth:`to_dict`; unknown keys are an error."""
+        data = dict(data)
+        data["targets"] = tuple(float(t) for t in data.get("targets", ()))
+        data["optimizer_params"] = dict(data.get("optimizer_params") or {})
+        return cls(**data)
+
+    @property
+    def second_order(self) -> bool:
+        return self.optimizer in names.SECOND_ORDER
+
+    @property
+    def family(self) -> str:
+        return names.family(self.dataset)
+
+    def comparable(self) -> dict[str, Any]:
+        """The fields that change results (the data root only says where the files are)."""
+        out = self.to_dict()
+        out.pop("data_root")
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def make_run_id(model: str, batch_norm: bool, dataset: str, label: str, batch: int, seed: int) -> str:
+    """``{model}{-bn}-{dataset}-{label}-b{batch}-s{seed}``, lower-case."""
+    bn = "-bn" if batch_norm else ""
+    return f"{model}{bn}-{dataset}-{label}-b{batch}-s{seed}".lower()
+
+
+def _pick(name: str, *layers: Any) -> Any:
+    """The first layer (most specific first) that sets ``name``."""
+    for layer in layers:
+        value = getattr(layer, name)
+        if value is not None:
+            return value
+    return None
+
+
+def _seeds(*layers: Any) -> list[int]:
+    for layer in layers:
+        if layer.seeds is not None:
+            return list(layer.seeds)
+        if layer.repeats is not None:
+            return list(range(layer.repeats))
+    return [0]
+
+
+def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry) -> Iterable[tuple[str, RunSpec]]:
+    where = f"grids[{g}].optimizers[{o}]"
+    layers = (entry, grid, suite)
+    batch_sizes = _pick("batch_sizes", *layers)
+    if batch_sizes is None:
+        raise SpecError(
+            [f"{where}: no batch_sizes for {entry.name}; set batch_sizes on the suite, grid {g} or this entry"]
+        )
+    epochs = _pick("epochs", *layers) or DEFAULT_EPOCHS
+    schedule = _pick("lr_schedule", *layers)
+    targets = tuple(float(t) for t in (_pick("targets", *layers) or ()))
+    for model in grid.models:
+        for batch_norm in model.batch_norm_values():
+            for dataset in grid.datasets:
+                family = names.family(dataset)
+                weight_decay = _pick("weight_decay", *layers)
+                params = names.resolved_optimizer_params(entry.name, dataset, entry.params)
+                for batch in batch_sizes:
+                    for seed in _seeds(*layers):
+                        run_id = make_run_id(model.name, batch_norm, dataset, entry.resolved_label, batch, seed)
+                        yield (
+                            where,
+                            RunSpec(
+                                suite=suite.name or "suite",
+                                run_id=run_id,
+                                model=model.name,
+                                batch_norm=batch_norm,
+                                dataset=dataset,
+                                optimizer=entry.name,
+                                label=entry.resolved_label,
+                                optimizer_params=params,
+                                lr_schedule=schedule.model_dump() if schedule is not None else None,
+                                batch_size=batch,
+                                seed=seed,
+                                epochs=epochs,
+                                targets=targets,
+                                weight_decay=(
+                                    float(weight_decay) if weight_decay is not None else names.WEIGHT_DECAY[family]
+                                ),
+                                stop_at_targets=bool(_pick("stop_at_targets", *layers) or False),
+                                data_root=_pick("data_root", *layers),
+                                train_subset=_pick("train_subset", *layers),
+                                test_subset=_pick("test_subset", *layers),
+                            ),
+                        )
+
+
+def expand(suite: Suite) -> list[RunSpec]:
+    """Every run of ``suite`` in a deterministic order, each id once.
+
+    A run that two entries describe identically is kept once (grids may overlap on
+    purpose, e.g. Figure 3 and Table 1). Two different runs with one id are a
+    :class:`SpecError` naming both entries; give one of them a different ``label``.
+    """
+    runs: dict[str, RunSpec] = {}
+    origin: dict[str, str] = {}
+    problems: list[str] = []
+    for g, grid in enumerate(suite.grids):
+        for o, entry in enumerate(grid.optimizers):
+            try:
+                for where, run in _entry_runs(suite, g, grid, o, entry):
+                    if run.run_id not in runs:
+                        runs[run.run_id] = run
+                        origin[run.run_id] = where
+                    elif runs[run.run_id] != run:
+                        problems.append(
+                            f"{where}: run id '{run.run_id}' is also made by {origin[run.run_id]} "
+                            "with different settings; give one of them a distinct label"
+                        )
+            except SpecError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))
+    return list(runs.values())
+
+
+def shard(runs: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """Shard ``index`` (0-based) of ``count``: every count-th run, starting at ``index``.
+
+    Round-robin over the expansion order keeps shards balanced when neighbouring runs
+    cost alike, and the shards partition the grid exactly.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= i < N")
+    return list(runs[index::count])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; ``ValueError`` with a clear message otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"expected i/N such as 0/4, got {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1:
+        raise ValueError(f"N must be >= 1, got {text!r}")
+    if index >= count:
+        raise ValueError(f"i counts from 0, so it must be < N ({count}); got {text!r}")
+    return index, count

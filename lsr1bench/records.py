@@ -1,0 +1,263 @@
+"""Run records on disk: ``outputs/<suite>/<run_id>/run.json`` and ``epochs.csv``.
+
+Every file is written atomically (a temporary file in the same folder, then
+``os.replace``), so a killed run leaves either the previous version of a file or the
+new one, never half of one. The layout is the contract in docs/ARCHITECTURE.md; the
+report stage reads it with :func:`read_run` / :func:`iter_runs`. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+EPOCHS_FILE = "epochs.csv"
+
+RUNNING = "running"
+COMPLETED = "completed"
+DIVERGED = "diverged"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+STATUSES = (RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED)
+# Finished runs that a resumed suite skips: rerunning a diverged run diverges again.
+FINISHED = frozenset({COMPLETED, DIVERGED})
+
+EPOCH_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_error",
+    "train_seconds",
+    "total_seconds",
+    "grad_evals",
+    "samples",
+    "steps",
+    "accepted_steps",
+    "rejected_steps",
+    "skipped_updates",
+    "dropped_pairs",
+    "radius",
+    "stored_pairs",
+    "lr",
+)
+_INT_COLUMNS = frozenset(
+    {
+        "epoch",
+        "grad_evals",
+        "samples",
+        "steps",
+        "accepted_steps",
+        "rejected_steps",
+        "skipped_updates",
+        "dropped_pairs",
+        "stored_pairs",
+    }
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def run_dir(output: str | Path, suite: str, run_id: str) -> Path:
+    return Path(output) / suite / run_id
+
+
+@dataclass
+class RunRecord:
+    """The contents of ``run.json`` (plus where it lives)."""
+
+    suite: str
+    run_id: str
+    spec: dict[str, Any]
+    status: str = RUNNING
+    error: str | None = None
+    device: str = "cpu"
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    epochs_completed: int = 0
+    targets_reached: dict[str, int | None] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "schema_version": self.schema_version,
+            "suite": self.suite,
+            "run_id": self.run_id,
+            "spec": self.spec,
+            "status": self.status,
+            "error": self.error,
+            "device": self.device,
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "epochs_completed": self.epochs_completed,
+            "targets_reached": self.targets_reached,
+        }
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        known = {
+            "schema_version", "suite", "run_id", "spec", "status", "error", "device", "versions",
+            "git_commit", "started_at", "finished_at", "epochs_completed", "targets_reached",
+        }  # fmt: skip
+        missing = {"suite", "run_id", "spec", "status"} - set(data)
+        if missing:
+            raise RecordError(f"run.json lacks {', '.join(sorted(missing))}")
+        if data.get("status") not in STATUSES:
+            raise RecordError(f"run.json has an unknown status {data.get('status')!r}")
+        kwargs = {k: data[k] for k in known if k in data}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class RecordError(Exception):
+    """A record on disk that cannot be read."""
+
+
+def write_run(directory: str | Path, record: RunRecord) -> None:
+    atomic_write_text(Path(directory) / RUN_FILE, json.dumps(record.to_dict(), indent=2, allow_nan=True) + "\n")
+
+
+def read_run(directory: str | Path) -> RunRecord:
+    """The ``run.json`` in ``directory``; :class:`RecordError` if absent or unreadable."""
+    path = Path(directory) / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: not a JSON object")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    try:
+        return RunRecord.from_dict(data)
+    except RecordError as exc:
+        raise RecordError(f"{path}: {exc}") from None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return str(value)
+
+
+def format_epochs(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` as CSV text with :data:`EPOCH_COLUMNS` in order (missing -> empty)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EPOCH_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row.get(col)) for col in EPOCH_COLUMNS])
+    return out.getvalue()
+
+
+def write_epochs(directory: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the whole ``epochs.csv`` atomically (a few hundred rows at most)."""
+    atomic_write_text(Path(directory) / EPOCHS_FILE, format_epochs(rows))
+
+
+def _parse(column: str, text: str) -> int | float | None:
+    if text == "":
+        return None
+    if column in _INT_COLUMNS:
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    return float(text)
+
+
+def read_epochs(directory: str | Path) -> list[dict[str, int | float | None]]:
+    """The rows of ``epochs.csv``: ints for counts, floats (nan/inf kept) else, None if empty."""
+    path = Path(directory) / EPOCHS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        return []
+    if tuple(reader.fieldnames) != EPOCH_COLUMNS:
+        raise RecordError(f"{path}: unexpected columns {reader.fieldnames}")
+    try:
+        return [{col: _parse(col, row[col]) for col in EPOCH_COLUMNS} for row in reader]
+    except (ValueError, TypeError) as exc:
+        raise RecordError(f"{path}: {exc}") from None
+
+
+def iter_runs(suite_dir: str | Path) -> Iterator[tuple[Path, RunRecord]]:
+    """``(run folder, record)`` for every readable run under ``outputs/<suite>``, sorted by id."""
+    suite_dir = Path(suite_dir)
+    if not suite_dir.is_dir():
+        return
+    for child in sorted(suite_dir.iterdir()):
+        if (child / RUN_FILE).is_file():
+            try:
+                yield child, read_run(child)
+            except RecordError:
+                continue
+
+
+def epochs_to_target(rows: Sequence[Mapping[str, Any]], target: float) -> int | None:
+    """The smallest epoch >= 1 whose test error is below ``target`` (%), or None."""
+    for row in rows:
+        epoch, error = row.get("epoch"), row.get("test_error")
+        if epoch is not None and epoch >= 1 and error is not None and error < target:
+            return int(epoch)
+    return None
+
+
+def target_key(target: float) -> str:
+    """The ``targets_reached`` key of a target: ``1.1`` -> ``"1.1"``, ``30.0`` -> ``"30"``."""
+    return f"{target:g}"

@@ -1,0 +1,460 @@
+"""Train one :class:`~lsr1bench.grid.RunSpec` and write its records.
+
+What every run shares, whatever the optimizer:
+
+* the objective: cross-entropy + ``l2_penalty(model, weight_decay)`` (the paper's L2);
+* for a given seed, the same initial weights (``torch.manual_seed(seed)`` right before
+  the model is built) and the same minibatch order (a separate ``torch.Generator``
+  seeded with the seed draws each epoch's permutation, so nothing an optimizer does with
+  the global RNG can change it);
+* closure-based steps on one minibatch (second-order methods call the closure several
+  times on the same minibatch);
+* an evaluation before training (epoch 0) and after every epoch, in ``model.eval()``
+  mode without gradients, excluded from ``train_seconds``.
+
+Each epoch draws a fresh permutation and takes ``n // batch_size`` full minibatches
+(the last partial one is dropped, so every step sees a full batch; a batch size above
+``n`` gives one step on all ``n`` examples). The data is moved to the device once and
+minibatches are indexed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import lsr1bench
+from lsr1bench import records
+from lsr1bench.grid import RunSpec
+from lsr1bench.records import RunRecord
+from lsr1bench.registry.datasets import load_dataset
+from lsr1bench.registry.models import build_model, l2_penalty
+from lsr1bench.registry.optimizers import build_optimizer
+
+EventSink = Callable[[dict[str, Any]], None]
+
+# Test-set evaluation batch: large enough to be quick, small enough for ResNet-20 on CPU.
+EVAL_BATCH = 1000
+# Optimizer statistics copied into epochs.csv when the optimizer reports them.
+STAT_COLUMNS = (
+    "accepted_steps",
+    "rejected_steps",
+    "skipped_updates",
+    "dropped_pairs",
+    "radius",
+    "stored_pairs",
+)
+TRACEBACK_FILE = "traceback.txt"
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class DeviceData:
+    """A dataset's tensors, already on the training device."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    description: str
+
+
+_DATA_CACHE: OrderedDict[tuple[Any, ...], DeviceData] = OrderedDict()
+_DATA_CACHE_SIZE = 2
+
+
+def data_key(spec: RunSpec) -> tuple[Any, ...]:
+    return (spec.dataset, spec.data_root, spec.train_subset, spec.test_subset)
+
+
+def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
+    """The run's dataset on ``device``, loaded once per process and kept (2 most recent)."""
+    key = (*data_key(spec), str(device))
+    if key in _DATA_CACHE:
+        _DATA_CACHE.move_to_end(key)
+        return _DATA_CACHE[key]
+    pair = load_dataset(
+        spec.dataset,
+        root=spec.data_root,
+        train_subset=spec.train_subset,
+        test_subset=spec.test_subset,
+        download=True,
+        seed=0,  # a dataset name means one dataset; the run's seed is for init and order
+    )
+    data = DeviceData(
+        train_x=pair.train_x.to(device),
+        train_y=pair.train_y.to(device),
+        test_x=pair.test_x.to(device),
+        test_y=pair.test_y.to(device),
+        num_classes=pair.num_classes,
+        input_shape=tuple(pair.input_shape),
+        description=pair.description,
+    )
+    _DATA_CACHE[key] = data
+    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+        _DATA_CACHE.popitem(last=False)
+    return data
+
+
+def clear_data_cache() -> None:
+    _DATA_CACHE.clear()
+
+
+# ---------------------------------------------------------------------------- environment
+
+_GIT_COMMIT: list[str | None] = []
+
+
+def git_commit() -> str | None:
+    """The commit of the lsr1bench checkout (``+dirty`` if modified), or None if not in git."""
+    if not _GIT_COMMIT:
+        here = Path(lsr1bench.__file__).resolve().parent
+        commit = None
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+            if out.returncode == 0:
+                commit = out.stdout.strip()
+                dirty = subprocess.run(
+                    ["git", "status", "--porcelain", "--untracked-files=no"],
+                    cwd=here, capture_output=True, text=True, timeout=5,
+                )  # fmt: skip
+                if dirty.returncode == 0 and dirty.stdout.strip():
+                    commit += "+dirty"
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+        _GIT_COMMIT.append(commit)
+    return _GIT_COMMIT[0]
+
+
+def versions() -> dict[str, str]:
+    import pydantic
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pydantic": pydantic.VERSION,
+        "lsr1bench": lsr1bench.__version__,
+        "cuda": torch.version.cuda or "",
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Numerics settings that change results: recorded, left at torch's defaults."""
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device's generator too
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, error %) over ``x, y`` in eval mode; restores train mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    wrong = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), EVAL_BATCH):
+        logits = model(x[start : start + EVAL_BATCH])
+        target = y[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        wrong += (logits.argmax(dim=1) != target).sum()
+    model.train(was_training)
+    n = len(y)
+    return float(loss_sum) / n, 100.0 * float(wrong) / n
+
+
+@torch.no_grad()
+def _initial_objective(model: torch.nn.Module, data: DeviceData, batch_size: int, weight_decay: float) -> float:
+    """Epoch 0's train loss: cross-entropy + L2 at the initial point, as training sees it.
+
+    Train mode over consecutive minibatches of the run's batch size (batch norm uses
+    batch statistics, as in every later row), with the batch-norm running statistics
+    saved and restored, so measuring the start point does not change the run.
+    """
+    saved = [buffer.clone() for buffer in model.buffers()]
+    total, n = 0.0, len(data.train_y)
+    # full minibatches, the remainder joining the last (a batch of one breaks batch norm)
+    edges = list(range(0, n, batch_size))[: max(1, n // batch_size)] + [n]
+    for start, stop in zip(edges, edges[1:]):
+        x, y = data.train_x[start:stop], data.train_y[start:stop]
+        total += float(F.cross_entropy(model(x), y, reduction="sum"))
+    for buffer, value in zip(model.buffers(), saved):
+        buffer.copy_(value)
+    return total / n + float(l2_penalty(model, weight_decay))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    order = torch.randperm(n, generator=generator).to(device)
+    if batch_size >= n:
+        yield order
+        return
+    for start in range(0, n - batch_size + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    lr = optimizer.param_groups[0].get("lr")
+    return float(lr) if isinstance(lr, (int, float, Tensor)) else None
+
+
+@contextlib.contextmanager
+def _no_second_interrupt() -> Iterator[None]:
+    """Ignore Ctrl-C while the final record is written (a second one must not lose it)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals go elsewhere anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Run:
+    """The state of one run while it trains; writes records as it goes."""
+
+    def __init__(self, spec: RunSpec, directory: Path, device: torch.device, on_event: EventSink | None):
+        self.spec = spec
+        self.directory = directory
+        self.device = device
+        self.emit = on_event or (lambda event: None)
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self.record = RunRecord(
+            suite=spec.suite,
+            run_id=spec.run_id,
+            spec=spec.to_dict(),
+            status=records.RUNNING,
+            device=describe_device(device),
+            versions=versions(),
+            git_commit=git_commit(),
+            started_at=records.now_iso(),
+            targets_reached={records.target_key(t): None for t in spec.targets},
+            extra={"environment": environment(device)},
+        )
+
+    def save(self) -> None:
+        records.write_epochs(self.directory, self.rows)
+        records.write_run(self.directory, self.record)
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        epoch = row["epoch"]
+        self.record.epochs_completed = epoch
+        for target in self.spec.targets:
+            key = records.target_key(target)
+            error = row["test_error"]
+            if self.record.targets_reached.get(key) is None and epoch >= 1 and error < target:
+                self.record.targets_reached[key] = epoch
+        self.save()
+        self.emit(
+            {
+                "type": "epoch",
+                "run_id": self.spec.run_id,
+                "epoch": epoch,
+                "epochs": self.spec.epochs,
+                "train_loss": row["train_loss"],
+                "test_loss": row["test_loss"],
+                "test_error": row["test_error"],
+            }
+        )
+
+    def targets_all_reached(self) -> bool:
+        reached = self.record.targets_reached
+        return bool(reached) and all(epoch is not None for epoch in reached.values())
+
+    def train(self) -> None:
+        spec, device = self.spec, self.device
+        data = load_data(spec, device)
+        n = len(data.train_y)
+        self.record.extra["data"] = {
+            "description": data.description,
+            "train_examples": n,
+            "test_examples": len(data.test_y),
+            "steps_per_epoch": max(1, n // spec.batch_size),
+        }
+        seed_everything(spec.seed)
+        model = build_model(
+            spec.model, batch_norm=spec.batch_norm, input_shape=data.input_shape, num_classes=data.num_classes
+        ).to(device)
+        model.train()
+        order = torch.Generator().manual_seed(spec.seed)
+        optimizer = build_optimizer(spec.optimizer, model.parameters(), spec.optimizer_params)
+        schedule = None
+        if spec.lr_schedule:
+            schedule = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer.optimizer,
+                milestones=list(spec.lr_schedule["milestones"]),
+                gamma=float(spec.lr_schedule.get("gamma", 0.1)),
+            )
+
+        train_seconds = 0.0
+        started = time.perf_counter()
+        samples = 0
+
+        def row(epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
+            test_loss, test_error = evaluate(model, data.test_x, data.test_y)
+            stats = optimizer.statistics()
+            out: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+                "test_error": test_error,
+                "train_seconds": train_seconds,
+                "total_seconds": time.perf_counter() - started,
+                "grad_evals": optimizer.closure_evaluations,
+                "samples": samples,
+                "steps": stats.get("steps", optimizer.steps),
+                "lr": lr,  # the rate this epoch trained with
+            }
+            for column in STAT_COLUMNS:
+                value = stats.get(column)
+                out[column] = float(value) if column == "radius" and value is not None else value
+            return out
+
+        initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay)
+        self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
+        for epoch in range(1, spec.epochs + 1):
+            _sync(device)
+            epoch_start = time.perf_counter()
+            lr = _current_lr(optimizer.optimizer)
+            loss_sum, steps, bad_loss = 0.0, 0, None
+            for index in _batches(n, spec.batch_size, order, device):
+                xb, yb = data.train_x[index], data.train_y[index]
+
+                def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                    model.zero_grad(set_to_none=False)
+                    loss = F.cross_entropy(model(xb), yb) + l2_penalty(model, spec.weight_decay)
+                    loss.backward()
+                    return loss
+
+                loss = optimizer.step(closure)
+                samples += len(index)
+                steps += 1
+                loss_sum += loss
+                if not math.isfinite(loss):
+                    bad_loss = loss
+                    break
+            _sync(device)
+            train_seconds += time.perf_counter() - epoch_start
+            if schedule is not None:
+                schedule.step()
+            train_loss = bad_loss if bad_loss is not None else loss_sum / max(steps, 1)
+            current = row(epoch, train_loss, lr)
+            self.add_row(current)
+            if bad_loss is not None or not math.isfinite(current["test_loss"]):
+                raise Diverged(
+                    f"loss became {train_loss if bad_loss is not None else current['test_loss']} in epoch {epoch}"
+                )
+            if spec.stop_at_targets and self.targets_all_reached():
+                self.record.extra["stopped_at_targets"] = True
+                break
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.record.status = status
+        self.record.error = error
+        self.record.finished_at = records.now_iso()
+        self.save()
+        last = self.rows[-1] if self.rows else {}
+        self.emit(
+            {
+                "type": "end",
+                "run_id": self.spec.run_id,
+                "status": status,
+                "error": error,
+                "test_error": last.get("test_error"),
+                "epochs_completed": self.record.epochs_completed,
+                "train_seconds": last.get("train_seconds"),
+                "seconds": time.perf_counter() - self.started,
+            }
+        )
+
+
+def train(
+    spec: RunSpec,
+    output: str | Path,
+    device: str | torch.device = "cpu",
+    on_event: EventSink | None = None,
+) -> RunRecord:
+    """Train ``spec`` on ``device`` into ``output/<suite>/<run_id>/``; return the final record.
+
+    NaN/inf loss -> status ``diverged``; any exception -> ``failed`` with its message (the
+    traceback goes to ``traceback.txt``); both return normally so a suite goes on.
+    Ctrl-C -> ``interrupted``, then the ``KeyboardInterrupt`` propagates.
+    """
+    device = torch.device(device)
+    directory = records.run_dir(output, spec.suite, spec.run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(directory / TRACEBACK_FILE)
+    run = _Run(spec, directory, device, on_event)
+    run.save()
+    run.emit({"type": "start", "run_id": spec.run_id, "device": str(device), "epochs": spec.epochs})
+    try:
+        run.train()
+    except KeyboardInterrupt:
+        with _no_second_interrupt():
+            run.finish(records.INTERRUPTED, "interrupted (Ctrl-C or SIGINT)")
+        raise
+    except Diverged as exc:
+        run.finish(records.DIVERGED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one broken run must not stop the suite
+        with contextlib.suppress(OSError):
+            records.atomic_write_text(directory / TRACEBACK_FILE, traceback.format_exc())
+        message = f"{type(exc).__name__}: {exc}".strip()
+        run.finish(records.FAILED, message)
+    else:
+        run.finish(records.COMPLETED)
+    return run.record

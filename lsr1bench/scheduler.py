@@ -1,0 +1,315 @@
+"""Run many RunSpecs: decide what to (re)run, pick devices, and spread runs over workers.
+
+* Resuming: a run whose ``run.json`` says ``completed`` or ``diverged`` for the same spec
+  is skipped; anything else (no record, ``running`` from a killed process,
+  ``interrupted``, ``failed``, a spec that changed) runs again from the start. ``force``
+  reruns everything.
+* Devices: one run at a time in this process for a single device; otherwise one worker
+  process per slot (``spawn``), each taking the next run from a shared queue. Several
+  GPUs give one slot per GPU; ``jobs`` N gives N slots per device, the CPU threads split
+  among the CPU workers.
+* Ctrl-C (or SIGTERM, as a cluster scheduler sends at its time limit) marks the runs in
+  progress ``interrupted`` and leaves every finished run as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsr1bench import records
+from lsr1bench.grid import RunSpec
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class DeviceError(ValueError):
+    """A ``--devices`` request this machine cannot satisfy."""
+
+
+class DataError(Exception):
+    """A dataset a suite needs cannot be loaded."""
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    action: str  # "run" (no record), "rerun" (unfinished, changed or forced), "skip" (done)
+    reason: str = ""
+
+
+@dataclass
+class SuiteOutcome:
+    statuses: dict[str, str] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def plan(runs: Sequence[RunSpec], output: str | Path, force: bool = False) -> list[PlannedRun]:
+    """What to do with each run given the records already under ``output``; reads only."""
+    planned = []
+    for spec in runs:
+        directory = records.run_dir(output, spec.suite, spec.run_id)
+        if not (directory / records.RUN_FILE).exists():
+            planned.append(PlannedRun(spec, "run"))
+            continue
+        try:
+            record = records.read_run(directory)
+        except records.RecordError as exc:
+            planned.append(PlannedRun(spec, "rerun", f"unreadable record: {exc}"))
+            continue
+        same = _comparable(record.spec) == spec.comparable()
+        if record.finished and same and not force:
+            planned.append(PlannedRun(spec, "skip", record.status))
+        elif record.finished and same:
+            planned.append(PlannedRun(spec, "rerun", f"--force ({record.status} before)"))
+        elif record.finished:
+            planned.append(PlannedRun(spec, "rerun", "the suite changed since this run"))
+        else:
+            planned.append(PlannedRun(spec, "rerun", f"was {record.status}"))
+    return planned
+
+
+def _comparable(spec_dict: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return RunSpec.from_dict(spec_dict).comparable()
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_devices(devices: str, jobs: int = 1) -> list[str]:
+    """Worker slots for ``auto`` / ``cpu`` / ``cuda:0,cuda:1``: one per device, times ``jobs``."""
+    import torch
+
+    if jobs < 1:
+        raise DeviceError(f"--jobs must be >= 1, got {jobs}")
+    text = devices.replace(" ", "").lower()
+    if text == "auto":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        names = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    elif text == "cpu":
+        names = ["cpu"]
+    else:
+        names = []
+        for part in text.split(","):
+            name = "cuda:0" if part == "cuda" else part
+            if not name.startswith("cuda:") or not name[5:].isdigit():
+                raise DeviceError(f"unknown device {part!r}; use auto, cpu or cuda:0,cuda:1,...")
+            if not torch.cuda.is_available():
+                raise DeviceError(f"{name} requested but CUDA is not available here (use --devices cpu)")
+            if int(name[5:]) >= torch.cuda.device_count():
+                raise DeviceError(f"{name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            if name in names:
+                raise DeviceError(f"{name} is listed twice")
+            names.append(name)
+    return [name for name in names for _ in range(jobs)]
+
+
+def prepare_data(runs: Sequence[RunSpec]) -> None:
+    """Load (and download, where allowed) every dataset the runs need, before any record.
+
+    Downloading here, once, also keeps worker processes from racing to fetch the same
+    files. Raises :class:`DataError` naming the dataset and how to fix it.
+    """
+    from lsr1bench import runner
+    from lsr1bench.registry.datasets import DatasetUnavailable
+
+    seen = set()
+    for spec in runs:
+        key = runner.data_key(spec)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            runner.load_data(spec, "cpu")
+        except DatasetUnavailable as exc:
+            raise DataError(f"data ({spec.dataset}): {exc}") from None
+        except ValueError as exc:  # a subset larger than the split
+            raise DataError(f"data ({spec.dataset}, used by {spec.run_id}): {exc}") from None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a scheduler's kill leaves records marked interrupted."""
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_suite(
+    todo: Sequence[PlannedRun],
+    output: str | Path,
+    devices: Sequence[str],
+    on_event: EventSink | None = None,
+) -> SuiteOutcome:
+    """Train every planned run on the device slots; never raises for one run's failure."""
+    outcome = SuiteOutcome()
+    sink = on_event or (lambda event: None)
+
+    def record(event: dict[str, Any]) -> None:
+        if event["type"] == "end":
+            outcome.statuses[event["run_id"]] = event["status"]
+            outcome.results[event["run_id"]] = event
+        sink(event)
+
+    specs = [p.spec for p in todo]
+    if not specs:
+        return outcome
+    with _sigterm_as_interrupt():
+        if len(devices) == 1 or len(specs) == 1:
+            _run_here(specs, output, devices[0], record, outcome)
+        else:
+            _run_workers(specs, output, list(devices)[: len(specs)], record, outcome)
+    return outcome
+
+
+def _run_here(
+    specs: Sequence[RunSpec], output: str | Path, device: str, sink: EventSink, outcome: SuiteOutcome
+) -> None:
+    from lsr1bench import runner
+
+    try:
+        for spec in specs:
+            runner.train(spec, output, device, sink)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+
+
+def _threads_per_worker(devices: Sequence[str]) -> int:
+    cpus = os.cpu_count() or 1
+    with contextlib.suppress(AttributeError, OSError):
+        cpus = len(os.sched_getaffinity(0))
+    return max(1, cpus // len(devices))
+
+
+def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> None:
+    """A worker process: train runs from ``tasks`` on ``device`` until the sentinel."""
+    import torch
+
+    from lsr1bench import runner
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            item = tasks.get()
+            if item is None:
+                break
+            runner.train(RunSpec.from_dict(item), output, device, events.put)
+    except KeyboardInterrupt:
+        events.put({"type": "worker_interrupted", "device": device})
+    except BaseException as exc:  # noqa: BLE001 - report, then let the process end
+        events.put({"type": "worker_error", "device": device, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _run_workers(
+    specs: Sequence[RunSpec], output: str | Path, devices: Sequence[str], sink: EventSink, outcome: SuiteOutcome
+) -> None:
+    context = mp.get_context("spawn")
+    tasks = context.Queue()
+    events = context.Queue()
+    for spec in specs:
+        tasks.put(spec.to_dict())
+    for _ in devices:
+        tasks.put(None)
+    threads = _threads_per_worker(devices) if all(d == "cpu" for d in devices) else 1
+    workers = [
+        context.Process(target=_worker, args=(d, threads, str(output), tasks, events), daemon=True) for d in devices
+    ]
+    for w in workers:
+        w.start()
+    running: dict[str, str] = {}  # run id -> device
+    try:
+        _pump(workers, events, sink, running, outcome)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(w.pid, signal.SIGINT)
+        with contextlib.suppress(KeyboardInterrupt):
+            _pump(workers, events, sink, running, outcome, deadline=time.monotonic() + 60)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+            w.join(timeout=5)
+    # a worker that died (killed, out of memory) leaves its run 'running': say so on disk
+    for run_id in list(running):
+        _mark_lost(output, specs, run_id, outcome, sink)
+
+
+def _pump(
+    workers: Sequence[Any],
+    events: Any,
+    sink: EventSink,
+    running: dict[str, str],
+    outcome: SuiteOutcome,
+    deadline: float | None = None,
+) -> None:
+    while True:
+        try:
+            event = events.get(timeout=0.2)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                # drain what is left, then stop
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        _handle(events.get(timeout=0.2), sink, running, outcome)
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            continue
+        _handle(event, sink, running, outcome)
+
+
+def _handle(event: dict[str, Any], sink: EventSink, running: dict[str, str], outcome: SuiteOutcome) -> None:
+    kind = event.get("type")
+    if kind == "start":
+        running[event["run_id"]] = event.get("device", "")
+    elif kind == "end":
+        running.pop(event["run_id"], None)
+        if event["status"] == records.INTERRUPTED:
+            outcome.interrupted = True
+    elif kind == "worker_interrupted":
+        outcome.interrupted = True
+        return
+    elif kind == "worker_error":
+        sink({"type": "message", "text": f"worker on {event['device']} stopped: {event['error']}"})
+        return
+    sink(event)
+
+
+def _mark_lost(
+    output: str | Path, specs: Sequence[RunSpec], run_id: str, outcome: SuiteOutcome, sink: EventSink
+) -> None:
+    spec = next(s for s in specs if s.run_id == run_id)
+    directory = records.run_dir(output, spec.suite, spec.run_id)
+    status = records.INTERRUPTED if outcome.interrupted else records.FAILED
+    error = "its worker process ended without finishing it"
+    with contextlib.suppress(records.RecordError, OSError):
+        record = records.read_run(directory)
+        if record.status == records.RUNNING:
+            record.status, record.error, record.finished_at = status, error, records.now_iso()
+            records.write_run(directory, record)
+    sink({"type": "end", "run_id": run_id, "status": status, "error": error})
+    outcome.statuses[run_id] = status

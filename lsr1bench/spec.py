@@ -1,0 +1,577 @@
+"""The suite schema: load a YAML suite, validate it once, and say every problem at once.
+
+A suite is a union of grids. Each grid crosses models (each with and/or without batch
+norm), datasets, optimizer entries (each with a label and hyperparameters), batch sizes
+and seeds. Settings (epochs, batch sizes, seeds, targets, learning-rate schedule, ...)
+may be given at the suite's top level, on a grid, or on one optimizer entry; the most
+specific one wins. That is how one file holds, say, the paper's Figure 1: first-order
+methods at batch size 20 and second-order ones at 400 in the same grid.
+
+Every problem becomes one ``key.path: problem`` line in a :class:`SpecError`; nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from lsr1bench.registry import names
+
+# A label and a suite name end up in directory names and run ids.
+LABEL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+SUITE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_EPOCHS = 20  # section 4.1: "The networks were trained for 20 epochs."
+DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?(,cuda(:\d+)?)*)$")
+
+
+class SpecError(Exception):
+    """A suite that cannot run, with one ``key.path: problem`` line per problem."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{head}{count} {noun}:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``word`` looks like a typo of a known name, else ``''``."""
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _problem(subpath: str, message: str) -> PydanticCustomError:
+    """An error at ``subpath`` below the validator's own location (see ``_format_errors``)."""
+    return PydanticCustomError("lsr1bench", "{message}", {"message": message, "subpath": subpath})
+
+
+def _problems(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    return PydanticCustomError("lsr1bench_many", "{count} problems", {"count": len(problems), "problems": problems})
+
+
+def _known(mapping: Mapping[str, Any]) -> str:
+    return ", ".join(mapping)
+
+
+def _check_name(value: Any, table: Mapping[str, str], what: str) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("lsr1bench", "{message}", {"message": f"expected a {what} name"})
+    if value not in table:
+        raise PydanticCustomError(
+            "lsr1bench",
+            "{message}",
+            {"message": f"unknown {what} '{value}'{did_you_mean(value, list(table))}; known: {_known(table)}"},
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LRSchedule(_Strict):
+    """Multiply the learning rate by ``gamma`` at each milestone epoch (He et al. 2016)."""
+
+    milestones: list[int] = Field(min_length=1)
+    gamma: float = Field(default=0.1, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: list[int]) -> list[int]:
+        if any(m < 1 for m in milestones):
+            raise PydanticCustomError("lsr1bench", "{message}", {"message": "milestones are epochs, each >= 1"})
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise PydanticCustomError("lsr1bench", "{message}", {"message": "milestones must be strictly increasing"})
+        return milestones
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, (int, float, bool, str)) else value
+
+
+class Settings(_Strict):
+    """Settings shared by the suite, a grid and an optimizer entry; ``None`` inherits."""
+
+    epochs: int | None = Field(default=None, ge=1)
+    batch_sizes: list[int] | None = Field(default=None, min_length=1)
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    repeats: int | None = Field(default=None, ge=1)
+    targets: list[float] | None = None
+    stop_at_targets: bool | None = None
+    lr_schedule: LRSchedule | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    train_subset: int | None = Field(default=None, ge=1)
+    test_subset: int | None = Field(default=None, ge=1)
+    data_root: str | None = Field(default=None, min_length=1)
+
+    _as_lists = field_validator("batch_sizes", "seeds", "targets", mode="before")(
+        classmethod(lambda cls, v: _as_list(v))
+    )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, sizes: list[int] | None) -> list[int] | None:
+        if sizes is None:
+            return None
+        problems = [(f"[{i}]", f"batch size must be >= 1, got {s}") for i, s in enumerate(sizes) if s < 1]
+        problems += _duplicates(sizes, "batch size")
+        if problems:
+            raise _problems(problems)
+        return sizes
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is None:
+            return None
+        problems = [(f"[{i}]", f"seed must be >= 0, got {s}") for i, s in enumerate(seeds) if s < 0]
+        problems += _duplicates(seeds, "seed")
+        if problems:
+            raise _problems(problems)
+        return seeds
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[float] | None) -> list[float] | None:
+        if targets is None:
+            return None
+        problems = [
+            (f"[{i}]", f"a target test error is a percentage in (0, 100), got {t}")
+            for i, t in enumerate(targets)
+            if not (0 < t < 100) or math.isnan(t)
+        ]
+        problems += _duplicates(targets, "target")
+        if problems:
+            raise _problems(problems)
+        return targets
+
+    @field_validator("repeats")
+    @classmethod
+    def _seeds_or_repeats(cls, repeats: int | None, info: ValidationInfo) -> int | None:
+        if repeats is not None and info.data.get("seeds") is not None:
+            raise _problem("", "give either seeds or repeats, not both")
+        return repeats
+
+
+def _duplicates(values: Sequence[Any], what: str) -> list[tuple[str, str]]:
+    seen: set[Any] = set()
+    out = []
+    for i, v in enumerate(values):
+        if v in seen:
+            out.append((f"[{i}]", f"duplicate {what} {v}"))
+        seen.add(v)
+    return out
+
+
+class ModelEntry(_Strict):
+    """A model, trained with and/or without batch norm (``batch_norm: [true, false]``)."""
+
+    name: str
+    batch_norm: list[bool] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v, names.MODELS, "model")))
+
+    @field_validator("batch_norm", mode="before")
+    @classmethod
+    def _bool_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, bool) else value
+
+    @field_validator("batch_norm")
+    @classmethod
+    def _resnet_has_batch_norm(cls, values: list[bool] | None, info: ValidationInfo) -> Any:
+        if values is not None:
+            problems = _duplicates(values, "batch_norm value")
+            if info.data.get("name") == "resnet20" and False in values:
+                problems.append(("", "resnet20 always uses batch norm (He et al. 2016)"))
+            if problems:
+                raise _problems(problems)
+        return values
+
+    def batch_norm_values(self) -> list[bool]:
+        if self.batch_norm is not None:
+            return list(self.batch_norm)
+        return [self.name == "resnet20"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_hyperparameter(name: str, key: str, value: Any) -> str | None:
+    """A problem with one optimizer hyperparameter, or ``None`` if it can run."""
+    if key == "betas":
+        if not (isinstance(value, list) and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)):
+            return f"betas must be two numbers in [0, 1), got {value!r}"
+        return None
+    if key == "line_search":
+        if value not in ("strong_wolfe", None):
+            return f"line_search must be 'strong_wolfe' or null, got {value!r}"
+        return None
+    if key == "initial_radius" and value is None:
+        return None  # Algorithm 1: Delta_0 = ||grad f(x_0)||
+    if key == "forget_every" and value is None:
+        return None  # no forgetting
+    if key in ("memory", "forget_every"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{key} must be an integer, got {value!r}"
+        if value < 1:
+            return f"{key} must be >= 1, got {value}"
+        return None
+    if not _number(value):
+        return f"{key} must be a number, got {value!r}"
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        return f"{key} must be finite, got {value}"
+    unit_open = ("momentum", "radius_decrease", "increase_threshold", "decrease_threshold", "skip_tol")
+    if key in unit_open and not 0 < value < 1:
+        if key == "momentum" and value == 0:
+            return None
+        return f"{key} must be in (0, 1), got {value}"
+    if key == "boundary_fraction" and not 0 < value <= 1:
+        return f"boundary_fraction must be in (0, 1], got {value}"
+    if key == "rho" and not 0 <= value < 1:
+        return f"rho must be in [0, 1), got {value}"
+    if key == "eta" and not 0 <= value < 1:
+        return f"eta must be in [0, 1) (the paper uses (0, 1e-3)), got {value}"
+    if key == "radius_increase" and value <= 1:
+        return f"radius_increase must be > 1, got {value}"
+    if key in ("lr", "gamma", "eps", "initial_radius") and value <= 0:
+        return f"{key} must be > 0, got {value}"
+    return None
+
+
+class OptimizerEntry(Settings):
+    """An optimizer setting: registry name, report label, hyperparameters, own settings."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v, names.OPTIMIZERS, "optimizer")))
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str | None) -> str | None:
+        if label is not None and not LABEL_PATTERN.match(label):
+            raise PydanticCustomError(
+                "lsr1bench",
+                "{message}",
+                {
+                    "message": f"label {label!r} must be lower-case letters, digits, '.', '_' or '-' "
+                    "(it becomes part of the run id)"
+                },
+            )
+        return label
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:
+            return params  # the unknown optimizer name is the problem already reported
+        known = names.OPTIMIZER_DEFAULTS[name]
+        problems = []
+        for key, value in params.items():
+            if key not in known:
+                problems.append(
+                    (
+                        f".{key}",
+                        f"unknown hyperparameter for {name}{did_you_mean(key, list(known))}; "
+                        f"known: {', '.join(known) or '(none)'}",
+                    )
+                )
+                continue
+            problem = _check_hyperparameter(name, key, value)
+            if problem:
+                problems.append((f".{key}", problem))
+        if problems:
+            raise _problems(problems)
+        return params
+
+    @model_validator(mode="after")
+    def _schedule_needs_lr(self) -> OptimizerEntry:
+        if self.lr_schedule is not None and "lr" not in names.OPTIMIZER_DEFAULTS[self.name]:
+            raise _problem("lr_schedule", f"{self.name} has no learning rate to schedule")
+        return self
+
+    @property
+    def resolved_label(self) -> str:
+        return self.label if self.label is not None else self.name
+
+
+class Grid(Settings):
+    """One grid: every model x batch norm x dataset x optimizer x batch size x seed."""
+
+    name: str | None = None
+    models: list[ModelEntry] = Field(min_length=1)
+    datasets: list[str] = Field(min_length=1)
+    optimizers: list[OptimizerEntry] = Field(min_length=1)
+
+    @field_validator("models", "datasets", "optimizers", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, dict)) else value
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, datasets: list[str]) -> list[str]:
+        problems = [
+            (
+                f"[{i}]",
+                f"unknown dataset '{d}'{did_you_mean(d, list(names.DATASETS))}; known: {_known(names.DATASETS)}",
+            )
+            for i, d in enumerate(datasets)
+            if d not in names.DATASETS
+        ]
+        problems += _duplicates(datasets, "dataset")
+        if problems:
+            raise _problems(problems)
+        return datasets
+
+    @model_validator(mode="after")
+    def _schedule_needs_lr(self) -> Grid:
+        if self.lr_schedule is None:
+            return self
+        problems = [
+            (
+                f"optimizers[{i}]",
+                f"{entry.name} has no learning rate, so the grid's lr_schedule cannot apply; "
+                "set lr_schedule on the optimizer entries that have one",
+            )
+            for i, entry in enumerate(self.optimizers)
+            if entry.lr_schedule is None and "lr" not in names.OPTIMIZER_DEFAULTS[entry.name]
+        ]
+        if problems:
+            raise _problems(problems)
+        return self
+
+
+class Suite(Settings):
+    """A whole suite: the union of its grids, plus suite-wide settings and device options."""
+
+    name: str | None = None
+    description: str | None = None
+    devices: str | None = None
+    jobs: int | None = Field(default=None, ge=1)
+    grids: list[Grid] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        if name is not None and not SUITE_NAME_PATTERN.match(name):
+            raise PydanticCustomError(
+                "lsr1bench",
+                "{message}",
+                {"message": f"suite name {name!r} may hold only letters, digits, '.', '_' or '-'"},
+            )
+        return name
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, devices: str | None) -> str | None:
+        if devices is not None:
+            check_devices(devices)
+        return devices
+
+    @model_validator(mode="after")
+    def _schedule_needs_lr(self) -> Suite:
+        if self.lr_schedule is None:
+            return self
+        problems = [
+            (
+                f"grids[{g}].optimizers[{i}]",
+                f"{entry.name} has no learning rate, so the suite's lr_schedule cannot apply; "
+                "set lr_schedule on the optimizer entries that have one",
+            )
+            for g, grid in enumerate(self.grids)
+            if grid.lr_schedule is None
+            for i, entry in enumerate(grid.optimizers)
+            if entry.lr_schedule is None and "lr" not in names.OPTIMIZER_DEFAULTS[entry.name]
+        ]
+        if problems:
+            raise _problems(problems)
+        return self
+
+
+def check_devices(devices: str) -> str:
+    """Validate ``auto``, ``cpu`` or ``cuda:0,cuda:1,...``; raise a PydanticCustomError."""
+    if not DEVICES_PATTERN.match(devices.replace(" ", "")):
+        raise PydanticCustomError(
+            "lsr1bench",
+            "{message}",
+            {"message": f"devices must be 'auto', 'cpu' or a list like 'cuda:0,cuda:1', got {devices!r}"},
+        )
+    return devices
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("["):
+            out += part
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _join(path: str, subpath: str) -> str:
+    if not subpath:
+        return path
+    if path == "(top level)":
+        return subpath.lstrip(".")
+    return path + subpath if subpath[0] in "[." else f"{path}.{subpath}"
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The schema model at ``loc`` (for suggesting the keys it knows)."""
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        for arg in list(candidates):
+            candidates.extend(getattr(arg, "__args__", ()))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _format_errors(error: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for e in error.errors(include_url=False):
+        loc = [p for p in e["loc"] if p not in ("function-after[_shorthand(), ModelEntry]",)]
+        path = _format_loc(loc)
+        ctx = e.get("ctx") or {}
+        kind = e["type"]
+        if kind == "lsr1bench_many":
+            lines.extend(f"{_join(path, sub)}: {msg}" for sub, msg in ctx["problems"])
+        elif kind == "lsr1bench":
+            lines.append(f"{_join(path, ctx.get('subpath', ''))}: {ctx['message']}")
+        elif kind == "extra_forbidden":
+            key = str(loc[-1])
+            owner = _model_at(loc[:-1])
+            known = [f for f in owner.model_fields] if owner else []
+            hint = did_you_mean(key, known)
+            listing = f"; known keys: {', '.join(known)}" if known else ""
+            lines.append(f"{path}: unknown key{hint}{listing}")
+        elif kind == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            got = e.get("input")
+            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            lines.append(f"{path}: {e['msg'][0].lower()}{e['msg'][1:]} (got {shown})")
+    return lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first given on line {seen[key]})",
+                key_node.start_mark,
+            )
+        try:
+            seen[key] = line
+        except TypeError:
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite") -> Suite:
+    """Validate suite YAML ``text``; raise :class:`SpecError` listing every problem."""
+    if not text.strip():
+        raise SpecError(["(top level): the suite file is empty; it needs at least 'grids:'"], source)
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        what = exc.problem or str(exc)
+        context = f" ({exc.context})" if exc.context else ""
+        raise SpecError([f"(yaml) {where}: broken YAML: {what}{context}"], source) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"(yaml): broken YAML: {exc}"], source) from None
+    if data is None:
+        raise SpecError(["(top level): the suite file is empty; it needs at least 'grids:'"], source)
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): expected a mapping with 'grids:', got a {type(data).__name__}"], source)
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise SpecError([f"(top level): keys must be strings, got {bad_keys[0]!r}"], source)
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc), source) from None
+    if suite.name is None:
+        if not SUITE_NAME_PATTERN.match(default_name):
+            raise SpecError([f"name: the file name {default_name!r} cannot name the suite; set 'name:'"], source)
+        suite = suite.model_copy(update={"name": default_name})
+    return suite
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate the suite at ``path``; raise :class:`SpecError` on any problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SpecError([f"(file): no such file: {path}"], source)
+    if path.is_dir():
+        raise SpecError([f"(file): {path} is a directory, not a suite file"], source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"(file): cannot read {path}: {exc}"], source) from None
+    return parse_suite(text, source=source, default_name=path.stem)
