@@ -168,10 +168,12 @@ def run(
     _summary(out, planned, outcome, elapsed)
     if outcome.interrupted:
         err = _console(stderr=True)
-        kept = sum(1 for s in outcome.statuses.values() if s in ("completed", "diverged"))
+        finished = sum(1 for p in planned if p.action == "skip") + sum(
+            1 for s in outcome.statuses.values() if s in ("completed", "diverged")
+        )
         err.print(
-            f"[bold yellow]interrupted.[/] Finished runs are kept ({kept} this time); "
-            "unfinished ones are marked interrupted and will restart.\nResume with:\n  "
+            f"[bold yellow]interrupted.[/] {finished} of {len(planned)} runs are finished and kept; "
+            "the unfinished ones are marked interrupted and restart from scratch.\nResume with:\n  "
             + escape(
                 _resume_command(
                     suite_path,

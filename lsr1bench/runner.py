@@ -446,7 +446,7 @@ def train(
         run.train()
     except KeyboardInterrupt:
         with _no_second_interrupt():
-            run.finish(records.INTERRUPTED, "interrupted (Ctrl-C or SIGINT)")
+            run.finish(records.INTERRUPTED, "interrupted (Ctrl-C, SIGINT or SIGTERM)")
         raise
     except Diverged as exc:
         run.finish(records.DIVERGED, str(exc))

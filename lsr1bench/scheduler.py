@@ -208,6 +208,9 @@ def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> 
     from lsr1bench import runner
 
     torch.set_num_threads(threads)
+    # Ctrl-C, and SIGINT forwarded by the main process, even where the shell started
+    # the suite with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
@@ -247,7 +250,7 @@ def _run_workers(
                 with contextlib.suppress(OSError):
                     os.kill(w.pid, signal.SIGINT)
         with contextlib.suppress(KeyboardInterrupt):
-            _pump(workers, events, sink, running, outcome, deadline=time.monotonic() + 60)
+            _pump(workers, events, sink, running, outcome, deadline=time.monotonic() + 30)
     finally:
         for w in workers:
             if w.is_alive():
