@@ -227,6 +227,9 @@ def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> 
 def _run_workers(
     specs: Sequence[RunSpec], output: str | Path, devices: Sequence[str], sink: EventSink, outcome: SuiteOutcome
 ) -> None:
+    from lsr1bench import runner
+
+    runner.clear_data_cache()  # the workers load their own copies; free the check's
     context = mp.get_context("spawn")
     tasks = context.Queue()
     events = context.Queue()

@@ -37,6 +37,7 @@ def tiny(label: str = "adam", optimizer: str = "adam", **kw) -> RunSpec:
     return RunSpec(**base)
 
 
+@pytest.mark.slow  # ~3 s on 2 idle cores, 15 s when they are busy
 def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
     suite = parse_suite(
         """
@@ -239,6 +240,7 @@ def _raise_on_epoch(on_event):
     return sink
 
 
+@pytest.mark.slow  # two spawned workers import torch: 6-13 s
 def test_cpu_workers_run_in_parallel_processes(tmp_path: Path) -> None:
     specs = [tiny(f"w{i}", epochs=1, run_id=f"w-{i}") for i in range(3)]
     events: list[dict] = []
