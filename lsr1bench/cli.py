@@ -160,6 +160,14 @@ def run(
         scheduler.prepare_data([p.spec for p in todo])
     except scheduler.DataError as exc:
         raise _bad_input([str(exc)]) from None
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted before any run started; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if todo:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _bad_input([f"--output: cannot create {output}: {exc}"]) from None
 
     display = _Display(out, total=len(planned), done=len(planned) - len(todo))
     started = time.perf_counter()

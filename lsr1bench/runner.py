@@ -269,7 +269,7 @@ class _Run:
         self.spec = spec
         self.directory = directory
         self.device = device
-        self.emit = on_event or (lambda event: None)
+        self.sink = on_event
         self.rows: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.record = RunRecord(
@@ -284,6 +284,15 @@ class _Run:
             targets_reached={records.target_key(t): None for t in spec.targets},
             extra={"environment": environment(device)},
         )
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Tell the display; a display that breaks must not fail the run (Ctrl-C still stops it)."""
+        if self.sink is None:
+            return
+        try:
+            self.sink(event)
+        except Exception:  # noqa: BLE001
+            self.sink = None
 
     def save(self) -> None:
         records.write_epochs(self.directory, self.rows)

@@ -479,7 +479,7 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
 def _format_errors(error: ValidationError) -> list[str]:
     lines: list[str] = []
     for e in error.errors(include_url=False):
-        loc = [p for p in e["loc"] if p not in ("function-after[_shorthand(), ModelEntry]",)]
+        loc = list(e["loc"])
         path = _format_loc(loc)
         ctx = e.get("ctx") or {}
         kind = e["type"]

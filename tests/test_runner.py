@@ -260,3 +260,10 @@ def test_resolve_devices() -> None:
             scheduler.resolve_devices("cuda:0")
     with pytest.raises(scheduler.DeviceError):
         scheduler.resolve_devices("tpu:0")
+
+
+def test_a_broken_display_does_not_fail_the_run(tmp_path: Path) -> None:
+    def sink(event: dict) -> None:
+        raise ValueError("display bug")
+
+    assert runner.train(tiny(epochs=1), tmp_path, "cpu", sink).status == "completed"
