@@ -301,6 +301,16 @@ class OptimizerEntry(Settings):
         known = names.OPTIMIZER_DEFAULTS[name]
         problems = []
         for key, value in params.items():
+            if key == "weight_decay" and key not in known:
+                problems.append(
+                    (
+                        f".{key}",
+                        "weight_decay is not an optimizer hyperparameter: it is the L2 term of "
+                        "the objective, shared by every optimizer; set weight_decay on the "
+                        "suite, the grid or this entry instead",
+                    )
+                )
+                continue
             if key not in known:
                 problems.append(
                     (
