@@ -87,6 +87,10 @@ BAD = [
         "grids[0].optimizers[0].params.memory: memory must be >= 1, got 0",
     ),
     (
+        "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: sgd, params: {weight_decay: 0.1}}]}]",
+        "params.weight_decay: weight_decay is not an optimizer hyperparameter",
+    ),
+    (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam], batch_sizes: [0]}]",
         "grids[0].batch_sizes[0]: batch size must be >= 1, got 0",
     ),
