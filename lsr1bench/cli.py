@@ -314,6 +314,118 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
     console.print(f"done in {elapsed:.1f} s: {parts}")
 
 
+# --- report and compare (lsr1bench.report / lsr1bench.compare; neither imports torch) ---
+
+ResultsArg = Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="a suite's results folder or a folder of suites")]
+
+
+def _plain(console: Console, text: str) -> None:
+    """Print Markdown as it is: "[1–2]" and "**" are data here, not rich markup."""
+    console.print(text, markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    results_dir: ResultsArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="where report.md, the CSVs and plots/ go (default: RESULTS_DIR itself)"),
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots (faster; no matplotlib)")] = False,
+    export_baseline: Annotated[
+        Path | None,
+        typer.Option("--export-baseline", metavar="FILE", help="also write the cells as a baseline JSON for compare"),
+    ] = None,
+) -> None:
+    """Tables (epochs, seconds, gradient evaluations to target; final error; skips) and plots."""
+    from lsr1bench import report as reporting
+
+    problems: list[str] = []
+    if output is not None and output.exists() and not output.is_dir():
+        problems.append(f"--output: {output} exists and is not a directory")
+    if export_baseline is not None and export_baseline.is_dir():
+        problems.append(f"--export-baseline: {export_baseline} is a directory; give a file name")
+    if problems:
+        raise _bad_input(problems)
+    try:
+        built = reporting.build_report(results_dir)
+    except reporting.ReportError as exc:
+        raise _bad_input([str(exc)]) from None
+    try:
+        written = reporting.write_report(built, output, plots=not no_plots)
+        baseline = reporting.export_baseline(built, export_baseline) if export_baseline is not None else None
+    except reporting.ReportError as exc:
+        raise _bad_input([str(exc)]) from None
+    out = _console()
+    _plain(out, reporting.main_table(built))
+    files = [written.report_md, *written.csv_files]
+    plots_note = f", {len(written.plot_files)} plots in {written.plot_files[0].parent}" if written.plot_files else ""
+    _plain(out, f"wrote {', '.join(str(f) for f in files)}{plots_note}")
+    if baseline is not None:
+        _plain(out, f"baseline: {baseline}")
+    missing = reporting.missing_lines(built)
+    if missing:
+        _plain(out, f"{len(missing)} missing or incomplete (see report.md):")
+        for line in missing:
+            _plain(out, f"  {line}")
+    else:
+        _plain(out, "nothing missing or incomplete")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(metavar="BASE", help="results folder or baseline JSON file")],
+    current: Annotated[Path, typer.Argument(metavar="CURRENT", help="results folder or baseline JSON file")],
+    epochs_tol: Annotated[
+        float, typer.Option("--epochs-tol", help="allowed extra median epochs to a target (absolute)")
+    ] = 1.0,
+    epochs_pct: Annotated[
+        float, typer.Option("--epochs-pct", help="allowed extra median epochs, % of the base (the larger wins)")
+    ] = 10.0,
+    error_tol: Annotated[
+        float, typer.Option("--error-tol", help="allowed rise of the median final test error, percentage points")
+    ] = 0.5,
+    skip_tol: Annotated[
+        float, typer.Option("--skip-tol", help="allowed rise of the median skipped updates, percentage points")
+    ] = 5.0,
+    time_pct: Annotated[
+        float | None,
+        typer.Option("--time-pct", metavar="P", help="gate training time at +P % (default: reported only)"),
+    ] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown-out", metavar="FILE", help="also write the Markdown diff to FILE")
+    ] = None,
+) -> None:
+    """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the tolerances, else 0."""
+    from lsr1bench import compare as comparing
+
+    try:
+        tolerances = comparing.Tolerances(
+            epochs=epochs_tol,
+            epochs_percent=epochs_pct,
+            final_error=error_tol,
+            skip_rate=skip_tol,
+            wall_clock_percent=time_pct,
+        )
+    except ValueError as exc:
+        raise _bad_input([str(exc)]) from None
+    if markdown_out is not None and markdown_out.is_dir():
+        raise _bad_input([f"--markdown-out: {markdown_out} is a directory; give a file name"])
+    try:
+        comparison = comparing.compare_paths(base, current, tolerances)
+    except comparing.ReportError as exc:
+        raise _bad_input([str(exc)]) from None
+    text = comparing.to_markdown(comparison)
+    if markdown_out is not None:
+        try:
+            markdown_out.parent.mkdir(parents=True, exist_ok=True)
+            markdown_out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise _bad_input([f"--markdown-out: cannot write {markdown_out}: {exc}"]) from None
+    _plain(_console(), text)
+    raise typer.Exit(comparison.exit_code)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
