@@ -399,6 +399,19 @@ def compare(
     """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the tolerances, else 0."""
     from lsr1bench import compare as comparing
 
+    negative = [
+        f"{flag}: must be >= 0, got {value:g}"
+        for flag, value in (
+            ("--epochs-tol", epochs_tol),
+            ("--epochs-pct", epochs_pct),
+            ("--error-tol", error_tol),
+            ("--skip-tol", skip_tol),
+            ("--time-pct", time_pct),
+        )
+        if value is not None and value < 0
+    ]
+    if negative:
+        raise _bad_input(negative)
     try:
         tolerances = comparing.Tolerances(
             epochs=epochs_tol,
