@@ -14,7 +14,7 @@ from lsr1bench.registry.models import build_model
 @pytest.mark.slow
 def test_lsr1_trains_lenet5_with_batch_norm_on_real_mnist():
     torch.manual_seed(0)
-    data = load_dataset("mnist-embedded", train_subset=2000, test_subset=500)
+    data = load_dataset("mnist-embedded", train_subset=3000, test_subset=500)
     model = build_model("lenet5", batch_norm=True, input_shape=data.input_shape)
     opt = LSR1(model.parameters(), memory=5)
     gen = torch.Generator().manual_seed(0)

@@ -41,11 +41,10 @@ def fill_memory(pairs, m: int, device="cpu", dtype=F64) -> CurvatureMemory:
     reducer = Reducer()
     for s, y in pairs:
         s = s.to(device=device, dtype=dtype)
-        memory.y_row(memory.spare_slot()).copy_(y)
-        y = memory.y_row(memory.spare_slot())
+        y = y.to(device=device, dtype=dtype)
         prods = reducer.rows(memory.buffer, torch.stack([s, y], 1))
         diag = reducer.dots([(s, s), (s, y), (y, y)])
-        memory.append(s, prods[:, 0], prods[:, 1], diag)
+        memory.append(s, y, prods[:, 0], prods[:, 1], diag)
     return memory
 
 

@@ -75,30 +75,27 @@ def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor, base: Tensor
 
 
 class CurvatureMemory:
-    """Up to ``m`` pairs (s, y) in m + 1 ring slots with their per-slot Gram matrices.
+    """Up to ``m`` pairs (s, y) in m ring slots with their per-slot Gram matrices.
 
-    The spare slot (one not holding a stored pair) is where a step writes its trial
-    gradient difference y, so storing the pair copies only s. The tensors live in the
-    optimizer's state dict (so they round-trip); this class is a view of them with the
-    algebra on top.
+    The tensors live in the optimizer's state dict (so they round-trip); this class is a
+    view of them with the algebra on top.
     """
 
     def __init__(self, state: dict, m: int, n: int, like: Tensor) -> None:
-        slots = m + 1
         if "memory" not in state:
-            state["memory"] = torch.zeros((2 * slots, n), dtype=like.dtype, device=like.device)
-            state["gram_ss"] = torch.zeros((slots, slots), dtype=SMALL)
-            state["gram_sy"] = torch.zeros((slots, slots), dtype=SMALL)
-            state["gram_yy"] = torch.zeros((slots, slots), dtype=SMALL)
+            state["memory"] = torch.zeros((2 * m, n), dtype=like.dtype, device=like.device)
+            state["gram_ss"] = torch.zeros((m, m), dtype=SMALL)
+            state["gram_sy"] = torch.zeros((m, m), dtype=SMALL)
+            state["gram_yy"] = torch.zeros((m, m), dtype=SMALL)
             state["order"] = []
         self.state = state
         self.m = m
-        self.slots = slots
+        self.slots = m
 
     # --- storage -------------------------------------------------------------------
     @property
     def buffer(self) -> Tensor:
-        """The (2(m+1) x n) storage: S slots, then Y slots."""
+        """The (2m x n) storage: S slots, then Y slots."""
         return self.state["memory"]
 
     @property
@@ -109,27 +106,27 @@ class CurvatureMemory:
     def k(self) -> int:
         return len(self.state["order"])
 
-    def spare_slot(self) -> int:
+    def next_slot(self) -> int:
+        """Where the next pair goes: an unused slot, else the oldest pair's."""
+        if self.k == self.m:
+            return self.order[0]
         used = set(self.order)
         return next(slot for slot in range(self.slots) if slot not in used)
 
-    def s_row(self, slot: int) -> Tensor:
-        return self.buffer[slot]
+    def append(self, s: Tensor, y: Tensor, s_products: Tensor, y_products: Tensor, diag: Tensor) -> None:
+        """Store (s, y), the oldest pair leaving when m are stored, and update the Gram
+        matrices' row and column for its slot.
 
-    def y_row(self, slot: int) -> Tensor:
-        return self.buffer[self.slots + slot]
-
-    def append(self, s: Tensor, s_products: Tensor, y_products: Tensor, diag: Tensor) -> None:
-        """Store s with the y already written in the spare slot's Y row, and update the
-        Gram matrices' row and column for that slot.
-
-        ``s_products`` and ``y_products`` hold (S^T v, Y^T v) over all slots (2(m+1),
-        float64); entries of slots holding no pair are ignored. ``diag`` = [s.s, s.y, y.y].
-        The oldest pair leaves when more than m are stored.
+        ``s_products`` and ``y_products`` hold (S^T v, Y^T v) over all slots (2m, float64),
+        computed before the slot is overwritten; entries of slots holding no pair are
+        ignored. ``diag`` = [s.s, s.y, y.y].
         """
-        slot = self.spare_slot()
+        slot = self.next_slot()
+        if self.k == self.m:
+            self.order.pop(0)
         n_slots = self.slots
-        self.s_row(slot).copy_(s)
+        self.buffer[slot].copy_(s)
+        self.buffer[n_slots + slot].copy_(y)
         g_ss, g_sy, g_yy = self.state["gram_ss"], self.state["gram_sy"], self.state["gram_yy"]
         g_ss[slot, :] = s_products[:n_slots]
         g_ss[:, slot] = s_products[:n_slots]
@@ -139,8 +136,6 @@ class CurvatureMemory:
         g_yy[:, slot] = y_products[n_slots:]
         g_ss[slot, slot], g_sy[slot, slot], g_yy[slot, slot] = diag[0], diag[1], diag[2]
         self.order.append(slot)
-        if self.k > self.m:
-            self.order.pop(0)
 
     def drop_oldest(self) -> None:
         self.order.pop(0)
@@ -186,12 +181,12 @@ class CurvatureMemory:
         return phi_gram, n_inv, torch.sqrt(yy.clamp(min=0) * torch.diagonal(phi_gram).clamp(min=0))
 
     def split(self, products: Tensor) -> tuple[Tensor, Tensor]:
-        """(S^T v, Y^T v) in logical order from buffer @ v (2(m+1),)."""
+        """(S^T v, Y^T v) in logical order from buffer @ v (2m,)."""
         idx = self._index()
         return products[: self.slots].index_select(0, idx), products[self.slots :].index_select(0, idx)
 
     def scatter(self, s_part: Tensor, y_part: Tensor) -> Tensor:
-        """Slot-ordered (2(m+1),) vector from logical-order parts; zero for other slots.
+        """Slot-ordered (2m,) vector from logical-order parts; zero for other slots.
 
         Used both for coefficients (buffer^T c = S s_part + Y y_part) and for products
         (buffer @ v assembled from (S^T v, Y^T v))."""

@@ -97,16 +97,16 @@ class LSR1(Optimizer):
     state where both passes compute the same function (e.g. no dropout randomness
     between them) if the ratio rho should be meaningful.
 
-    Cost: memory ``param_bytes * (2m + 5)``: S and Y in one (2(m+1) x n) ring buffer
-    whose spare slot receives the trial gradient difference y directly, plus the
-    gradient, the step and a saved copy of x (so a rejected step restores x bit for bit).
-    Time per step: three passes over the ring buffer (Psi^T g, the step s = beta g + Psi w,
-    and the Gram row of y) plus about fifteen O(n) vector passes and O(m^3) float64 work
-    on k x k matrices; the Gram row of s and the SR1 residual y - B s come from k x k
-    algebra. A fourth pass forms g_perp or y - B s explicitly, only when cancellation
-    would make the algebraic value inaccurate (g mostly in range(Psi), or y - B s small
-    next to y). All reductions over the n parameters go through one ``Reducer``, so a
-    data-parallel version shards S and Y and all-reduces only k-vectors.
+    Cost: memory ``param_bytes * (2m + 4)``: S and Y in one (2m x n) ring buffer, plus
+    the gradient, the trial gradient difference y, the step s and a saved copy of x (so a
+    rejected step restores x bit for bit). Time per step: three passes over the ring
+    buffer (Psi^T g, the step s = beta g + Psi w, and the Gram row of y) plus about
+    eighteen O(n) vector passes and O(m^3) float64 work on k x k matrices; the Gram row of
+    s and the SR1 residual y - B s come from k x k algebra. A fourth pass forms g_perp or
+    y - B s explicitly, only when cancellation would make the algebraic value inaccurate
+    (g mostly in range(Psi), or y - B s small next to y). All reductions over the n
+    parameters go through one ``Reducer``, so a data-parallel version shards S and Y and
+    all-reduces only k-vectors.
     """
 
     def __init__(
@@ -384,18 +384,14 @@ class LSR1(Optimizer):
             else:
                 s_products = None
 
-        # Trial point x + s on the same minibatch; y goes straight into the spare slot.
+        # Trial point x + s on the same minibatch.
         self._save_params(x_saved)
         self._add_to_params(s)
-        spare = memory.spare_slot()
-        y = memory.y_row(spare)
+        y = self._buffer("y")
         _, f_trial = evaluate(y)
         y.sub_(g)
-        with exact_float32_matmul(device):
-            y_products = reducer.rows(memory.buffer, y)
-        ss_sy = reducer.dots([(s, s), (s, y)])
-        yy = float(y_products[memory.slots + spare])
-        finite = math.isfinite(f_trial) and bool(torch.isfinite(ss_sy).all()) and math.isfinite(yy)
+        ss_sy_yy = reducer.dots([(s, s), (s, y), (y, y)])
+        finite = math.isfinite(f_trial) and bool(torch.isfinite(ss_sy_yy).all())
         rho = (f - f_trial) / pred if finite else -math.inf
         state["last_rho"] = rho if finite else None
         if rho > d["eta"]:
@@ -403,7 +399,7 @@ class LSR1(Optimizer):
         else:
             stats["rejected_steps"] += 1
             self._load_params(x_saved)
-        step_norm = math.sqrt(float(ss_sy[0])) if finite else solution.step_norm
+        step_norm = math.sqrt(float(ss_sy_yy[0])) if finite else solution.step_norm
         if rho > d["increase_threshold"]:
             if step_norm > d["boundary_fraction"] * radius:
                 radius *= d["radius_increase"]
@@ -414,18 +410,18 @@ class LSR1(Optimizer):
         state["radius"] = radius
         if not finite:
             stats["nonfinite_trials"] += 1
-            y.zero_()  # the spare row takes part in products with zero weight: keep it finite
             return
 
-        ss, sy = float(ss_sy[0]), float(ss_sy[1])
+        ss, sy, yy = (float(v) for v in ss_sy_yy)
         with exact_float32_matmul(device):
             if k > 0:
+                y_products = reducer.rows(memory.buffer, y)
                 s_s, y_s = memory.split(s_products)
                 s_y, y_y = memory.split(y_products)
                 basis_s, basis_y = y_s - gamma * s_s, y_y - gamma * s_y
             else:
                 basis_s = basis_y = empty
-                s_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
+                s_products = y_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
             # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||.
             s_dot_r, r_sq, size = residual(sy, yy, ss, basis_y, basis_s, psi_gram, m_inv, gamma)
             if r_sq <= 1e-2 * size:
@@ -437,13 +433,13 @@ class LSR1(Optimizer):
                 sr_rr = reducer.dots([(s, r), (r, r)])
                 s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
             self._maybe_store_pair(
-                state, memory, s, s_products, y_products, (ss, sy, yy), s_dot_r,
+                state, memory, s, y, s_products, y_products, (ss, sy, yy), s_dot_r,
                 math.sqrt(max(r_sq, 0.0)), math.sqrt(yy), math.sqrt(ss),
                 lambda: memory.b_policy_inputs(gamma),
             )
 
     def _maybe_store_pair(
-        self, state, memory, s, s_products, y_products, diag, numerator, residual_norm,
+        self, state, memory, s, y, s_products, y_products, diag, numerator, residual_norm,
         reference_norm, other_norm, factors,
     ) -> None:
         """Append (s, y) unless the SR1 skip test says not to; then apply the pair policy.
@@ -462,7 +458,7 @@ class LSR1(Optimizer):
         ):
             stats["skipped_updates"] += 1
             return
-        memory.append(s, s_products, y_products, torch.tensor(diag, dtype=torch.float64))
+        memory.append(s, y, s_products, y_products, torch.tensor(diag, dtype=torch.float64))
         tol = self._rank_tol()
         # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
         check_gram = self.defaults["method"] == "trust_region"
@@ -520,8 +516,7 @@ class LSR1(Optimizer):
         x_saved = self._buffer("x")
         self._save_params(x_saved)
         x_views, d_views = self._views_of(x_saved), self._views_of(direction)
-        spare = memory.spare_slot()
-        y = memory.y_row(spare)
+        y = self._buffer("y")
 
         def phi(alpha: float) -> tuple[float, float]:
             torch._foreach_copy_(self._params, x_views)
@@ -544,7 +539,6 @@ class LSR1(Optimizer):
         if result.alpha <= 0.0:
             stats["rejected_steps"] += 1
             self._load_params(x_saved)
-            y.zero_()  # may hold a non-finite gradient; the spare row must stay finite
             return
         stats["accepted_steps"] += 1
         state["last_step_length"] = result.alpha
@@ -552,15 +546,12 @@ class LSR1(Optimizer):
             phi(result.alpha)
         y.sub_(g)
         s = direction.mul_(result.alpha)  # s = alpha d
-        with exact_float32_matmul(device):
-            y_products = reducer.rows(memory.buffer, y)
-        ss_sy = reducer.dots([(s, s), (s, y)])
-        yy = float(y_products[memory.slots + spare])
-        if not (bool(torch.isfinite(ss_sy).all()) and math.isfinite(yy)):
-            y.zero_()
+        ss_sy_yy = reducer.dots([(s, s), (s, y), (y, y)])
+        if not bool(torch.isfinite(ss_sy_yy).all()):
             return
-        ss, sy = float(ss_sy[0]), float(ss_sy[1])
+        ss, sy, yy = (float(v) for v in ss_sy_yy)
         with exact_float32_matmul(device):
+            y_products = reducer.rows(memory.buffer, y) if k > 0 else None
             if k > 0 and not fallback:
                 # s = alpha (-delta g - S c + delta Y c): its products from the Gram matrices.
                 s_products = memory.scatter(*memory.products_of_combination(
@@ -568,7 +559,7 @@ class LSR1(Optimizer):
             elif k > 0:
                 s_products = memory.scatter(-result.alpha * s_g, -result.alpha * y_g)
             else:
-                s_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
+                s_products = y_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
             if k > 0:
                 s_s, y_s = memory.split(s_products)
                 s_y, y_y = memory.split(y_products)
@@ -585,7 +576,7 @@ class LSR1(Optimizer):
                 yr_rr = reducer.dots([(y, r), (r, r)])
                 y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
             self._maybe_store_pair(
-                state, memory, s, s_products, y_products, (ss, sy, yy), y_dot_r,
+                state, memory, s, y, s_products, y_products, (ss, sy, yy), y_dot_r,
                 math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
                 lambda: memory.h_policy_inputs(delta),
             )
