@@ -1,4 +1,4 @@
-"""The ``lsr1bench`` command line: ``run`` and ``validate`` a suite.
+"""The ``lsr1bench`` command line: ``validate`` and ``run`` a suite, ``report`` and ``compare`` results.
 
 The only module that imports typer and rich. Every bad input ends here as a clear
 message and exit code 2, before anything is written; torch is imported only once a
@@ -316,7 +316,9 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
 
 # --- report and compare (lsr1bench.report / lsr1bench.compare; neither imports torch) ---
 
-ResultsArg = Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="a suite's results folder or a folder of suites")]
+ResultsArg = Annotated[
+    Path, typer.Argument(metavar="RESULTS_DIR", help="a suite's results folder or a folder of suites")
+]
 
 
 def _plain(console: Console, text: str) -> None:

@@ -13,8 +13,9 @@ with "forgetting" every 5 steps. L2 regularisation 1e-4 (MNIST) and 1e-3 (CIFAR-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 MODELS: Mapping[str, str] = MappingProxyType(
     {
