@@ -384,7 +384,7 @@ class _Run:
                 xb, yb = data.train_x[index], data.train_y[index]
 
                 def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
-                    model.zero_grad(set_to_none=False)
+                    model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
                     loss = F.cross_entropy(model(xb), yb) + l2_penalty(model, spec.weight_decay)
                     loss.backward()
                     return loss
