@@ -10,7 +10,14 @@ What every run shares, whatever the optimizer:
 * closure-based steps on one minibatch (second-order methods call the closure several
   times on the same minibatch);
 * an evaluation before training (epoch 0) and after every epoch, in ``model.eval()``
-  mode without gradients, excluded from ``train_seconds``.
+  mode without gradients, excluded from ``train_seconds``;
+* batch-norm running statistics that only ever see the iterates the optimizer accepts.
+  A first-order method evaluates its closure once, at x_k. A second-order one also
+  evaluates it at trial points (L-SR1's x_k + s, even when rejected; L-BFGS's line
+  search, which can try points far away); in train mode each of those forward passes
+  would move the running statistics used at test time. So for second-order methods the
+  closure leaves them untouched, and one forward pass without gradients at the point the
+  step ends on updates them once per step (:class:`RunningStatsGuard`).
 
 Each epoch draws a fresh permutation and takes ``n // batch_size`` full minibatches
 (the last partial one is dropped, so every step sees a full batch; a batch size above
@@ -234,6 +241,44 @@ def _initial_objective(model: torch.nn.Module, data: DeviceData, batch_size: int
     return total / n + float(l2_penalty(model, weight_decay))
 
 
+class RunningStatsGuard:
+    """Keeps batch-norm running statistics to one update per step, at the accepted point.
+
+    ``protect(closure)`` returns a closure that restores the running statistics (and
+    ``num_batches_tracked``) to their values at the start of the step after every call;
+    ``update(x)`` then runs one forward pass in train mode without gradients on the
+    step's minibatch at the current parameters, which updates them exactly once.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.buffers = [
+            b
+            for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
+
+    def protect(self, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        if not self.buffers:
+            return closure
+        saved = [b.clone() for b in self.buffers]
+
+        def guarded() -> Tensor:
+            loss = closure()
+            with torch.no_grad():
+                torch._foreach_copy_(self.buffers, saved)
+            return loss
+
+        return guarded
+
+    def update(self, x: Tensor) -> None:
+        if self.buffers:
+            with torch.no_grad():
+                self.model(x)
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     order = torch.randperm(n, generator=generator).to(device)
     if batch_size >= n:
@@ -373,6 +418,7 @@ class _Run:
                 out[column] = float(value) if column == "radius" and value is not None else value
             return out
 
+        guard = RunningStatsGuard(model) if optimizer.second_order else None
         initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay)
         self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
         for epoch in range(1, spec.epochs + 1):
@@ -389,7 +435,11 @@ class _Run:
                     loss.backward()
                     return loss
 
-                loss = optimizer.step(closure)
+                if guard is None:
+                    loss = optimizer.step(closure)
+                else:
+                    loss = optimizer.step(guard.protect(closure))
+                    guard.update(xb)
                 samples += len(index)
                 steps += 1
                 loss_sum += loss

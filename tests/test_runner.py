@@ -267,3 +267,45 @@ def test_a_broken_display_does_not_fail_the_run(tmp_path: Path) -> None:
         raise ValueError("display bug")
 
     assert runner.train(tiny(epochs=1), tmp_path, "cpu", sink).status == "completed"
+
+
+def test_running_stats_guard_keeps_batch_norm_statistics_to_the_accepted_point():
+    """Trial points evaluated by a second-order step must not move the running statistics;
+    the result equals one train-mode forward pass at the final parameters."""
+    import copy
+
+    import torch
+
+    from lsr1bench.registry.models import build_model
+    from lsr1bench.runner import RunningStatsGuard
+
+    torch.manual_seed(0)
+    model = build_model("mlp", batch_norm=True, input_shape=(1, 4, 4), num_classes=3)
+    reference = copy.deepcopy(model)
+    x = torch.randn(32, 1, 4, 4)
+    guard = RunningStatsGuard(model)
+    params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+
+    def closure():
+        out = model(x).sum()
+        out.backward()
+        return out
+
+    guarded = guard.protect(closure)
+    with torch.no_grad():  # a wild trial point, as a line search may try
+        for p in params:
+            p.mul_(100.0)
+    guarded()
+    with torch.no_grad():  # back to (slightly moved) accepted parameters
+        for p, p0 in zip(params, start):
+            p.copy_(p0 + 0.01)
+    guarded()
+    guard.update(x)
+
+    with torch.no_grad():
+        for p, p0 in zip(reference.parameters(), start):
+            p.copy_(p0 + 0.01)
+        reference(x)
+    for got, want in zip(model.buffers(), reference.buffers()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
