@@ -126,9 +126,10 @@ def solve_subproblem(
     lam = torch.cat([spectral.lambda_par, spectral.lambda_par.new_tensor([gamma])])
     active = a.abs() > zero_tol
     lambda_min = spectral.lambda_min
-    newton = 0
 
-    def finish(sigma: float, hard: bool, interior: bool, extra_norm: float) -> SubproblemSolution:
+    def finish(
+        sigma: float, hard: bool, interior: bool, extra_norm: float, newton: int = 0
+    ) -> SubproblemSolution:
         denom = lam + sigma
         coef = torch.where(active & (denom != 0), -a / torch.where(denom == 0, 1.0, denom), 0.0)
         par = coef[:k].clone()
@@ -176,7 +177,8 @@ def solve_subproblem(
     # concave and increasing on (-lambda_min, inf), from a point where phi <= 0.
     sigma_hat = float((a[active].abs() / radius - lam[active]).max()) if bool(active.any()) else 0.0
     sigma = max(sigma_floor, sigma_hat)
-    for newton in range(1, NEWTON_MAX_ITERATIONS + 1):  # noqa: B007 - read by finish()
+    newton = 0
+    for newton in range(1, NEWTON_MAX_ITERATIONS + 1):  # noqa: B007 - the count is reported
         d = lam[active] + sigma
         w = a[active] / d
         norm_sq = float((w**2).sum())
@@ -190,4 +192,4 @@ def solve_subproblem(
         if not math.isfinite(step) or step <= 0.0:
             break
         sigma = sigma + step
-    return finish(sigma, hard=False, interior=False, extra_norm=0.0)
+    return finish(sigma, hard=False, interior=False, extra_norm=0.0, newton=newton)
