@@ -14,21 +14,9 @@ from lsr1bench.registry.optimizers import (
     build_optimizer,
 )
 
-try:
-    from lsr1bench.optim import LSR1  # noqa: F401
-
-    HAVE_LSR1 = True
-except ImportError:
-    HAVE_LSR1 = False
-
-needs_lsr1 = pytest.mark.skipif(not HAVE_LSR1, reason="lsr1bench.optim.LSR1 not available yet")
-
 
 def optimizer_names() -> list:
-    return [
-        pytest.param(name, marks=needs_lsr1) if name.startswith("lsr1") else name
-        for name in sorted(OPTIMIZERS)
-    ]
+    return sorted(OPTIMIZERS)
 
 
 def tiny_problem(seed: int = 0, batches: int = 1, batch_size: int = 32):
@@ -123,7 +111,6 @@ def test_first_order_methods_call_the_closure_once_per_step(name):
     assert opt.statistics() == {"steps": 7, "closure_evaluations": 7}
 
 
-@needs_lsr1
 @pytest.mark.parametrize("name", ["lsr1", "lsr1-ls"])
 def test_lsr1_closure_count_matches_the_calls(name):
     model, [(x, y)] = tiny_problem()
@@ -193,8 +180,6 @@ def test_weight_decay_is_never_given_to_an_optimizer(name):
     hyper = resolved_optimizer_params(name, "mnist")
     with pytest.raises(ValueError, match="part of the loss"):
         build_optimizer(name, model.parameters(), {**hyper, "weight_decay": 1e-4})
-    if name.startswith("lsr1") and not HAVE_LSR1:
-        return
     opt = build_optimizer(name, model.parameters(), hyper)
     for group in opt.optimizer.param_groups:
         assert group.get("weight_decay", 0) == 0
