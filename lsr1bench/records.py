@@ -33,6 +33,15 @@ STATUSES = (RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED)
 # Finished runs that a resumed suite skips: rerunning a diverged run diverges again.
 FINISHED = frozenset({COMPLETED, DIVERGED})
 
+# Optimizer statistics recorded per epoch when the optimizer reports them (empty otherwise).
+OPTIMIZER_COLUMNS = (
+    "accepted_steps",
+    "rejected_steps",
+    "skipped_updates",
+    "dropped_pairs",
+    "radius",
+    "stored_pairs",
+)
 EPOCH_COLUMNS = (
     "epoch",
     "train_loss",
@@ -43,12 +52,7 @@ EPOCH_COLUMNS = (
     "grad_evals",
     "samples",
     "steps",
-    "accepted_steps",
-    "rejected_steps",
-    "skipped_updates",
-    "dropped_pairs",
-    "radius",
-    "stored_pairs",
+    *OPTIMIZER_COLUMNS,
     "lr",
 )
 _INT_COLUMNS = frozenset(

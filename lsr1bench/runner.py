@@ -59,15 +59,6 @@ EventSink = Callable[[dict[str, Any]], None]
 
 # Test-set evaluation batch: large enough to be quick, small enough for ResNet-20 on CPU.
 EVAL_BATCH = 1000
-# Optimizer statistics copied into epochs.csv when the optimizer reports them.
-STAT_COLUMNS = (
-    "accepted_steps",
-    "rejected_steps",
-    "skipped_updates",
-    "dropped_pairs",
-    "radius",
-    "stored_pairs",
-)
 TRACEBACK_FILE = "traceback.txt"
 
 
@@ -413,7 +404,7 @@ class _Run:
                 "steps": stats.get("steps", optimizer.steps),
                 "lr": lr,  # the rate this epoch trained with
             }
-            for column in STAT_COLUMNS:
+            for column in records.OPTIMIZER_COLUMNS:
                 value = stats.get(column)
                 out[column] = float(value) if column == "radius" and value is not None else value
             return out
