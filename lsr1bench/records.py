@@ -41,6 +41,12 @@ OPTIMIZER_COLUMNS = (
     "dropped_pairs",
     "radius",
     "stored_pairs",
+    # L-SR1's model at the end of the epoch and its skip test during it (issue 8):
+    "min_eigenvalue",  # smallest eigenvalue of B
+    "negative_eigenvalues",  # how many eigenvalues of B are negative
+    "negative_curvature_fraction",  # of this epoch's steps, those whose model had one
+    "update_cosine_p10",  # 10th percentile of |s^T(y - Bs)| / (||s|| ||y - Bs||) this epoch
+    "update_cosine_median",
 )
 EPOCH_COLUMNS = (
     "epoch",
@@ -55,6 +61,15 @@ EPOCH_COLUMNS = (
     *OPTIMIZER_COLUMNS,
     "lr",
 )
+# Columns added after records were first written: files without them still read (as None).
+LATER_COLUMNS = (
+    "min_eigenvalue",
+    "negative_eigenvalues",
+    "negative_curvature_fraction",
+    "update_cosine_p10",
+    "update_cosine_median",
+)
+_EARLIER_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c not in LATER_COLUMNS)
 _INT_COLUMNS = frozenset(
     {
         "epoch",
@@ -66,6 +81,7 @@ _INT_COLUMNS = frozenset(
         "skipped_updates",
         "dropped_pairs",
         "stored_pairs",
+        "negative_eigenvalues",
     }
 )
 
@@ -232,10 +248,10 @@ def read_epochs(directory: str | Path) -> list[dict[str, int | float | None]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         return []
-    if tuple(reader.fieldnames) != EPOCH_COLUMNS:
+    if tuple(reader.fieldnames) not in (EPOCH_COLUMNS, _EARLIER_COLUMNS):
         raise RecordError(f"{path}: unexpected columns {reader.fieldnames}")
     try:
-        return [{col: _parse(col, row[col]) for col in EPOCH_COLUMNS} for row in reader]
+        return [{col: _parse(col, row.get(col) or "") for col in EPOCH_COLUMNS} for row in reader]
     except (ValueError, TypeError) as exc:
         raise RecordError(f"{path}: {exc}") from None
 

@@ -404,6 +404,7 @@ class _Run:
                 "steps": stats.get("steps", optimizer.steps),
                 "lr": lr,  # the rate this epoch trained with
             }
+            stats.update(optimizer.epoch_curvature())
             for column in records.OPTIMIZER_COLUMNS:
                 value = stats.get(column)
                 out[column] = float(value) if column == "radius" and value is not None else value

@@ -83,24 +83,20 @@ def trust_region_dense(B: torch.Tensor, g: torch.Tensor, radius: float, hard_tol
 
 
 def well_posed_dense(S: torch.Tensor, Y: torch.Tensor, gamma: float, tol: float) -> bool:
-    """The pair policy on dense matrices: Psi has full column rank (normalised Gram test)
-    and M^{-1} = D + L + L^T - gamma S^T S is nonsingular (relative eigenvalue test after
-    scaling out the pairs' lengths)."""
+    """The paper's pair policy (Algorithm 1, lines 31-39) on dense matrices: the pairs may
+    stay when Psi^T Psi is positive definite and M^{-1} = S^T Y - S^T B0 S (in its
+    triangular form D + L + L^T - gamma S^T S) is nonsingular. Numerically, with the
+    textbook relative tolerance: smallest eigenvalue (magnitude) above ``tol`` times the
+    largest."""
     if S.shape[1] == 0:
         return True
     Psi = Y - gamma * S
-    G = Psi.T @ Psi
-    d = torch.diagonal(G)
-    if not bool((d > 0).all()):
-        return False
-    Gn = G / torch.sqrt(torch.outer(d, d))
-    if float(torch.linalg.eigvalsh(Gn)[0]) <= tol:
+    ev = torch.linalg.eigvalsh(Psi.T @ Psi)
+    if not float(ev[0]) > tol * float(ev[-1]):
         return False
     SY = S.T @ Y
     Minv = torch.tril(SY, -1) + torch.tril(SY, -1).T + torch.diag(torch.diagonal(SY)) - gamma * S.T @ S
-    # scaled by 1/sqrt(||s_i|| ||psi_i||) on both sides, as the optimizer documents
-    w = 1.0 / torch.sqrt(S.norm(dim=0) * Psi.norm(dim=0))
-    ev = torch.linalg.eigvalsh(Minv * torch.outer(w, w)).abs()
+    ev = torch.linalg.eigvalsh(Minv).abs()
     return float(ev.min()) > tol * float(ev.max())
 
 
@@ -108,7 +104,8 @@ def sr1_trust_region_dense(
     fun, x0: torch.Tensor, iterations: int, *, memory: int, gamma: float = 1.0, eta: float = 1e-4,
     skip_tol: float = 1e-8, tol: float | None = None,
 ) -> list[torch.Tensor]:
-    """The dense SR1 trust-region method with the paper's rules; returns the iterates."""
+    """The dense SR1 trust-region method with the paper's rules (Algorithm 1) and nothing
+    else; returns the iterates."""
     tol = 100 * torch.finfo(F64).eps if tol is None else tol
     n = x0.numel()
     x = x0.clone()
@@ -140,9 +137,7 @@ def sr1_trust_region_dense(
         elif rho < 0.1:
             radius *= 0.5
         r = y - B @ s
-        num = float(s @ r)
-        noise_floor = 100 * torch.finfo(F64).eps * float(y.norm())
-        if num != 0.0 and float(r.norm()) > noise_floor and abs(num) >= skip_tol * float(s.norm()) * float(r.norm()):
+        if abs(float(s @ r)) >= skip_tol * float(s.norm()) * float(r.norm()):
             pairs.append((s.clone(), y.clone()))
             if len(pairs) > memory:
                 pairs.pop(0)

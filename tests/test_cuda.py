@@ -45,13 +45,10 @@ def test_user_tf32_setting_does_not_reach_the_optimizer_products():
         f, x0 = elementwise_problem(200_000)
         x32, opt = run(f, x0, torch.float32)
         assert torch.get_float32_matmul_precision() == "high"  # the user's setting is back
-        state = opt.state[opt._params[0]]
-        memory = opt._memory(state)
-        idx = torch.tensor(memory.order, device="cuda")
-        S = memory.buffer[: memory.slots][idx].double()
-        Y = memory.buffer[memory.slots :][idx].double()
-        ss, sy, yy = memory.grams()
-        for got, want in [(ss, S @ S.T), (sy, S @ Y.T), (yy, Y @ Y.T)]:
+        model = opt.curvature()
+        S, Psi = (t.double() for t in model.basis())
+        ss, sp, pp = model.grams()
+        for got, want in [(ss, S @ S.T), (sp, S @ Psi.T), (pp, Psi @ Psi.T)]:
             # TF32 (10-bit mantissa) would give errors near 1e-3; float32 accumulation ~1e-6.
             torch.testing.assert_close(got, want.cpu(), rtol=2e-5, atol=2e-5 * float(want.abs().max()))
         # Trajectories: on a small, well-scaled problem the loss itself is exact enough in
@@ -80,3 +77,36 @@ def test_cuda_and_cpu_iterates_agree_in_float64():
     for _ in range(10):
         opt.step(closure)
     torch.testing.assert_close(x_gpu.cpu(), x.detach(), rtol=1e-9, atol=1e-10)
+
+
+def test_a_cuda_step_makes_two_blocking_transfers():
+    """statistics()["host_syncs"] counts what CUDA's sync debug mode sees: two blocking
+    device-to-host transfers per step on the common path (after g, after the trial)."""
+    f, x0 = elementwise_problem(100_000, seed=3)
+    x = x0.to("cuda", torch.float32).clone().requires_grad_(True)
+    opt = LSR1([x], memory=5)
+
+    def closure():
+        opt.zero_grad()
+        loss = f(x)
+        loss.backward()
+        return loss
+
+    for _ in range(12):  # fill the memory
+        opt.step(closure)
+    before = opt.statistics()
+    torch.cuda.synchronize()
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            opt.step(closure)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    after = opt.statistics()
+    syncs = after["host_syncs"] - before["host_syncs"]
+    extra = after["explicit_passes"] - before["explicit_passes"]
+    assert syncs == 2 + extra
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) <= syncs

@@ -62,7 +62,9 @@ def test_iterates_equal_dense_sr1_trust_region_reference(memory):
     # 25 iterations: beyond that f(x) - f(x + s) reaches the rounding level and rho, hence
     # accept/reject, is decided by noise in both implementations.
     iterations = 25
-    ours, opt = run_lsr1(f, x0, iterations, memory=memory)
+    # The reference implements the paper's rules only, so the optimizer runs with them too
+    # (pair_policy="paper"; the default "scaled" policy has tests of its own).
+    ours, opt = run_lsr1(f, x0, iterations, memory=memory, pair_policy="paper")
     ref = sr1_trust_region_dense(f, x0, iterations, memory=memory)
     stats = opt.statistics()
     assert stats["accepted_steps"] >= 10 and stats["stored_pairs"] >= min(memory, 5)
@@ -122,7 +124,7 @@ def test_state_dict_round_trip_lockstep(method, device):
     opt2 = LSR1([p2], method=method, memory=4)
     opt2.load_state_dict(saved)
     st = opt2.state[p2]
-    assert st["gram_sy"].dtype == F64 and st["gram_sy"].device.type == "cpu"
+    assert st["gram_sp"].dtype == F64 and st["gram_sp"].device.type == "cpu"
     for _ in range(6):
         opt1.step(closure_for(p1, opt1))
         opt2.step(closure_for(p2, opt2))
@@ -183,21 +185,72 @@ def test_statistics_count_closure_evaluations_and_steps():
         assert key in stats
 
 
-def test_skip_test_skips_when_the_model_already_explains_y():
-    """On f = 1/2 ||x||^2 with gamma = 1, y = s = B s exactly: every update is skipped."""
-    x = torch.tensor([3.0, -1.0, 2.0], dtype=F64, requires_grad=True)
-    opt = LSR1([x], initial_radius=0.5)
+def test_noise_floor_option_skips_pairs_the_model_already_explains():
+    """On f = 1/2 ||x||^2 with gamma = 1, y = s = B s up to rounding, so y - B s is rounding
+    noise. The paper's test |s^T r| >= r ||s|| ||r|| scores noise like any vector and
+    stores the pairs; ``skip_noise_floor=True`` skips them."""
 
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * (x**2).sum()
-        loss.backward()
-        return loss
+    def run(**kw):
+        x = torch.tensor([3.0, -1.0, 2.0], dtype=F64, requires_grad=True)
+        opt = LSR1([x], initial_radius=0.5, **kw)
 
-    for _ in range(3):
-        opt.step(closure)
-    stats = opt.statistics()
-    assert stats["skipped_updates"] == 3 and stats["stored_pairs"] == 0
+        def closure():
+            opt.zero_grad()
+            loss = 0.5 * (x**2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        return opt.statistics()
+
+    floor = run(skip_noise_floor=True)
+    assert floor["skipped_updates"] == 3 and floor["stored_pairs"] == 0
+    paper = run()
+    assert paper["skip_tests"] == 3
+    assert paper["skipped_updates"] + paper["stored_pairs"] + paper["dropped_pairs"] >= 3
+
+
+def test_paper_pair_policy_drops_well_conditioned_float32_pairs_that_scaled_keeps():
+    """Why the default pair policy is "scaled": radii that change 2x per step make pairs of
+    very different lengths, and the paper's unscaled test at float32 precision reads that as
+    rank deficiency. On this problem it drops pairs that float64 keeps, and the float32 run
+    then leaves the float64 trajectory; the scaled test keeps them and follows it."""
+    f, x0 = quartic_problem(n=10, seed=5)
+    x0 = 0.3 * x0
+    it64, opt64 = run_lsr1(f, x0, 8, dtype=F64, pair_policy="paper")
+    it32_paper, opt_paper = run_lsr1(f, x0, 8, dtype=torch.float32, pair_policy="paper")
+    it32_scaled, opt_scaled = run_lsr1(f, x0, 8, dtype=torch.float32, pair_policy="scaled")
+    assert opt64.statistics()["dropped_pairs"] == 0
+    assert opt_paper.statistics()["dropped_pairs"] >= 1
+    assert opt_scaled.statistics()["dropped_pairs"] == 0
+    assert float((it32_paper[-1].double() - it64[-1]).norm()) > 1e-2
+    torch.testing.assert_close(it32_scaled[-1].double(), it64[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_scaled_pair_policy_is_invariant_to_pair_lengths_and_drops_dependent_pairs():
+    from lsr1bench.optim._compact import well_posed
+
+    gen = torch.Generator().manual_seed(0)
+    S = torch.randn(3, 20, generator=gen, dtype=F64)
+    Psi = torch.randn(3, 20, generator=gen, dtype=F64)
+    lengths = torch.tensor([1e-3, 1.0, 1e3], dtype=F64)
+
+    def inputs(S, Psi):
+        gram = Psi @ Psi.T
+        sp = S @ Psi.T
+        lower = torch.tril(sp, -1)
+        m_inv = torch.diag(torch.diagonal(sp)) + lower + lower.T
+        return gram, m_inv, S.norm(dim=1) * Psi.norm(dim=1)
+
+    tol = 100 * torch.finfo(torch.float32).eps
+    assert well_posed(*inputs(S, Psi), tol, check_gram=True, scaled=True)
+    scaled = inputs(S * lengths[:, None], Psi * lengths[:, None])
+    assert well_posed(*scaled, tol, check_gram=True, scaled=True)
+    assert not well_posed(*scaled, tol, check_gram=True, scaled=False)  # the paper's reading
+    dependent = Psi.clone()
+    dependent[2] = dependent[0] + 1e-7 * dependent[1]
+    assert not well_posed(*inputs(S, dependent), tol, check_gram=True, scaled=True)
 
 
 def test_saddle_escape_where_lbfgs_stalls():
@@ -292,17 +345,123 @@ def test_memory_is_capped_at_the_number_of_parameters():
 
 
 @pytest.mark.parametrize("method", ["trust_region", "line_search"])
-def test_incremental_grams_equal_recomputed_products_of_stored_pairs(method):
-    """The Gram rows of a new pair come partly from algebra on k x k matrices (no pass
-    over n); they must equal S^T S, S^T Y, Y^T Y recomputed from the stored vectors."""
+def test_kept_grams_equal_recomputed_products_of_stored_vectors(method):
     f, x0 = quartic_problem(n=30, seed=9)
     _, opt = run_lsr1(f, x0, 20, method=method, memory=4)
-    state = opt.state[opt._params[0]]
-    memory = opt._memory(state)
-    assert memory.k >= 3
-    idx = torch.tensor(memory.order)
-    S = memory.buffer[: memory.slots][idx]
-    Y = memory.buffer[memory.slots :][idx]
-    ss, sy, yy = memory.grams()
-    for got, want in [(ss, S @ S.T), (sy, S @ Y.T), (yy, Y @ Y.T)]:
+    model = opt.curvature()
+    assert model.k >= 3
+    S, Psi = model.basis()
+    ss, sp, pp = model.grams()
+    for got, want in [(ss, S @ S.T), (sp, S @ Psi.T), (pp, Psi @ Psi.T)]:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12 * float(want.abs().max()))
+
+
+def test_curvature_operator_equals_the_dense_sr1_matrix_of_its_pairs():
+    from dense_reference import sr1_dense
+
+    f, x0 = quartic_problem(n=12, seed=4)
+    _, opt = run_lsr1(f, x0, 15, memory=4, gamma=0.8, pair_policy="paper")
+    model = opt.curvature()
+    S, Y = model.pairs()
+    assert S.shape == Y.shape == (model.k, 12) and model.k >= 3
+    B = sr1_dense(0.8, list(zip(S, Y)), 12)
+    v = torch.randn(12, dtype=F64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.matvec(v), B @ v, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.matvec(S[-1]), Y[-1], rtol=1e-9, atol=1e-9)  # secant
+    dense = torch.linalg.eigvalsh(B)
+    got = torch.sort(torch.cat([model.eigenvalues(), torch.full((12 - model.k,), 0.8, dtype=F64)])).values
+    torch.testing.assert_close(got, dense, rtol=1e-8, atol=1e-8)
+    assert torch.equal(model.eigenvalues(), torch.sort(model.eigenvalues()).values)
+
+
+def test_every_step_has_exactly_one_outcome_and_two_host_syncs():
+    from lsr1bench.optim.lsr1 import OUTCOMES
+
+    f, x0 = quartic_problem(n=20, seed=6)
+    _, opt = run_lsr1(f, x0, 40, memory=5)
+    stats = opt.statistics()
+    assert stats["steps"] == 40 == sum(stats[key] for key in OUTCOMES)
+    assert stats["host_syncs"] == 2 * 40 + stats["explicit_passes"] + 2 * stats["hard_cases"] - (
+        stats["nonpositive_pred"]
+    )
+
+
+def test_stationary_point_and_nonfinite_gradient_are_counted_outcomes():
+    x = torch.zeros(3, dtype=F64, requires_grad=True)
+    opt = LSR1([x])
+
+    def closure():
+        opt.zero_grad()
+        loss = (x**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # g = 0: the model predicts no decrease
+    assert opt.statistics()["nonpositive_pred"] == 1
+
+    def bad():
+        opt.zero_grad()
+        loss = (x**2).sum() * float("nan")
+        loss.backward()
+        return loss
+
+    opt.step(bad)
+    stats = opt.statistics()
+    assert stats["nonfinite_points"] == 1 and stats["steps"] == 2 and torch.equal(x.detach(), torch.zeros(3, dtype=F64))
+
+
+def test_linear_algebra_failure_drops_pairs_and_the_step_goes_on(monkeypatch):
+    """A factorisation that fails inside the k x k algebra is counted, the oldest pair is
+    dropped and the subproblem solved again; step() never raises it."""
+    from lsr1bench.optim import lsr1 as module
+
+    f, x0 = quartic_problem(n=15, seed=2)
+    _, opt = run_lsr1(f, x0, 10, memory=4)
+    k_before = opt.statistics()["stored_pairs"]
+    assert k_before >= 2
+    real = module.spectral_form
+    calls = {"n": 0}
+
+    def failing_once(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.linalg.LinAlgError("injected")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "spectral_form", failing_once)
+    params = opt.param_groups[0]["params"]
+
+    def closure():
+        opt.zero_grad()
+        loss = f(params[0])
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    stats = opt.statistics()
+    assert stats["linalg_failures"] == 1 and stats["dropped_pairs"] >= 1
+
+
+def test_unconverged_newton_is_counted_and_never_longer_than_the_radius(monkeypatch):
+    from lsr1bench.optim import _trust_region
+
+    monkeypatch.setattr(_trust_region, "NEWTON_MAX_ITERATIONS", 1)
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(6, generator=gen, dtype=F64), torch.randn(6, generator=gen, dtype=F64)) for _ in range(3)]
+    from dense_reference import sr1_dense
+
+    from lsr1bench.optim._compact import CurvatureMemory
+
+    memory = CurvatureMemory({}, 3, 6, torch.zeros(1, dtype=F64))
+    for s_, y_ in pairs:
+        memory.push(s_, y_, 1.0)
+    psi_gram, m_inv = memory.b_factors(1.0)
+    spectral = _trust_region.spectral_form(psi_gram, m_inv, 1.0)
+    g = torch.randn(6, generator=gen, dtype=F64)
+    S = torch.stack([p[0] for p in pairs])
+    Psi = torch.stack([p[1] for p in pairs]) - S
+    g_par = spectral.parallel_coordinates(Psi @ g)
+    g_perp = float((g - (Psi.T @ spectral.psi_coefficients(g_par))).norm())
+    sol = _trust_region.solve_subproblem(spectral, g_par, g_perp, 0.05)
+    assert not sol.converged and sol.step_norm <= 0.05 * (1 + 1e-12)
+    assert sr1_dense(1.0, pairs, 6).shape == (6, 6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from dense_reference import sr1_dense, sr1_inverse_dense, trust_region_dense
 
-from lsr1bench.optim._compact import CurvatureMemory, Reducer
+from lsr1bench.optim._compact import CurvatureMemory
 from lsr1bench.optim._trust_region import solve_subproblem, spectral_form
 
 F64 = torch.float64
@@ -34,17 +34,13 @@ def nonquadratic_pairs(n: int, k: int, seed: int = 0):
     return pairs
 
 
-def fill_memory(pairs, m: int, device="cpu", dtype=F64) -> CurvatureMemory:
+def fill_memory(pairs, m: int, device="cpu", dtype=F64, gamma: float = 1.0) -> CurvatureMemory:
+    """A memory holding the pairs (it stores s and psi = y - gamma s)."""
     n = pairs[0][0].numel()
     like = torch.zeros(1, dtype=dtype, device=device)
     memory = CurvatureMemory({}, m, n, like)
-    reducer = Reducer()
     for s, y in pairs:
-        s = s.to(device=device, dtype=dtype)
-        y = y.to(device=device, dtype=dtype)
-        prods = reducer.rows(memory.buffer, torch.stack([s, y], 1))
-        diag = reducer.dots([(s, s), (s, y), (y, y)])
-        memory.append(s, y, prods[:, 0], prods[:, 1], diag)
+        memory.push(s.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), gamma)
     return memory
 
 
@@ -63,7 +59,7 @@ def test_compact_B_and_H_equal_dense_recursion_with_asymmetric_pairs():
     S = torch.stack([p[0] for p in pairs], 1)
     Y = torch.stack([p[1] for p in pairs], 1)
     assert float((S.T @ Y - Y.T @ S).abs().max()) > 1e-3  # really asymmetric
-    memory = fill_memory(pairs, m=k)
+    memory = fill_memory(pairs, m=k, gamma=gamma)
     B = compact_B(memory, gamma, pairs)
     B_ref = sr1_dense(gamma, pairs, n)
     torch.testing.assert_close(B, B_ref, rtol=1e-11, atol=1e-11)
@@ -81,8 +77,9 @@ def test_paper_formula_for_N_inverse_is_wrong_for_asymmetric_pairs():
     pairs = nonquadratic_pairs(10, 4, seed=3)
     memory = fill_memory(pairs, m=4)
     _, n_inv = memory.h_factors(1.0)
-    ss, sy, yy = memory.grams()
-    paper = sy.T - yy
+    S = torch.stack([p[0] for p in pairs])
+    Y = torch.stack([p[1] for p in pairs])
+    paper = Y @ S.T - Y @ Y.T
     assert float((paper - n_inv).abs().max()) > 1e-3
 
 
@@ -98,14 +95,14 @@ def test_ring_buffer_keeps_the_newest_pairs_in_order():
 def test_secant_equation_newest_pair_and_all_pairs_on_a_quadratic():
     n, gamma = 10, 0.7
     pairs = nonquadratic_pairs(n, 4, seed=1)
-    B = compact_B(fill_memory(pairs, m=4), gamma, pairs)
+    B = compact_B(fill_memory(pairs, m=4, gamma=gamma), gamma, pairs)
     s, y = pairs[-1]
     torch.testing.assert_close(B @ s, y, rtol=1e-10, atol=1e-10)
     gen = torch.Generator().manual_seed(2)
     A = torch.randn(n, n, generator=gen, dtype=F64)
     A = A + A.T  # indefinite quadratic: y = A s
     qpairs = [(s, A @ s) for s in torch.randn(4, n, generator=gen, dtype=F64)]
-    Bq = compact_B(fill_memory(qpairs, m=4), gamma, qpairs)
+    Bq = compact_B(fill_memory(qpairs, m=4, gamma=gamma), gamma, qpairs)
     for s, y in qpairs:
         torch.testing.assert_close(Bq @ s, y, rtol=1e-9, atol=1e-9)
 
@@ -113,7 +110,7 @@ def test_secant_equation_newest_pair_and_all_pairs_on_a_quadratic():
 def test_spectrum_matches_dense_eigenvalues():
     n, gamma = 11, 0.9
     pairs = nonquadratic_pairs(n, 5, seed=5)
-    memory = fill_memory(pairs, m=5)
+    memory = fill_memory(pairs, m=5, gamma=gamma)
     psi_gram, m_inv = memory.b_factors(gamma)
     spectral = spectral_form(psi_gram, m_inv, gamma)
     expected = torch.linalg.eigvalsh(sr1_dense(gamma, pairs, n))
@@ -292,8 +289,9 @@ def test_memory_grams_on_device_and_dtype(device, dtype):
     kept = pairs[-5:]
     S = torch.stack([p[0] for p in kept], 1)
     Y = torch.stack([p[1] for p in kept], 1)
-    ss, sy, yy = memory.grams()
+    Psi = Y - S  # gamma = 1
+    ss, sp, pp = memory.grams()
     tol = 1e-12 if dtype == F64 else 2e-5
-    for got, want in [(ss, S.T @ S), (sy, S.T @ Y), (yy, Y.T @ Y)]:
+    for got, want in [(ss, S.T @ S), (sp, S.T @ Psi), (pp, Psi.T @ Psi)]:
         assert got.dtype == F64
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))

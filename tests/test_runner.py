@@ -61,10 +61,18 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
     on_disk = records.read_run(directory)
     assert on_disk.spec == spec.to_dict() and on_disk.status == "completed"
     assert on_disk.epochs_completed == 2 and on_disk.finished_at
-    assert on_disk.targets_reached == {"60": 1, "1": None}
     assert set(on_disk.versions) >= {"python", "torch", "lsr1bench"}
     assert on_disk.extra["environment"]["float32_matmul_precision"]
     rows = records.read_epochs(directory)
+    first_below_60 = next(r["epoch"] for r in rows if r["epoch"] >= 1 and r["test_error"] < 60)
+    assert on_disk.targets_reached == {"60": first_below_60, "1": None}
+    # issue 8's per-epoch columns: the model's spectrum and the skip test's cosines
+    assert rows[0]["negative_curvature_fraction"] is None and rows[0]["update_cosine_median"] is None
+    for r in rows[1:]:
+        assert r["min_eigenvalue"] is not None and r["negative_eigenvalues"] >= 0
+        assert 0.0 <= r["negative_curvature_fraction"] <= 1.0
+        assert 0.0 <= r["update_cosine_p10"] <= r["update_cosine_median"] <= 1.0
+        assert (r["min_eigenvalue"] < 0) == (r["negative_eigenvalues"] > 0)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[2]["train_loss"] < rows[0]["train_loss"]
     assert rows[2]["test_error"] < rows[0]["test_error"] - 20

@@ -10,11 +10,14 @@ with S^T Y = L + D + U (strictly lower, diagonal, strictly upper). The paper's A
 writes N^{-1} = Y^T S - delta Y^T Y, which equals the triangular form only when S^T Y is
 symmetric; stochastic pairs are not, so the triangular form is used.
 
-Storage: one (2m x n) buffer whose first m rows hold s vectors and last m rows y vectors,
-in ring slots; a pair that enters overwrites the oldest slot, and one that leaves only
-leaves the ``order`` list. S^T S, S^T Y and Y^T Y are kept per slot in float64 and updated
-with the new pair's row and column (O(nm) per pair); everything k x k is derived from
-them in O(k^2), so no step recomputes an O(nk^2) product.
+Storage: one (2m x n) buffer whose first m rows hold s vectors and last m rows
+psi = y - gamma s vectors, in ring slots; a pair that enters overwrites the oldest slot,
+and one that leaves only leaves the ``order`` list. S^T S, S^T Psi and Psi^T Psi are kept
+per slot in float64. A new pair's row and column are inner products of the stored vectors
+with the new (s, psi), computed in the one fused pass [S; Psi]^T [s, psi] that the step
+makes anyway (never a recurrence on derived values, whose rounding errors would compound
+from pair to pair); everything k x k is derived from the kept matrices in O(k^2), so no
+step recomputes an O(nk^2) product.
 """
 
 from __future__ import annotations
@@ -45,23 +48,68 @@ def exact_float32_matmul(device: torch.device) -> Iterator[None]:
 
 
 class Reducer:
-    """Inner products over the n parameters, returned as small float64 CPU tensors.
+    """The one place where values computed over the n parameters reach the host.
 
-    Every reduction over the parameter dimension goes through ``rows`` or ``dots``. A
-    data-parallel version shards the n dimension across ranks and overrides ``_finish``
-    to all-reduce the (few) small results, leaving the optimizer unchanged.
+    ``gather`` takes device tensors (partial inner products, losses), concatenates them
+    as float64 on the device and copies the result to the host in ONE blocking transfer;
+    ``syncs`` counts those transfers. A step makes two on its common path: one after the
+    gradient at x, one after the trial point. A data-parallel version overrides
+    ``_reduce`` to all-reduce the small concatenated vector before the copy, so every
+    reduction over n costs the group one collective of O(m) float64 values.
     """
 
-    def rows(self, matrix: Tensor, vectors: Tensor) -> Tensor:
-        """matrix (r x n) times vectors (n,) or (n x c) -> (r,) or (r x c)."""
-        return self._finish(matrix @ vectors)
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def gather(self, parts: list[Tensor], *, means: int = 0) -> Tensor:
+        """[parts...] flattened into one float64 CPU vector (one blocking transfer).
+
+        The first ``means`` entries are averages over the data (losses), the rest are
+        sums over the parameters (inner products); a sharded reducer treats them so.
+        """
+        flat = torch.cat([p.detach().reshape(-1).to(SMALL) for p in parts])
+        flat = self._reduce(flat, means)
+        self.syncs += 1
+        return flat.to("cpu")
+
+    def _reduce(self, flat: Tensor, means: int) -> Tensor:
+        return flat
+
+    # Compatibility helpers for one-off products (tests, rare paths); each is one transfer.
+    def rows(self, matrix: Tensor, vector: Tensor) -> Tensor:
+        """matrix (r x n) times a vector (n,) -> (r,), float64 CPU."""
+        return self.gather([products(matrix, vector.unsqueeze(0))]).reshape(-1)
 
     def dots(self, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """[u_i . v_i] for each pair, in one small tensor (one reduction for a sharded run)."""
-        return self._finish(torch.stack([torch.dot(u, v) for u, v in pairs]))
+        """[u_i . v_i] for each pair, in one small float64 CPU tensor."""
+        return self.gather([products(u.unsqueeze(0), v.unsqueeze(0)).reshape(1) for u, v in pairs])
 
-    def _finish(self, small: Tensor) -> Tensor:
-        return small.to(device="cpu", dtype=SMALL)
+
+# Inner products over n are summed in chunks of this many coordinates: each chunk's dot
+# product runs in the parameters' dtype (BLAS), the chunks are added in float64. In float32
+# a plain GEMV over n = 4e5 correlated coordinates is off by ~1e-5 of |a||b|; chunked, by
+# ~1e-8, which is what lets B, pred and ||s|| hold to the tolerances the optimizer promises
+# (the compact form cancels: an eigenvalue 0.02 of B is gamma = 1 minus 0.98). Flat buffers
+# are padded with zeros to a multiple of the chunk (see ``padded_length``).
+CHUNK = 4096
+
+
+def padded_length(n: int) -> int:
+    """The length of the optimizer's flat buffers: n, rounded up to a multiple of CHUNK
+    when n exceeds it (the padding holds zeros and never changes)."""
+    return n if n <= CHUNK else -(-n // CHUNK) * CHUNK
+
+
+def products(matrix: Tensor, columns: Tensor) -> Tensor:
+    """matrix (r x N) times columns (c x N) transposed -> (r x c) float64 on the device,
+    summed chunk by chunk (one pass over ``matrix``)."""
+    r, width = matrix.shape
+    c = columns.shape[0]
+    if matrix.dtype == SMALL or width <= CHUNK or width % CHUNK:
+        return (matrix @ columns.T).to(SMALL)
+    blocks = width // CHUNK
+    partial = torch.bmm(matrix.view(r, blocks, CHUNK).transpose(0, 1), columns.view(c, blocks, CHUNK).permute(1, 2, 0))
+    return partial.sum(0, dtype=SMALL)
 
 
 def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor, base: Tensor | None = None,
@@ -75,7 +123,15 @@ def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor, base: Tensor
 
 
 class CurvatureMemory:
-    """Up to ``m`` pairs (s, y) in m ring slots with their per-slot Gram matrices.
+    """Up to ``m`` pairs in m ring slots, stored as (s, psi = y - gamma s), with their
+    per-slot Gram matrices S^T S, S^T Psi and Psi^T Psi.
+
+    Storing Psi rather than Y is what keeps B accurate in float32: Psi^T Psi and M^{-1}
+    are then inner products of stored vectors, while forming them from S^T S, S^T Y and
+    Y^T Y cancels whenever y is close to gamma s (||psi|| << ||y||, common in training),
+    multiplying the float32 rounding of those products by (||y|| / ||psi||)^2. Y is
+    never needed: M^{-1} = D + L + L^T of S^T Psi (S^T S cancels out), and for the
+    inverse, Phi = S - Y / gamma = -Psi / gamma.
 
     The tensors live in the optimizer's state dict (so they round-trip); this class is a
     view of them with the algebra on top.
@@ -85,8 +141,8 @@ class CurvatureMemory:
         if "memory" not in state:
             state["memory"] = torch.zeros((2 * m, n), dtype=like.dtype, device=like.device)
             state["gram_ss"] = torch.zeros((m, m), dtype=SMALL)
-            state["gram_sy"] = torch.zeros((m, m), dtype=SMALL)
-            state["gram_yy"] = torch.zeros((m, m), dtype=SMALL)
+            state["gram_sp"] = torch.zeros((m, m), dtype=SMALL)
+            state["gram_pp"] = torch.zeros((m, m), dtype=SMALL)
             state["order"] = []
         self.state = state
         self.m = m
@@ -95,7 +151,7 @@ class CurvatureMemory:
     # --- storage -------------------------------------------------------------------
     @property
     def buffer(self) -> Tensor:
-        """The (2m x n) storage: S slots, then Y slots."""
+        """The (2m x n) storage: S slots, then Psi slots."""
         return self.state["memory"]
 
     @property
@@ -113,29 +169,38 @@ class CurvatureMemory:
         used = set(self.order)
         return next(slot for slot in range(self.slots) if slot not in used)
 
-    def append(self, s: Tensor, y: Tensor, s_products: Tensor, y_products: Tensor, diag: Tensor) -> None:
-        """Store (s, y), the oldest pair leaving when m are stored, and update the Gram
+    def append(self, s: Tensor, psi: Tensor, s_products: Tensor, psi_products: Tensor, diag) -> None:
+        """Store (s, psi), the oldest pair leaving when m are stored, and set the Gram
         matrices' row and column for its slot.
 
-        ``s_products`` and ``y_products`` hold (S^T v, Y^T v) over all slots (2m, float64),
-        computed before the slot is overwritten; entries of slots holding no pair are
-        ignored. ``diag`` = [s.s, s.y, y.y].
+        ``s_products`` and ``psi_products`` are ``buffer @ s`` and ``buffer @ psi``
+        (2m, float64: S^T v then Psi^T v over all slots), computed from the stored vectors
+        before the slot is overwritten; entries of slots holding no pair are ignored.
+        ``diag`` = [s.s, s.psi, psi.psi].
         """
         slot = self.next_slot()
         if self.k == self.m:
             self.order.pop(0)
         n_slots = self.slots
         self.buffer[slot].copy_(s)
-        self.buffer[n_slots + slot].copy_(y)
-        g_ss, g_sy, g_yy = self.state["gram_ss"], self.state["gram_sy"], self.state["gram_yy"]
+        self.buffer[n_slots + slot].copy_(psi)
+        g_ss, g_sp, g_pp = self.state["gram_ss"], self.state["gram_sp"], self.state["gram_pp"]
         g_ss[slot, :] = s_products[:n_slots]
         g_ss[:, slot] = s_products[:n_slots]
-        g_sy[:, slot] = y_products[:n_slots]  # s_i . y_new
-        g_sy[slot, :] = s_products[n_slots:]  # s_new . y_i
-        g_yy[slot, :] = y_products[n_slots:]
-        g_yy[:, slot] = y_products[n_slots:]
-        g_ss[slot, slot], g_sy[slot, slot], g_yy[slot, slot] = diag[0], diag[1], diag[2]
+        g_sp[:, slot] = psi_products[:n_slots]  # s_i . psi_new
+        g_sp[slot, :] = s_products[n_slots:]  # s_new . psi_i
+        g_pp[slot, :] = psi_products[n_slots:]
+        g_pp[:, slot] = psi_products[n_slots:]
+        g_ss[slot, slot], g_sp[slot, slot], g_pp[slot, slot] = float(diag[0]), float(diag[1]), float(diag[2])
         self.order.append(slot)
+
+    def push(self, s: Tensor, y: Tensor, gamma: float) -> None:
+        """Append the pair (s, y) computing every product itself (tests, tools)."""
+        psi = y - gamma * s
+        both = torch.stack([s, psi])
+        prods = products(self.buffer, both).cpu()
+        diag = [float(s @ s), float(s @ psi), float(psi @ psi)]
+        self.append(s, psi, prods[:, 0], prods[:, 1], diag)
 
     def drop_oldest(self) -> None:
         self.order.pop(0)
@@ -145,28 +210,31 @@ class CurvatureMemory:
         return torch.tensor(self.order, dtype=torch.long)
 
     def grams(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(S^T S, S^T Psi, Psi^T Psi), k x k float64, oldest pair first."""
         idx = self._index()
 
         def pick(g: Tensor) -> Tensor:
             return g.index_select(0, idx).index_select(1, idx)
 
-        return pick(self.state["gram_ss"]), pick(self.state["gram_sy"]), pick(self.state["gram_yy"])
+        return pick(self.state["gram_ss"]), pick(self.state["gram_sp"]), pick(self.state["gram_pp"])
 
     def b_factors(self, gamma: float) -> tuple[Tensor, Tensor]:
         """(Psi^T Psi, M^{-1}) for B = gamma I + Psi M Psi^T."""
-        ss, sy, yy = self.grams()
-        psi_gram = yy - gamma * (sy + sy.T) + gamma**2 * ss
-        lower = torch.tril(sy, diagonal=-1)
-        m_inv = torch.diag(torch.diagonal(sy)) + lower + lower.T - gamma * ss
-        return _sym(psi_gram), _sym(m_inv)
+        return b_factors(*self.grams())
 
     def h_factors(self, delta: float) -> tuple[Tensor, Tensor]:
-        """(Phi^T Phi, N^{-1}) for H = delta I + Phi N Phi^T (the triangular form)."""
-        ss, sy, yy = self.grams()
-        phi_gram = ss - delta * (sy + sy.T) + delta**2 * yy
-        upper = torch.triu(sy, diagonal=1)
-        n_inv = torch.diag(torch.diagonal(sy)) + upper + upper.T - delta * yy
-        return _sym(phi_gram), _sym(n_inv)
+        """(Phi^T Phi, N^{-1}) for H = delta I + Phi N Phi^T, delta = 1 / gamma.
+
+        With Phi = -delta Psi: Phi^T Phi = delta^2 Psi^T Psi, and the triangular form
+        N^{-1} = D + U + U^T - delta Y^T Y of S^T Y = L + D + U works out to
+        -(M^{-1} + delta Psi^T Psi)."""
+        psi_gram, m_inv = self.b_factors(1.0 / delta)
+        return _sym(delta * delta * psi_gram), _sym(-(m_inv + delta * psi_gram))
+
+    def y_norms(self, gamma: float) -> Tensor:
+        """||y_i|| = ||psi_i + gamma s_i|| from the Gram diagonals."""
+        ss, sp, pp = (torch.diagonal(g) for g in self.grams())
+        return torch.sqrt((pp + 2.0 * gamma * sp + gamma * gamma * ss).clamp(min=0))
 
     def b_policy_inputs(self, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
         """(Psi^T Psi, M^{-1}, ||s_i|| ||psi_i||) for ``well_posed``."""
@@ -177,33 +245,37 @@ class CurvatureMemory:
     def h_policy_inputs(self, delta: float) -> tuple[Tensor, Tensor, Tensor]:
         """(Phi^T Phi, N^{-1}, ||y_i|| ||phi_i||) for ``well_posed``."""
         phi_gram, n_inv = self.h_factors(delta)
-        yy = torch.diagonal(self.grams()[2])
-        return phi_gram, n_inv, torch.sqrt(yy.clamp(min=0) * torch.diagonal(phi_gram).clamp(min=0))
+        yy = self.y_norms(1.0 / delta) ** 2
+        return phi_gram, n_inv, torch.sqrt(yy * torch.diagonal(phi_gram).clamp(min=0))
 
     def split(self, products: Tensor) -> tuple[Tensor, Tensor]:
-        """(S^T v, Y^T v) in logical order from buffer @ v (2m,)."""
+        """(S^T v, Psi^T v) in logical order from buffer @ v (2m,)."""
         idx = self._index()
         return products[: self.slots].index_select(0, idx), products[self.slots :].index_select(0, idx)
 
-    def scatter(self, s_part: Tensor, y_part: Tensor) -> Tensor:
-        """Slot-ordered (2m,) vector from logical-order parts; zero for other slots.
-
-        Used both for coefficients (buffer^T c = S s_part + Y y_part) and for products
-        (buffer @ v assembled from (S^T v, Y^T v))."""
+    def scatter(self, s_part: Tensor, psi_part: Tensor) -> Tensor:
+        """Slot-ordered (2m,) coefficients from logical-order parts, zero for other slots,
+        so that buffer^T c = S s_part + Psi psi_part."""
         c = torch.zeros(2 * self.slots, dtype=SMALL)
         idx = self._index()
         c.index_copy_(0, idx, s_part)
-        c.index_copy_(0, idx + self.slots, y_part)
+        c.index_copy_(0, idx + self.slots, psi_part)
         return c
 
-    def products_of_combination(self, beta: float, s_g: Tensor, y_g: Tensor, s_coef: Tensor,
-                                y_coef: Tensor) -> tuple[Tensor, Tensor]:
-        """(S^T v, Y^T v) for v = beta g + S s_coef + Y y_coef, from the Gram matrices and
-        (S^T g, Y^T g): no pass over the n parameters."""
-        ss, sy, yy = self.grams()
-        s_v = beta * s_g + ss @ s_coef + sy @ y_coef
-        y_v = beta * y_g + sy.T @ s_coef + yy @ y_coef
-        return s_v, y_v
+    def psi_combination(self, psi_part: Tensor) -> Tensor:
+        """Coefficients c with buffer^T c = Psi psi_part."""
+        return self.scatter(torch.zeros_like(psi_part), psi_part)
+
+
+def b_factors(ss: Tensor, sp: Tensor, pp: Tensor) -> tuple[Tensor, Tensor]:
+    """(Psi^T Psi, M^{-1}) of B = gamma I + Psi M Psi^T from S^T S, S^T Psi, Psi^T Psi
+    (oldest first).
+
+    M^{-1} = D + L + L^T - gamma S^T S with S^T Y = L + D + U; since S^T Y = S^T Psi +
+    gamma S^T S and S^T S is symmetric, this is D + L + L^T of S^T Psi alone."""
+    lower = torch.tril(sp, diagonal=-1)
+    m_inv = torch.diag(torch.diagonal(sp)) + lower + lower.T
+    return _sym(pp), _sym(m_inv)
 
 
 def residual(a_dot_b: float, a_dot_a: float, b_dot_b: float, basis_a: Tensor, basis_b: Tensor,
@@ -234,29 +306,43 @@ def _sym(a: Tensor) -> Tensor:
 
 
 def well_posed(
-    gram: Tensor, middle_inv: Tensor, pair_norms: Tensor, rank_tol: float, *, check_gram: bool
+    gram: Tensor, middle_inv: Tensor, pair_norms: Tensor, rank_tol: float, *, check_gram: bool,
+    scaled: bool = False,
 ) -> bool:
-    """The pair policy's test, invariant to the lengths of the individual pairs.
+    """The pair policy's test: may the stored pairs define B (or H)?
 
-    Gram = Psi^T Psi (or Phi^T Phi) must be positive definite after scaling to unit
-    diagonal, so columns of very different lengths are not mistaken for dependent ones.
-    The middle matrix M^{-1} (or N^{-1}), whose (i, j) entry scales like
-    ||s_i|| ||psi_j||, is scaled by 1/sqrt(||s_i|| ||psi_i||) on both sides (``pair_norms``
-    holds ||s_i|| ||psi_i||) and must have its smallest eigenvalue magnitude above
-    ``rank_tol`` times its largest. Radii that change by 2x per step make pairs of very
-    different lengths; an unscaled test would drop well-conditioned pairs for that.
+    The paper's rule (Algorithm 1, lines 31-39; Algorithm 2, lines 24-31), with the
+    textbook numerical reading of its two conditions: Psi^T Psi (or Phi^T Phi) is positive
+    definite when its smallest eigenvalue exceeds ``rank_tol`` times its largest, and
+    M^{-1} (or N^{-1}) is nonsingular when its smallest eigenvalue magnitude exceeds
+    ``rank_tol`` times its largest.
+
+    ``scaled=True`` (the optimizer's ``pair_policy="scaled"``, not the paper's) first
+    scales both matrices so they do not depend on the lengths of the individual pairs:
+    Gram to unit diagonal, and the middle matrix, whose (i, j) entry scales like
+    ||s_i|| ||psi_j||, by 1/sqrt(||s_i|| ||psi_i||) on both sides (``pair_norms`` holds
+    ||s_i|| ||psi_i||). Pairs of very different lengths then are not mistaken for
+    dependent ones.
     """
     if middle_inv.shape[0] == 0:
         return True
     if not (bool(torch.isfinite(gram).all()) and bool(torch.isfinite(middle_inv).all())):
         return False
-    if not bool((pair_norms > 0).all()):
+    if scaled and not bool((pair_norms > 0).all()):
         return False
     if check_gram:
-        scale = torch.diagonal(gram).rsqrt()
-        normalized = gram * scale[:, None] * scale[None, :]
-        if float(torch.linalg.eigvalsh(normalized)[0]) <= rank_tol:
-            return False
-    scale = pair_norms.rsqrt()
-    ev = torch.linalg.eigvalsh(middle_inv * scale[:, None] * scale[None, :]).abs()
+        if scaled:
+            scale = torch.diagonal(gram).clamp(min=1e-300).rsqrt()
+            normalized = gram * scale[:, None] * scale[None, :]
+            if float(torch.linalg.eigvalsh(normalized)[0]) <= rank_tol:
+                return False
+        else:
+            ev = torch.linalg.eigvalsh(gram)
+            if not float(ev[0]) > rank_tol * float(ev[-1]):
+                return False
+    middle = middle_inv
+    if scaled:
+        scale = pair_norms.rsqrt()
+        middle = middle_inv * scale[:, None] * scale[None, :]
+    ev = torch.linalg.eigvalsh(middle).abs()
     return float(ev.min()) > rank_tol * float(ev.max())

@@ -25,6 +25,9 @@ from torch import Tensor
 # Sorensen 1983 show Newton on 1/||p|| is monotone from the left).
 NEWTON_RTOL = 1e-12
 NEWTON_MAX_ITERATIONS = 100
+# A boundary solution whose norm is within this relative distance of the radius counts
+# as converged; otherwise the solve is reported unconverged (and clamped to the radius).
+CONVERGED_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class SubproblemSolution:
     hard_case: bool
     interior: bool
     newton_iterations: int
+    converged: bool = True  # False: Newton stopped early; the step was clamped to the radius
 
 
 def _norm_sq(a: Tensor, lam: Tensor, sigma: float, active: Tensor) -> float:
@@ -128,12 +132,20 @@ def solve_subproblem(
     lambda_min = spectral.lambda_min
 
     def finish(
-        sigma: float, hard: bool, interior: bool, extra_norm: float, newton: int = 0
+        sigma: float, hard: bool, interior: bool, extra_norm: float, newton: int = 0,
+        boundary: bool = False,
     ) -> SubproblemSolution:
         denom = lam + sigma
         coef = torch.where(active & (denom != 0), -a / torch.where(denom == 0, 1.0, denom), 0.0)
-        par = coef[:k].clone()
         perp_scale = -1.0 / (gamma + sigma) if (active[k] and gamma + sigma != 0) else 0.0
+        converged = True
+        if boundary:
+            norm = math.sqrt(float((coef**2).sum()))
+            converged = abs(norm - radius) <= CONVERGED_RTOL * radius
+            if norm > radius:  # never return a step longer than the radius
+                coef = coef * (radius / norm)
+                perp_scale *= radius / norm
+        par = coef[:k].clone()
         perp_unit = 0.0
         if hard and extra_norm > 0.0:
             # z: unit eigenvector for lambda_min; prefer P_par's first column when it attains it.
@@ -157,6 +169,7 @@ def solve_subproblem(
             hard_case=hard,
             interior=interior,
             newton_iterations=newton,
+            converged=converged,
         )
 
     # Step 7: interior solution when B is positive definite and the Newton step fits.
@@ -192,4 +205,4 @@ def solve_subproblem(
         if not math.isfinite(step) or step <= 0.0:
             break
         sigma = sigma + step
-    return finish(sigma, hard=False, interior=False, extra_norm=0.0, newton=newton)
+    return finish(sigma, hard=False, interior=False, extra_norm=0.0, newton=newton, boundary=True)

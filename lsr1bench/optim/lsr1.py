@@ -10,29 +10,57 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._compact import CurvatureMemory, Reducer, combine, exact_float32_matmul, residual, well_posed
+from ._compact import (
+    CHUNK,
+    CurvatureMemory,
+    Reducer,
+    combine,
+    exact_float32_matmul,
+    padded_length,
+    products,
+    residual,
+    well_posed,
+)
 from ._line_search import armijo_backtracking, strong_wolfe
 from ._trust_region import solve_subproblem, spectral_form
+from .curvature import CurvatureOperator
 
 _METHODS = ("trust_region", "line_search")
 _LINE_SEARCHES = ("strong_wolfe", "armijo")
 # Keys of the global state that hold float64 CPU tensors; torch's load_state_dict would
 # cast them to the parameters' dtype and device, so they are restored after it.
-_SMALL_KEYS = ("gram_ss", "gram_sy", "gram_yy")
+_SMALL_KEYS = ("gram_ss", "gram_sp", "gram_pp")
 
+_PAIR_POLICIES = ("paper", "scaled")
+
+# What a step ended as: every step is exactly one of these, so they sum to ``steps``.
+OUTCOMES = (
+    "accepted_steps",  # trial point (or line-search point) taken
+    "rejected_steps",  # trial point evaluated and refused (rho <= eta, non-finite, no decrease)
+    "nonfinite_points",  # loss or gradient at x not finite: no trial point evaluated
+    "nonpositive_pred",  # the model predicted no decrease (g = 0 or rounding): no trial point
+)
 _STAT_KEYS = (
     "steps",
-    "accepted_steps",
-    "rejected_steps",
+    *OUTCOMES,
+    "nonfinite_trials",  # part of rejected_steps: the loss or gradient at x + s was not finite
+    "skip_tests",  # SR1 skip tests made (one per finite trial, or accepted line-search step)
     "skipped_updates",
-    "dropped_pairs",
+    "dropped_pairs",  # by the pair policy or after a k x k linear-algebra failure
+    "linalg_failures",  # k x k factorisations that failed; each dropped the oldest pair
     "closure_evaluations",
     "hard_cases",
     "newton_iterations",
+    "newton_unconverged",  # boundary solves that stopped early (the step is clamped to the radius)
+    "step_clamps",  # steps scaled back inside the radius (with the rounding margin of ||s||)
+    "pred_sign_changes",  # part of rejected_steps: pred of the applied s was <= 0 after rounding
+    "negative_curvature_steps",  # steps whose model B had a negative eigenvalue
+    "explicit_passes",  # extra passes over the memory against cancellation (g_perp, y - Bs, hard case)
+    "host_syncs",  # blocking device-to-host transfers (two per step on the common path)
     "descent_fallbacks",
     "line_search_evaluations",
-    "nonfinite_trials",
 )
+_LAST_KEYS = ("last_rho", "last_pred", "last_step_norm", "last_solve_radius", "last_update_cosine")
 
 
 class LSR1(Optimizer):
@@ -97,16 +125,26 @@ class LSR1(Optimizer):
     state where both passes compute the same function (e.g. no dropout randomness
     between them) if the ratio rho should be meaningful.
 
-    Cost: memory ``param_bytes * (2m + 4)``: S and Y in one (2m x n) ring buffer, plus
-    the gradient, the trial gradient difference y, the step s and a saved copy of x (so a
-    rejected step restores x bit for bit). Time per step: three passes over the ring
-    buffer (Psi^T g, the step s = beta g + Psi w, and the Gram row of y) plus about
-    eighteen O(n) vector passes and O(m^3) float64 work on k x k matrices; the Gram row of
-    s and the SR1 residual y - B s come from k x k algebra. A fourth pass forms g_perp or
-    y - B s explicitly, only when cancellation would make the algebraic value inaccurate
-    (g mostly in range(Psi), or y - B s small next to y). All reductions over the n
-    parameters go through one ``Reducer``, so a data-parallel version shards S and Y and
-    all-reduces only k-vectors.
+    Cost: memory ``param_bytes * (2m + 5)`` (padded to a multiple of 4,096 values): S and
+    Psi = Y - gamma S in one (2m x n) ring buffer, four work rows (s, psi, y, g) and a saved
+    copy of x (so a rejected step restores x bit for bit). Time per step: three passes
+    over the ring buffer ([S; Psi]^T g, the step s = beta g + Psi w, and the fused
+    [S; Psi]^T [s, psi] that gives the new pair's Gram row from the vectors) plus O(n)
+    vector work and O(m^3) float64 work on k x k matrices. Two blocking device-to-host
+    transfers per step on the common path; a fourth pass (and a transfer) forms g_perp or
+    y - B s explicitly only when cancellation would make the algebraic value inaccurate.
+    Inner products over n are summed in float64 over chunks of 4,096 coordinates. All
+    of them go through one ``Reducer``, so a data-parallel version can shard the
+    coordinates and all-reduce only O(m) values.
+
+    Options beyond the paper: ``pair_policy="scaled"`` (default) tests the pairs after
+    scaling out their lengths; ``"paper"`` is the paper's unscaled test, which in float32
+    drops well-conditioned pairs of different lengths. ``skip_noise_floor=True`` also skips
+    a pair whose y - B s is at the rounding level of y.
+
+    ``statistics()`` counts every outcome (``steps`` = accepted + rejected +
+    nonfinite_points + nonpositive_pred) and every fallback; ``curvature()`` returns B as
+    an operator; ``update_cosines()`` the skip test's cosines.
     """
 
     def __init__(
@@ -125,6 +163,8 @@ class LSR1(Optimizer):
         boundary_fraction: float = 0.8,
         max_radius: float | None = None,
         rank_tol: float | None = None,
+        pair_policy: str = "scaled",
+        skip_noise_floor: bool = False,
         line_search: str = "strong_wolfe",
         c1: float = 1e-4,
         c2: float = 0.9,
@@ -157,6 +197,10 @@ class LSR1(Optimizer):
             raise ValueError(f"Invalid boundary_fraction: {boundary_fraction!r} (expected 0 < value <= 1)")
         if rank_tol is not None and not 0.0 < rank_tol < 1.0:
             raise ValueError(f"Invalid rank_tol: {rank_tol!r} (expected 0 < value < 1 or None)")
+        if pair_policy not in _PAIR_POLICIES:
+            raise ValueError(f"Invalid pair_policy: {pair_policy!r} (expected one of {_PAIR_POLICIES})")
+        if not isinstance(skip_noise_floor, bool):
+            raise ValueError(f"Invalid skip_noise_floor: {skip_noise_floor!r} (expected True or False)")
         if line_search not in _LINE_SEARCHES:
             raise ValueError(f"Invalid line_search: {line_search!r} (expected one of {_LINE_SEARCHES})")
         if not 0.0 < c1 < c2 < 1.0:
@@ -168,7 +212,7 @@ class LSR1(Optimizer):
             skip_tol=skip_tol, radius_increase=radius_increase, radius_decrease=radius_decrease,
             increase_threshold=increase_threshold, decrease_threshold=decrease_threshold,
             boundary_fraction=boundary_fraction, max_radius=max_radius, rank_tol=rank_tol,
-            line_search=line_search, c1=c1, c2=c2,
+            pair_policy=pair_policy, skip_noise_floor=skip_noise_floor, line_search=line_search, c1=c1, c2=c2,
             max_line_search_evaluations=max_line_search_evaluations,
         )
         super().__init__(params, defaults)
@@ -191,8 +235,10 @@ class LSR1(Optimizer):
                 raise ValueError(f"LSR1 needs floating-point parameters, got {p.dtype}")
         self._numels = [p.numel() for p in self._params]
         self._n = sum(self._numels)
+        self._n_pad = padded_length(self._n)  # flat buffers: n values, then zeros
         self._reducer = Reducer()
         self._work: dict[str, Tensor] = {}
+        self._cosines: list[float] = []
         self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
@@ -203,7 +249,8 @@ class LSR1(Optimizer):
         if views is None:
             if len(self._views) > 64:  # buffers were replaced (e.g. a loaded state): start over
                 self._views.clear()
-            views = [v.view_as(p) for v, p in zip(torch.split(flat, self._numels), self._params)]
+            sizes = self._numels + ([self._n_pad - self._n] if self._n_pad > self._n else [])
+            views = [v.view_as(p) for v, p in zip(torch.split(flat, sizes), self._params)]
             self._views[key] = views
         return views
 
@@ -211,7 +258,7 @@ class LSR1(Optimizer):
         buf = self._work.get(name)
         if buf is None:
             first = self._params[0]
-            buf = torch.empty(self._n, dtype=first.dtype, device=first.device)
+            buf = torch.zeros(self._n_pad, dtype=first.dtype, device=first.device)
             self._work[name] = buf
         return buf
 
@@ -246,30 +293,55 @@ class LSR1(Optimizer):
     def _global_state(self) -> dict:
         state = self.state[self._params[0]]
         if "stats" not in state:
-            state["stats"] = {key: 0 for key in _STAT_KEYS}
+            state["stats"] = {}
             state["radius"] = None
-            state["last_rho"] = None
             state["last_step_length"] = 1.0
+        for key in _STAT_KEYS:  # also fills counters a state saved by an older version lacks
+            state["stats"].setdefault(key, 0)
+        for key in _LAST_KEYS:
+            state.setdefault(key, None)
         return state
 
     def _memory(self, state: dict) -> CurvatureMemory:
         m = min(self.defaults["memory"], self._n)
-        return CurvatureMemory(state, m, self._n, self._params[0])
+        return CurvatureMemory(state, m, self._n_pad, self._params[0])
 
     def _rank_tol(self) -> float:
         tol = self.defaults["rank_tol"]
         return tol if tol is not None else 100.0 * torch.finfo(self._params[0].dtype).eps
 
     def statistics(self) -> dict[str, Any]:
-        """Counters since construction (or the loaded state): a plain dict of numbers."""
+        """Counters since construction (or the loaded state), and the last step's values:
+        a plain dict of numbers. ``steps`` equals the sum of the ``OUTCOMES`` counters."""
         state = self._global_state()
         out: dict[str, Any] = dict(state["stats"])
         out["radius"] = state["radius"]
-        out["last_rho"] = state["last_rho"]
+        for key in _LAST_KEYS:
+            out[key] = state[key]
         out["last_step_length"] = state["last_step_length"]
         out["stored_pairs"] = len(state.get("order", []))
         out["method"] = self.defaults["method"]
         return out
+
+    def update_cosines(self, clear: bool = True) -> list[float]:
+        """|s^T r| / (||s|| ||r||) of every SR1 skip test since the last call (r = y - B s, or
+        s - H y for the line search), in order; the skip test stores a pair when this
+        cosine is at least ``skip_tol``. Not part of the state dict."""
+        values = list(self._cosines)
+        if clear:
+            self._cosines.clear()
+        return values
+
+    def curvature(self) -> CurvatureOperator:
+        """The quasi-Newton model B = gamma I + Psi M Psi^T of the stored pairs, as an
+        operator (a snapshot: later steps do not change it). For the line-search method it
+        is the inverse of the H its directions use (same pairs, H0 = I / gamma)."""
+        state = self._global_state()
+        memory = self._memory(state)
+        idx = torch.tensor(memory.order, dtype=torch.long, device=memory.buffer.device)
+        S = memory.buffer[: memory.slots, : self._n].index_select(0, idx).clone()
+        Psi = memory.buffer[memory.slots :, : self._n].index_select(0, idx).clone()
+        return CurvatureOperator(S, Psi, *memory.grams(), self.defaults["gamma"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -283,6 +355,8 @@ class LSR1(Optimizer):
             state["memory"] = state["memory"].clone()
         if "order" in state:
             state["order"] = [int(i) for i in state["order"]]
+        if "stats" in state:
+            state["stats"] = dict(state["stats"])
 
     # --- the step -------------------------------------------------------------------------
     @torch.no_grad()
@@ -301,37 +375,106 @@ class LSR1(Optimizer):
         state = self._global_state()
         stats = state["stats"]
         stats["steps"] += 1
+        syncs_before = self._reducer.syncs
 
-        def evaluate(out: Tensor) -> tuple[Tensor, float]:
-            """Loss and gradient at the current parameters; the gradient goes into ``out``."""
+        def evaluate(out: Tensor) -> tuple[Tensor, Tensor]:
+            """Loss and gradient at the current parameters; the gradient goes into ``out``.
+            The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
             stats["closure_evaluations"] += 1
-            value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
             self._gather_grad(out)
+            if isinstance(loss, Tensor):
+                value = loss.detach().reshape(())
+            else:
+                value = torch.tensor(float(loss), dtype=torch.float64, device=out.device)
             return loss, value
 
-        g = self._buffer("g")
+        g = self._pair_rows()[3]
         loss, f = evaluate(g)
-        if self.defaults["method"] == "trust_region":
-            self._trust_region_step(state, f, g, evaluate)
-        else:
-            self._line_search_step(state, f, g, evaluate)
+        try:
+            if self.defaults["method"] == "trust_region":
+                self._trust_region_step(state, f, g, evaluate)
+            else:
+                self._line_search_step(state, f, g, evaluate)
+        finally:
+            stats["host_syncs"] += self._reducer.syncs - syncs_before
         return loss
 
-    def _trust_region_step(self, state: dict, f: float, g: Tensor, evaluate) -> None:
+    # --- pieces shared by both methods ------------------------------------------------------
+    def _pair_rows(self) -> Tensor:
+        """(4 x n) work rows: the step s (or direction), psi = y - gamma s, the gradient
+        difference y and the gradient g at x, so [S; Psi]^T [s, psi] and the 4 x 4 Gram of
+        (s, psi, y, g) are one product each."""
+        rows = self._work.get("s_psi_y")
+        if rows is None:
+            first = self._params[0]
+            rows = torch.zeros((4, self._n_pad), dtype=first.dtype, device=first.device)
+            self._work["s_psi_y"] = rows
+        return rows
+
+    def _coefficients(self, c: Tensor, like: Tensor) -> Tensor:
+        """float64 host coefficients -> the device, through a pinned buffer and a
+        non-blocking copy on CUDA (no blocking transfer)."""
+        if like.device.type != "cuda":
+            return c.to(dtype=like.dtype)
+        key = f"coefficients{c.numel()}"
+        staging = self._work.get(key)
+        if staging is None:
+            staging = torch.empty(c.numel(), dtype=like.dtype, pin_memory=True)
+            self._work[key] = staging
+        staging.copy_(c)
+        return staging.to(like.device, non_blocking=True)
+
+    def _first_products(self, memory: CurvatureMemory, f: Tensor, g: Tensor) -> tuple[float, float, Tensor]:
+        """Sync 1: the loss at x, g^T g and [S; Y]^T g in one transfer."""
+        with exact_float32_matmul(g.device):
+            gg = g.unsqueeze(0)
+            parts = [f.reshape(1), products(gg, gg).reshape(1)]
+            if memory.k > 0:
+                parts.append(products(memory.buffer, gg).reshape(-1))
+            first = self._reducer.gather(parts, means=1)
+        return float(first[0]), float(first[1]), first[2:]
+
+    def _second_products(self, memory: CurvatureMemory, f_trial: Tensor | None, rows: Tensor, k: int):
+        """Sync 2: [the loss at the trial point,] the 4 x 4 Gram of (s, psi, y, g) and
+        [S; Psi]^T [s, psi] (one fused pass over the memory), in one transfer."""
+        with exact_float32_matmul(rows.device):
+            parts = [] if f_trial is None else [f_trial.reshape(1)]
+            parts.append(products(rows, rows))
+            if k > 0:
+                parts.append(products(memory.buffer, rows[:2]))
+            second = self._reducer.gather(parts, means=0 if f_trial is None else 1)
+        offset = 0 if f_trial is None else 1
+        f_t = float(second[0]) if f_trial is not None else None
+        gram = second[offset : offset + 16].reshape(4, 4)
+        dots = {"ss": float(gram[0, 0]), "sp": float(gram[0, 1]), "sy": float(gram[0, 2]), "gs": float(gram[0, 3]),
+                "pp": float(gram[1, 1]), "yy": float(gram[2, 2])}
+        slots = memory.slots
+        if k > 0:
+            both = second[offset + 16 :].reshape(2 * slots, 2)
+            s_products, p_products = both[:, 0].clone(), both[:, 1].clone()
+        else:
+            s_products = p_products = torch.zeros(2 * slots, dtype=torch.float64)
+        return f_t, dots, s_products, p_products, bool(torch.isfinite(second).all())
+
+    def _drop_after_breakdown(self, memory: CurvatureMemory, stats: dict) -> None:
+        """A k x k factorisation failed or gave non-finite values: drop the oldest pair."""
+        stats["linalg_failures"] += 1
+        memory.drop_oldest()
+        stats["dropped_pairs"] += 1
+
+    # --- Algorithm 1 --------------------------------------------------------------------------
+    def _trust_region_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
         d = self.defaults
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
         gamma = d["gamma"]
         device = g.device
-        k = memory.k
-        with exact_float32_matmul(device):
-            g_products = reducer.rows(memory.buffer, g) if k > 0 else None
-        gg = float(reducer.dots([(g, g)])[0])
-        if not (math.isfinite(f) and math.isfinite(gg)):
-            stats["rejected_steps"] += 1
-            stats["nonfinite_trials"] += 1
+        f, gg, g_products = self._first_products(memory, f_device, g)
+        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
+            stats["nonfinite_points"] += 1
+            state["last_rho"] = None
             return
         if state["radius"] is None:
             state["radius"] = d["initial_radius"] if d["initial_radius"] is not None else math.sqrt(gg)
@@ -339,67 +482,148 @@ class LSR1(Optimizer):
                 state["radius"] = 1.0
         radius = state["radius"]
         empty = torch.zeros(0, dtype=torch.float64)
+        rows = self._pair_rows()
+        s, psi, y = rows[0], rows[1], rows[2]
+        eps = torch.finfo(g.dtype).eps
 
-        with exact_float32_matmul(device):
-            psi_gram, m_inv = memory.b_factors(gamma)
-            spectral = spectral_form(psi_gram, m_inv, gamma)
-            s_g, y_g = memory.split(g_products) if k > 0 else (empty, empty)
-            psi_g = y_g - gamma * s_g
-            g_par = spectral.parallel_coordinates(psi_g)
-            u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
-            s = self._buffer("s")
-            par_sq = float((g_par**2).sum())
-            if par_sq <= 0.5 * gg:
-                g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
-            else:  # g lies mostly in range(Psi): form g_perp explicitly
-                combine(memory.buffer, memory.scatter(gamma * u, -u), s, base=g)
-                g_perp_sq = float(reducer.dots([(s, s)])[0])
-            eps = torch.finfo(g.dtype).eps
-            solution = solve_subproblem(
-                spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
-                zero_tol=100.0 * eps * math.sqrt(gg),
-            )
-            stats["newton_iterations"] += solution.newton_iterations
-            stats["hard_cases"] += int(solution.hard_case)
-            pred = -solution.model_value
-            if not pred > 0.0:
-                # g = 0 and B positive semidefinite: x is a stationary point of the model.
-                state["last_rho"] = None
-                return
-            # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case)
-            #   = beta g + Psi w, one pass over the memory.
-            beta = solution.perp_scale
-            w = spectral.psi_coefficients(solution.par) - beta * u
+        # The k x k algebra; a factorisation that fails drops the oldest pair and tries again.
+        while True:
+            k = memory.k
+            try:
+                psi_gram, m_inv = memory.b_factors(gamma)
+                spectral = spectral_form(psi_gram, m_inv, gamma)
+                psi_g = memory.split(g_products)[1] if k > 0 else empty
+                g_par = spectral.parallel_coordinates(psi_g)
+                u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
+                if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
+                    raise _Breakdown
+                par_sq = float((g_par**2).sum())
+                explicit_perp = par_sq > 0.5 * gg
+                if not explicit_perp:
+                    g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
+                else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
+                    with exact_float32_matmul(device):
+                        combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
+                        g_perp_sq = float(reducer.dots([(s, s)])[0])
+                    stats["explicit_passes"] += 1
+                solution = solve_subproblem(
+                    spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
+                    zero_tol=100.0 * eps * math.sqrt(gg),
+                )
+                if not (math.isfinite(solution.model_value) and math.isfinite(solution.perp_scale)):
+                    raise _Breakdown
+                break
+            except (torch.linalg.LinAlgError, _Breakdown):
+                if k == 0:
+                    raise
+                self._drop_after_breakdown(memory, stats)
+
+        stats["newton_iterations"] += solution.newton_iterations
+        stats["newton_unconverged"] += int(not solution.converged)
+        stats["hard_cases"] += int(solution.hard_case)
+        stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
+        state["last_solve_radius"] = radius
+        # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
+        beta = solution.perp_scale
+        w = spectral.psi_coefficients(solution.par) - beta * u
+        x_saved = self._buffer("x")
+        if not (explicit_perp or solution.perp_unit != 0.0):
+            # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
+            # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
+            # products even when Psi is ill-conditioned and the solver's eigenbasis is not
+            # exactly orthonormal in float32.
+            g_w = float(w @ psi_g) if k > 0 else 0.0
+            gram_w = psi_gram @ w if k > 0 else empty
+            ss_model = beta * beta * gg + 2.0 * beta * g_w + (float(w @ gram_w) if k > 0 else 0.0)
+            # Rounding bound of ss_model: each product over n carries a relative error of
+            # about sqrt(n) eps of its own size, and the terms may cancel.
+            size = beta * beta * gg
             if k > 0:
-                combine(memory.buffer, memory.scatter(-gamma * w, w), s, base=g, beta=beta)
-            else:
-                torch.mul(g, beta, out=s)
-            x_saved = self._buffer("x")
+                size += 2.0 * abs(beta) * float((w.abs() * psi_g.abs()).sum())
+                size += float(w.abs() @ psi_gram.abs() @ w.abs())
+            margin = 4.0 * math.sqrt(min(self._n, CHUNK)) * eps * size
+            if ss_model + margin > radius * radius:  # keep s inside the trust region
+                factor = radius / math.sqrt(ss_model + margin)
+                beta, w, gram_w, g_w = beta * factor, w * factor, gram_w * factor, g_w * factor
+                ss_model = radius * radius
+                stats["step_clamps"] += 1
+            gs_model = beta * gg + g_w
+            psi_s = beta * psi_g + gram_w if k > 0 else empty
+            with exact_float32_matmul(device):
+                if k > 0:
+                    combine(memory.buffer, self._coefficients(memory.psi_combination(w), g), s, base=g, beta=beta)
+                else:
+                    torch.mul(g, beta, out=s)
+        else:
+            # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
+            with exact_float32_matmul(device):
+                if k > 0:
+                    combine(memory.buffer, self._coefficients(memory.psi_combination(w), g), s, base=g, beta=beta)
+                else:
+                    torch.mul(g, beta, out=s)
             if solution.perp_unit != 0.0:
                 z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], x_saved)
                 s.add_(z, alpha=solution.perp_unit)
-                s_products = reducer.rows(memory.buffer, s) if k > 0 else None
-            elif k > 0:
-                s_products = memory.scatter(*memory.products_of_combination(beta, s_g, y_g, -gamma * w, w))
+            with exact_float32_matmul(device):
+                parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
+                if k > 0:
+                    parts.append(products(memory.buffer, s.unsqueeze(0)).reshape(-1))
+                measured = reducer.gather(parts)
+            stats["explicit_passes"] += 1
+            ss_model, gs_model = float(measured[0]), float(measured[1])
+            if k > 0:
+                psi_s = memory.split(measured[2:])[1]
             else:
-                s_products = None
+                psi_s = empty
+            if ss_model > radius * radius:
+                factor = radius / math.sqrt(ss_model)
+                s.mul_(factor)
+                ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
+                stats["step_clamps"] += 1
+        # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
+        curvature_term = gamma * ss_model
+        if k > 0:
+            curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+        pred = -(gs_model + 0.5 * curvature_term)
+        state["last_pred"] = pred
+        if not (pred > 0.0 and math.isfinite(pred)):
+            # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
+            stats["nonpositive_pred"] += 1
+            state["last_rho"] = None
+            return
 
         # Trial point x + s on the same minibatch.
         self._save_params(x_saved)
         self._add_to_params(s)
-        y = self._buffer("y")
         _, f_trial = evaluate(y)
         y.sub_(g)
-        ss_sy_yy = reducer.dots([(s, s), (s, y), (y, y)])
-        finite = math.isfinite(f_trial) and bool(torch.isfinite(ss_sy_yy).all())
-        rho = (f - f_trial) / pred if finite else -math.inf
+        torch.add(y, s, alpha=-gamma, out=psi)
+        f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
+        finite = finite and math.isfinite(f_t)
+        ss = dots["ss"]
+        psi_s = memory.split(s_products)[1] if k > 0 else empty
+        if finite:
+            # pred of the s that was applied, from its own products (no cancellation between
+            # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
+            curvature_term = gamma * ss
+            if k > 0:
+                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+            pred = -(dots["gs"] + 0.5 * curvature_term)
+            state["last_pred"] = pred
+            if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
+                stats["pred_sign_changes"] += 1
+                finite_pred = False
+            else:
+                finite_pred = True
+        rho = (f - f_t) / pred if finite and finite_pred else -math.inf
         state["last_rho"] = rho if finite else None
+        state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
         if rho > d["eta"]:
             stats["accepted_steps"] += 1
         else:
             stats["rejected_steps"] += 1
             self._load_params(x_saved)
-        step_norm = math.sqrt(float(ss_sy_yy[0])) if finite else solution.step_norm
+        step_norm = state["last_step_norm"]
         if rho > d["increase_threshold"]:
             if step_norm > d["boundary_fraction"] * radius:
                 radius *= d["radius_increase"]
@@ -410,60 +634,58 @@ class LSR1(Optimizer):
         state["radius"] = radius
         if not finite:
             stats["nonfinite_trials"] += 1
+            rows.zero_()  # never leave inf/nan in the work rows
             return
 
-        ss, sy, yy = (float(v) for v in ss_sy_yy)
-        with exact_float32_matmul(device):
-            if k > 0:
-                y_products = reducer.rows(memory.buffer, y)
-                s_s, y_s = memory.split(s_products)
-                s_y, y_y = memory.split(y_products)
-                basis_s, basis_y = y_s - gamma * s_s, y_y - gamma * s_y
-            else:
-                basis_s = basis_y = empty
-                s_products = y_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
-            # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||.
-            s_dot_r, r_sq, size = residual(sy, yy, ss, basis_y, basis_s, psi_gram, m_inv, gamma)
-            if r_sq <= 1e-2 * size:
-                # y - B s is small next to y and B s: form it explicitly (cancellation).
-                r = x_saved  # x is restored or no longer needed
-                w_s = torch.linalg.solve(m_inv, basis_s) if k > 0 else empty
-                combine(memory.buffer, memory.scatter(gamma * w_s, -w_s), r, base=y)
-                r.add_(s, alpha=-gamma)
-                sr_rr = reducer.dots([(s, r), (r, r)])
-                s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
-            self._maybe_store_pair(
-                state, memory, s, y, s_products, y_products, (ss, sy, yy), s_dot_r,
-                math.sqrt(max(r_sq, 0.0)), math.sqrt(yy), math.sqrt(ss),
-                lambda: memory.b_policy_inputs(gamma),
-            )
+        # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
+        # y - B s = psi - Psi M Psi^T s.
+        psi_psi = memory.split(p_products)[1] if k > 0 else empty
+        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
+        if r_sq <= 1e-2 * size:
+            # y - B s is small next to psi: form it explicitly (cancellation).
+            r = x_saved  # x is restored or no longer needed
+            w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
+            with exact_float32_matmul(device):
+                combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
+                sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
+            s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
+            stats["explicit_passes"] += 1
+        self._maybe_store_pair(
+            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
+            math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
+            lambda: memory.b_policy_inputs(gamma),
+        )
 
     def _maybe_store_pair(
-        self, state, memory, s, y, s_products, y_products, diag, numerator, residual_norm,
+        self, state, memory, s, psi, s_products, p_products, diag, numerator, residual_norm,
         reference_norm, other_norm, factors,
     ) -> None:
         """Append (s, y) unless the SR1 skip test says not to; then apply the pair policy.
 
-        The test is |numerator| >= r * other_norm * residual_norm (N&W eq. 6.26), where the
-        residual is y - B s (or s - H y). A residual at the rounding level of
-        ``reference_norm`` (||y||, or ||s||) means the model already explains the pair: its
-        direction is noise, and storing it would add an arbitrary rank-one term.
+        The paper's test: store when |numerator| >= r * other_norm * residual_norm, where
+        the residual is y - B s (numerator s^T r) or, for the line search, s - H y
+        (numerator y^T r). With ``skip_noise_floor`` (not the paper's) a residual at the
+        rounding level of ``reference_norm`` (||y||, or ||s||) is also skipped.
         """
         stats = state["stats"]
-        noise_floor = 100.0 * torch.finfo(s.dtype).eps * reference_norm
-        if (
-            numerator == 0.0
-            or residual_norm <= noise_floor
-            or not abs(numerator) >= self.defaults["skip_tol"] * other_norm * residual_norm
-        ):
+        stats["skip_tests"] += 1
+        denominator = other_norm * residual_norm
+        cosine = abs(numerator) / denominator if denominator > 0.0 else 0.0
+        state["last_update_cosine"] = cosine
+        self._cosines.append(cosine)
+        skip = not abs(numerator) >= self.defaults["skip_tol"] * denominator
+        if self.defaults["skip_noise_floor"]:
+            skip = skip or residual_norm <= 100.0 * torch.finfo(s.dtype).eps * reference_norm
+        if skip:
             stats["skipped_updates"] += 1
             return
-        memory.append(s, y, s_products, y_products, torch.tensor(diag, dtype=torch.float64))
+        memory.append(s, psi, s_products, p_products, diag)
         tol = self._rank_tol()
         # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
         check_gram = self.defaults["method"] == "trust_region"
+        scaled = self.defaults["pair_policy"] == "scaled"
         while memory.k > 0:
-            if well_posed(*factors(), tol, check_gram=check_gram):
+            if well_posed(*factors(), tol, check_gram=check_gram, scaled=scaled):
                 break
             memory.drop_oldest()
             stats["dropped_pairs"] += 1
@@ -472,43 +694,59 @@ class LSR1(Optimizer):
         """A unit vector orthogonal to range(Psi): the hard case with lambda_min = gamma."""
         generator = torch.Generator(device=out.device).manual_seed(1_000_003 + seed)
         out.copy_(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
-        if memory.k > 0:
-            s_v, y_v = memory.split(self._reducer.rows(memory.buffer, out))
-            u = spectral.psi_coefficients(spectral.parallel_coordinates(y_v - gamma * s_v))
-            combine(memory.buffer, memory.scatter(gamma * u, -u), out)
-        out.div_(math.sqrt(float(self._reducer.dots([(out, out)])[0])))
+        out[self._n :].zero_()  # the padding stays zero
+        with exact_float32_matmul(out.device):
+            if memory.k > 0:
+                psi_v = memory.split(self._reducer.rows(memory.buffer, out))[1]
+                u = spectral.psi_coefficients(spectral.parallel_coordinates(psi_v))
+                combine(memory.buffer, self._coefficients(memory.psi_combination(-u), out), out)
+            out.div_(math.sqrt(float(self._reducer.dots([(out, out)])[0])))
         return out
 
-    def _line_search_step(self, state: dict, f: float, g: Tensor, evaluate) -> None:
+    # --- Algorithm 2 --------------------------------------------------------------------------
+    def _line_search_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
         d = self.defaults
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
         delta = 1.0 / d["gamma"]
         device = g.device
-        k = memory.k
-        gg = float(reducer.dots([(g, g)])[0])
-        if not (math.isfinite(f) and math.isfinite(gg)):
-            stats["rejected_steps"] += 1
-            stats["nonfinite_trials"] += 1
-            return
-        if gg == 0.0:  # a stationary point: no descent direction exists
+        f, gg, g_products = self._first_products(memory, f_device, g)
+        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
+            stats["nonfinite_points"] += 1
             state["last_rho"] = None
             return
+        state["last_rho"] = None
+        if gg == 0.0:  # a stationary point: no descent direction exists
+            stats["nonpositive_pred"] += 1
+            state["last_pred"] = 0.0
+            return
         empty = torch.zeros(0, dtype=torch.float64)
-        direction = self._buffer("s")
-        phi_gram, n_inv = memory.h_factors(delta)
+        rows = self._pair_rows()
+        direction, psi, y = rows[0], rows[1], rows[2]
+        gamma = d["gamma"]
+        while True:
+            k = memory.k
+            try:
+                phi_gram, n_inv = memory.h_factors(delta)
+                if k > 0:
+                    phi_g = -delta * memory.split(g_products)[1]  # Phi^T g, Phi = -delta Psi
+                    c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
+                    if not bool(torch.isfinite(c).all()):
+                        raise _Breakdown
+                break
+            except (torch.linalg.LinAlgError, _Breakdown):
+                self._drop_after_breakdown(memory, stats)
+        stats["negative_curvature_steps"] += int(_has_negative_eigenvalue(phi_gram, n_inv, delta))
         fallback = True
-        with exact_float32_matmul(device):
-            if k > 0:
-                s_g, y_g = memory.split(reducer.rows(memory.buffer, g))
-                phi_g = s_g - delta * y_g
-                c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
-                # d = -H g = -delta g - Phi c = -delta g - S c + delta Y c
-                combine(memory.buffer, memory.scatter(-c, delta * c), direction, base=g, beta=-delta)
-                slope = -delta * gg - float(phi_g @ c)
-                fallback = not slope < 0.0
-                stats["descent_fallbacks"] += int(fallback)
+        if k > 0:
+            # d = -H g = -delta g - Phi c = -delta g + delta Psi c
+            with exact_float32_matmul(device):
+                combine(memory.buffer, self._coefficients(memory.psi_combination(delta * c), g), direction,
+                        base=g, beta=-delta)
+            slope = -delta * gg - float(phi_g @ c)
+            fallback = not slope < 0.0
+            stats["descent_fallbacks"] += int(fallback)
         if fallback:
             torch.neg(g, out=direction)
             slope = -gg
@@ -516,13 +754,14 @@ class LSR1(Optimizer):
         x_saved = self._buffer("x")
         self._save_params(x_saved)
         x_views, d_views = self._views_of(x_saved), self._views_of(direction)
-        y = self._buffer("y")
 
         def phi(alpha: float) -> tuple[float, float]:
             torch._foreach_copy_(self._params, x_views)
             torch._foreach_add_(self._params, d_views, alpha=alpha)
             _, f_a = evaluate(y)
-            return f_a, float(reducer.dots([(y, direction)])[0])
+            values = reducer.gather([f_a.reshape(1), products(y.unsqueeze(0), direction.unsqueeze(0)).reshape(1)],
+                                    means=1)
+            return float(values[0]), float(values[1])
 
         alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats["steps"] > 1 else 1.0
         if d["line_search"] == "strong_wolfe":
@@ -535,10 +774,11 @@ class LSR1(Optimizer):
                 phi, f, slope, alpha0, c1=d["c1"], max_evaluations=d["max_line_search_evaluations"]
             )
         stats["line_search_evaluations"] += result.evaluations
-        state["last_rho"] = None
+        state["last_pred"] = -result.alpha * slope
         if result.alpha <= 0.0:
             stats["rejected_steps"] += 1
             self._load_params(x_saved)
+            rows.zero_()
             return
         stats["accepted_steps"] += 1
         state["last_step_length"] = result.alpha
@@ -546,37 +786,51 @@ class LSR1(Optimizer):
             phi(result.alpha)
         y.sub_(g)
         s = direction.mul_(result.alpha)  # s = alpha d
-        ss_sy_yy = reducer.dots([(s, s), (s, y), (y, y)])
-        if not bool(torch.isfinite(ss_sy_yy).all()):
+        torch.add(y, s, alpha=-gamma, out=psi)
+        _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, k)
+        if not finite:
+            stats["nonfinite_trials"] += 1
+            rows.zero_()
             return
-        ss, sy, yy = (float(v) for v in ss_sy_yy)
-        with exact_float32_matmul(device):
-            y_products = reducer.rows(memory.buffer, y) if k > 0 else None
-            if k > 0 and not fallback:
-                # s = alpha (-delta g - S c + delta Y c): its products from the Gram matrices.
-                s_products = memory.scatter(*memory.products_of_combination(
-                    -delta * result.alpha, s_g, y_g, -result.alpha * c, delta * result.alpha * c))
-            elif k > 0:
-                s_products = memory.scatter(-result.alpha * s_g, -result.alpha * y_g)
-            else:
-                s_products = y_products = torch.zeros(2 * memory.slots, dtype=torch.float64)
-            if k > 0:
-                s_s, y_s = memory.split(s_products)
-                s_y, y_y = memory.split(y_products)
-                basis_s, basis_y = s_s - delta * y_s, s_y - delta * y_y
-            else:
-                basis_s = basis_y = empty
-            # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
-            y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
-            if r_sq <= 1e-2 * size:
-                r = x_saved
-                w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
-                combine(memory.buffer, memory.scatter(-w_y, delta * w_y), r, base=s)
+        ss, sy, yy = dots["ss"], dots["sy"], dots["yy"]
+        state["last_step_norm"] = math.sqrt(ss)
+        if k > 0:
+            psi_s = memory.split(s_products)[1]
+            psi_y = memory.split(p_products)[1] + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
+            basis_s, basis_y = -delta * psi_s, -delta * psi_y  # Phi^T s, Phi^T y
+        else:
+            basis_s = basis_y = empty
+        # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
+        y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
+        if r_sq <= 1e-2 * size:
+            # s - H y = s - delta y - Phi N Phi^T y = s - delta y + delta Psi (N Phi^T y)
+            r = x_saved
+            w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
+            with exact_float32_matmul(device):
+                combine(memory.buffer, self._coefficients(memory.psi_combination(delta * w_y), g), r, base=s)
                 r.add_(y, alpha=-delta)
-                yr_rr = reducer.dots([(y, r), (r, r)])
-                y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
-            self._maybe_store_pair(
-                state, memory, s, y, s_products, y_products, (ss, sy, yy), y_dot_r,
-                math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
-                lambda: memory.h_policy_inputs(delta),
-            )
+                yr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
+            y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
+            stats["explicit_passes"] += 1
+        self._maybe_store_pair(
+            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), y_dot_r,
+            math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
+            lambda: memory.h_policy_inputs(delta),
+        )
+
+
+class _Breakdown(Exception):
+    """The k x k algebra produced non-finite values."""
+
+
+def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float) -> bool:
+    """Whether scale I + Omega W Omega^T (W = middle_inv^{-1}, Omega^T Omega = gram) has a
+    negative eigenvalue; False when the factors cannot be formed."""
+    if scale < 0.0:
+        return True
+    if gram.shape[0] == 0:
+        return False
+    try:
+        return spectral_form(gram, middle_inv, scale).lambda_min < 0.0
+    except torch.linalg.LinAlgError:
+        return False

@@ -75,6 +75,40 @@ class TrainOptimizer:
         stats["closure_evaluations"] = self.closure_evaluations
         return stats
 
+    def epoch_curvature(self) -> dict[str, Any]:
+        """L-SR1's model at this point and its skip tests since the last call (empty for
+        optimizers without ``curvature()``): the per-epoch columns of issue 8."""
+        opt = self.optimizer
+        if not hasattr(opt, "curvature"):
+            return {}
+        stats = opt.statistics()
+        steps = stats["steps"] - getattr(self, "_curvature_steps", 0)
+        negative_steps = stats["negative_curvature_steps"] - getattr(self, "_negative_steps", 0)
+        self._curvature_steps, self._negative_steps = stats["steps"], stats["negative_curvature_steps"]
+        model = opt.curvature()
+        try:
+            eigenvalues = [float(v) for v in model.eigenvalues()]
+        except torch.linalg.LinAlgError:
+            eigenvalues = []
+        gamma_multiplicity = model.n - model.k
+        if gamma_multiplicity > 0:
+            eigenvalues.append(model.gamma)
+        negative = sum(1 for v in eigenvalues[: model.k] if v < 0.0)
+        negative += gamma_multiplicity if model.gamma < 0.0 else 0
+        cosines = opt.update_cosines()
+        out: dict[str, Any] = {
+            "min_eigenvalue": min(eigenvalues) if eigenvalues else None,
+            "negative_eigenvalues": negative,
+            "negative_curvature_fraction": negative_steps / steps if steps > 0 else None,
+            "update_cosine_p10": None,
+            "update_cosine_median": None,
+        }
+        if cosines:
+            values = torch.tensor(cosines, dtype=torch.float64)
+            out["update_cosine_p10"] = float(torch.quantile(values, 0.1))
+            out["update_cosine_median"] = float(torch.quantile(values, 0.5))
+        return out
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {type(self.optimizer).__name__})"
 
