@@ -34,6 +34,17 @@ def _batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's option to leave buffers alone in forward (renamed in newer torch)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}  # still syncs once at init: the buffers start equal
+    return {"broadcast_buffers": False}
+
+
 class SingleProcess:
     """One process does everything (``ranks: 1``)."""
 
@@ -124,12 +135,10 @@ class DataParallel(SingleProcess):
             if converted is not model:
                 raise RuntimeError("the model is a bare batch-norm layer; wrap it in a container")
             self._sync_batch_norm = bool(_batch_norm_layers(model))
-            return DistributedDataParallel(
-                model, device_ids=[device], process_group=self.group, broadcast_buffers=False
-            )
-        # broadcast_buffers=False: batch-norm running statistics stay per rank and are
+            return DistributedDataParallel(model, device_ids=[device], process_group=self.group, **_no_buffer_sync())
+        # no buffer sync in forward: batch-norm running statistics stay per rank and are
         # averaged before evaluation (before_evaluation), not overwritten by rank 0's
-        return DistributedDataParallel(model, process_group=self.group, broadcast_buffers=False)
+        return DistributedDataParallel(model, process_group=self.group, **_no_buffer_sync())
 
     def sum(self, values: Tensor) -> Tensor:
         out = values.detach().to(self._device(), copy=True)
