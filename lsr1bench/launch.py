@@ -189,7 +189,13 @@ def _rank_errors(errors: Path, ranks: int) -> tuple[list[dict[str, Any]], list[i
 
 def failure_message(reports: Sequence[dict[str, Any]], silent: Sequence[int], exit_code: int, log_tail: str) -> str:
     """One line: what each rank reported, first report first, then the ranks that said nothing."""
-    parts = [f"rank {r['rank']}: {r['message']}" for r in reports]
+    by_message: dict[str, list[int]] = {}
+    for report in reports:  # earliest first; ranks that failed alike share one entry
+        by_message.setdefault(report["message"], []).append(report["rank"])
+    parts = [
+        f"{'rank' if len(ranks) == 1 else 'ranks'} {', '.join(map(str, sorted(ranks)))}: {message}"
+        for message, ranks in by_message.items()
+    ]
     if silent and reports:
         noun = "rank" if len(silent) == 1 else "ranks"
         parts.append(f"{noun} {', '.join(map(str, silent))} reported nothing (hung or stopped by torchrun)")

@@ -175,3 +175,18 @@ def test_two_rank_lsr1_run_matches_the_one_rank_run(tmp_path: Path, shard_memory
     if shard_memory:
         assert all(m < memory_one for m in memory_two), (memory_one, memory_two)
     assert two["parallel"]["optimizer_collectives"] > 0 and two["parallel"]["optimizer_bytes_communicated"] > 0
+
+
+def test_failure_message_puts_the_first_report_first_and_names_silent_ranks() -> None:
+    from lsr1bench.launch import failure_message
+
+    reports = [
+        {"rank": 2, "message": "ValueError: bad shard"},
+        {"rank": 0, "message": "RuntimeError: Connection closed by peer"},
+        {"rank": 1, "message": "RuntimeError: Connection closed by peer"},
+    ]
+    assert failure_message(reports, [3], 1, "") == (
+        "rank 2: ValueError: bad shard; ranks 0, 1: RuntimeError: Connection closed by peer; "
+        "rank 3 reported nothing (hung or stopped by torchrun)"
+    )
+    assert failure_message([], [0, 1], -9, "killed") == "torch.distributed.run exited with code -9: killed"
