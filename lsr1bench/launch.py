@@ -240,9 +240,11 @@ def run_with_torchrun(
         sink({"type": "start", "run_id": spec.run_id, "device": _where(devices, ranks), "epochs": spec.epochs})
         with (work / "torchrun.log").open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            interrupted = False
+            interrupted, offset = False, 0
             try:
-                offset = _follow(process, events_path, 0, sink)
+                while process.poll() is None:
+                    time.sleep(0.2)
+                    offset = _forward_events(events_path, offset, sink)
             except KeyboardInterrupt:
                 interrupted = True
                 _stop(process)
@@ -287,13 +289,6 @@ def _forward_events(path: Path, offset: int, sink: EventSink) -> int:
             if event.get("type") == "epoch":  # start and end are this process's to say
                 sink(event)
     return offset + end
-
-
-def _follow(process: subprocess.Popen, events: Path, offset: int, sink: EventSink) -> int:
-    while process.poll() is None:
-        time.sleep(0.2)
-        offset = _forward_events(events, offset, sink)
-    return offset
 
 
 def _stop(process: subprocess.Popen) -> None:
