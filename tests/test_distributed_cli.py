@@ -59,6 +59,8 @@ def test_run_trains_one_and_two_ranks_and_they_agree(tmp_path: Path) -> None:
     assert (two["parallel"]["world_size"], two["parallel"]["backend"]) == (2, "gloo")
     assert two["parallel"]["layout"] == "replicated"
     assert len(two["parallel"]["optimizer_memory_bytes"]) == 2
+    cores = len(os.sched_getaffinity(0))
+    assert two["parallel"]["threads_per_rank"] == max(1, cores // 2)  # the cores split between the ranks
     assert two["spec"]["ranks"] == 2 and two["spec"]["batch_size"] == 60
     rows_one = records.read_epochs(output / "dist" / one["run_id"])
     rows_two = records.read_epochs(output / "dist" / two["run_id"])

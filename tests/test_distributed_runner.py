@@ -187,3 +187,16 @@ def test_a_run_refuses_a_layout_of_another_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="has ranks 2 but is trained by 1 process"):
         runner.train(spec("adam", 2), tmp_path, "cpu")
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_cpu_batch_norm_run_keeps_per_rank_statistics_and_records_it(tmp_path: Path) -> None:
+    run = spec("adam", 2, batch_norm=True, epochs=1, run_id="mlp-bn-adam-p2")
+    ranks = run_ranks(_train, 2, run.to_dict(), str(tmp_path))
+    assert [r["status"] for r in ranks] == ["completed", "completed"], [r["error"] for r in ranks]
+    section = ranks[0]["parallel"]
+    assert section["batch_norm"].startswith("per-rank batch statistics (SyncBatchNorm needs CUDA)")
+    on_disk = records.read_run(records.run_dir(tmp_path, run.suite, run.run_id)).extra["parallel"]
+    assert on_disk["batch_norm"] == section["batch_norm"]
+    rows = ranks[0]["rows"]
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]  # it trains
