@@ -335,7 +335,6 @@ class _Run:
         self.parallel = parallel
         self.sink = on_event if parallel.is_writer else None
         self.rows: list[dict[str, Any]] = []
-        self.traceback: str | None = None
         self.started = time.perf_counter()
         self.record = RunRecord(
             suite=spec.suite,
@@ -555,7 +554,6 @@ def train(
         if parallel.is_writer:
             with contextlib.suppress(OSError):
                 records.atomic_write_text(directory / TRACEBACK_FILE, traceback.format_exc())
-        run.traceback = traceback.format_exc()
         message = f"{type(exc).__name__}: {exc}".strip()
         run.finish(records.FAILED, message)
     else:

@@ -75,3 +75,14 @@ def test_shard_memory_does_not_change_the_resolved_params_of_suites_without_it()
     assert "shard_memory" not in plain.optimizer_params
     replicated = expand(parse_suite(GRID.replace("[adam]", "[{name: lsr1, params: {shard_memory: false}}]")))[0]
     assert replicated.optimizer_params["shard_memory"] is False
+
+
+def test_reports_keep_a_p_rank_run_in_its_own_cell(tmp_path):
+    from _report_records import write_run
+
+    from lsr1bench.reporting.runs import summarize_run
+
+    one = write_run(tmp_path / "a" / "s", [90.0, 5.0], label="adam")
+    two = write_run(tmp_path / "b" / "s", [90.0, 5.0], label="adam", ranks=2)
+    assert summarize_run(one).key.label == "adam"
+    assert summarize_run(two).key.label == "adam-p2"
