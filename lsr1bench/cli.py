@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lsr1bench.grid import RunSpec, expand, parse_shard, shard
+from lsr1bench.grid import RunSpec, expand, parse_shard, ranks_in_use, shard
 from lsr1bench.spec import SpecError, Suite, load_suite
 
 app = typer.Typer(
@@ -137,12 +137,25 @@ def run(
     if shard_spec is not None:
         runs = shard(runs, *shard_spec)
 
-    from lsr1bench import scheduler  # imports torch: only once the input is known good
+    from lsr1bench import launch, scheduler  # imports torch: only once the input is known good
 
     try:
         device_list = scheduler.resolve_devices(devices or suite.devices or "auto", jobs or suite.jobs or 1)
     except scheduler.DeviceError as exc:
         raise _bad_input([f"--devices: {exc}"]) from None
+    if launch.external_world_size() > 1:
+        _run_as_torchrun_worker(suite, runs, output, force, dry_run, device_list)
+        return
+    gpus = list(dict.fromkeys(d for d in device_list if d.startswith("cuda")))
+    too_many = [
+        f"{path}: {ranks} ranks need {ranks} GPUs (one per rank), but {len(gpus)} "
+        f"{'is' if len(gpus) == 1 else 'are'} in use here ({', '.join(gpus)}); use ranks <= {len(gpus)} "
+        "or more devices (--devices)"
+        for path, ranks in ranks_in_use(suite)
+        if gpus and ranks > len(gpus)
+    ]
+    if too_many:
+        raise _bad_input(too_many, str(suite_path))
     planned = scheduler.plan(runs, output, force=force)
     out = _console()
     shard_note = f" (shard {shard_spec[0]}/{shard_spec[1]} of {total_in_suite})" if shard_spec else ""
@@ -197,6 +210,89 @@ def run(
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     if any(s == "failed" for s in outcome.statuses.values()):
+        raise typer.Exit(EXIT_FAILED_RUNS)
+
+
+def _run_as_torchrun_worker(
+    suite: Suite, runs: list[RunSpec], output: Path, force: bool, dry_run: bool, device_list: list[str]
+) -> None:
+    """This process is one rank of an external torchrun: train the runs with ranks == WORLD_SIZE.
+
+    Rank 0 plans the resume, broadcasts it, writes the records and draws the progress;
+    the other ranks train in step and print nothing. A failed run stops the worker (its
+    process group may be unusable): resume with the same command.
+    """
+    import os
+
+    from lsr1bench import launch, runner, scheduler
+
+    world = launch.external_world_size()
+    mine = [r for r in runs if r.ranks == world]
+    if not mine:
+        found = ", ".join(str(r) for r in sorted({r.ranks for r in runs}))
+        raise _bad_input(
+            [f"ranks: torchrun started {world} processes (WORLD_SIZE), but no run of this suite has ranks: {world} "
+             f"(its runs have ranks {found}); start torchrun with that many processes in all"]
+        )  # fmt: skip
+    use_cuda = device_list[0].startswith("cuda")
+    try:
+        parallel, device = launch.init_from_environment(use_cuda)
+    except (RuntimeError, ValueError) as exc:
+        _console(stderr=True).print(f"[bold red]error:[/] cannot join the process group: {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILED_RUNS) from None
+    writer = parallel.is_writer
+    out = _console() if writer else Console(quiet=True)
+    failed = False
+    try:
+        planned = parallel.broadcast(scheduler.plan(mine, output, force=force) if writer else None)
+        todo = [p for p in planned if p.action != "skip"]
+        left = len(runs) - len(mine)
+        out.print(
+            f"suite '{escape(suite.name or '')}': {len(planned)} runs with ranks {world} "
+            f"({left} with other ranks left for another launch), {len(planned) - len(todo)} already done, "
+            f"{len(todo)} to run on {world} ranks ({parallel.backend}) -> {escape(str(output / (suite.name or '')))}"
+        )
+        if dry_run:
+            for p in planned:
+                out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
+            return
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one download per node
+            scheduler.prepare_data([p.spec for p in todo])
+        if writer and todo:
+            output.mkdir(parents=True, exist_ok=True)
+        parallel.barrier()
+        display = _Display(out, total=len(planned), done=len(planned) - len(todo))
+        outcome = scheduler.SuiteOutcome()
+
+        def train_all(on_event: Any) -> scheduler.SuiteOutcome:
+            def sink(event: dict[str, Any]) -> None:
+                if event["type"] == "end":
+                    outcome.results[event["run_id"]] = event
+                on_event(event)
+
+            for p in todo:
+                record = runner.train(p.spec, output, device, sink, parallel=parallel)
+                outcome.statuses[p.spec.run_id] = record.status
+                if record.status == "failed":
+                    break
+            return outcome
+
+        started = time.perf_counter()
+        with scheduler.sigterm_as_interrupt():
+            display.run(train_all)
+        if writer:
+            _summary(out, planned, outcome, time.perf_counter() - started)
+        failed = any(s == "failed" for s in outcome.statuses.values())
+    except scheduler.DataError as exc:
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+        failed = True
+    except KeyboardInterrupt:
+        if writer:
+            _console(stderr=True).print("[bold yellow]interrupted.[/] rerun the same command to resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        launch.shutdown()
+    if failed:
         raise typer.Exit(EXIT_FAILED_RUNS)
 
 

@@ -41,6 +41,7 @@ class RunSpec:
     data_root: str | None = None
     train_subset: int | None = None
     test_subset: int | None = None
+    ranks: int = 1  # data-parallel processes; each takes batch_size / ranks rows of every minibatch
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""
@@ -81,10 +82,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def make_run_id(model: str, batch_norm: bool, dataset: str, label: str, batch: int, seed: int) -> str:
-    """``{model}{-bn}-{dataset}-{label}-b{batch}-s{seed}``, lower-case."""
+def make_run_id(
+    model: str, batch_norm: bool, dataset: str, label: str, batch: int, seed: int, ranks: int = 1
+) -> str:
+    """``{model}{-bn}-{dataset}-{label}-b{batch}{-p<ranks>}-s{seed}``, lower-case."""
     bn = "-bn" if batch_norm else ""
-    return f"{model}{bn}-{dataset}-{label}-b{batch}-s{seed}".lower()
+    parallel = f"-p{ranks}" if ranks > 1 else ""
+    return f"{model}{bn}-{dataset}-{label}-b{batch}{parallel}-s{seed}".lower()
 
 
 def _pick(name: str, *layers: Any) -> Any:
@@ -94,6 +98,30 @@ def _pick(name: str, *layers: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _where(name: str, paths: Sequence[str], *layers: Any) -> str:
+    """The key path of the setting ``name`` that :func:`_pick` uses (``paths`` match ``layers``)."""
+    for path, layer in zip(paths, layers):
+        if getattr(layer, name) is not None:
+            return f"{path}.{name}" if path else name
+    return name
+
+
+def _divisibility_problems(
+    paths: Sequence[str], layers: Sequence[Any], sizes: list[int], ranks: list[int]
+) -> list[str]:
+    """``batch_size % ranks != 0``: every rank must take an equal share of each global minibatch."""
+    problems = []
+    for r in ranks:
+        bad = [b for b in sizes if b % r]
+        if bad:
+            problems.append(
+                f"{_where('ranks', paths, *layers)}: {r} ranks cannot split batch size "
+                f"{', '.join(str(b) for b in bad)} ({_where('batch_sizes', paths, *layers)}) into equal shards; "
+                f"use batch sizes that are multiples of {r}, or other ranks"
+            )
+    return problems
 
 
 def _seeds(*layers: Any) -> list[int]:
@@ -116,15 +144,19 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
     epochs = _pick("epochs", *layers) or DEFAULT_EPOCHS
     schedule = _pick("lr_schedule", *layers)
     targets = tuple(float(t) for t in (_pick("targets", *layers) or ()))
+    ranks_values = list(_pick("ranks", *layers) or [1])
+    problems = _divisibility_problems((where, f"grids[{g}]", ""), layers, list(batch_sizes), ranks_values)
+    if problems:
+        raise SpecError(problems)
     for model in grid.models:
         for batch_norm in model.batch_norm_values():
             for dataset in grid.datasets:
                 family = names.family(dataset)
                 weight_decay = _pick("weight_decay", *layers)
                 params = names.resolved_optimizer_params(entry.name, dataset, entry.params)
-                for batch in batch_sizes:
+                for batch, ranks in ((b, r) for b in batch_sizes for r in ranks_values):
                     for seed in _seeds(*layers):
-                        run_id = make_run_id(model.name, batch_norm, dataset, entry.resolved_label, batch, seed)
+                        run_id = make_run_id(model.name, batch_norm, dataset, entry.resolved_label, batch, seed, ranks)
                         yield (
                             where,
                             RunSpec(
@@ -148,6 +180,7 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
                                 data_root=_pick("data_root", *layers),
                                 train_subset=_pick("train_subset", *layers),
                                 test_subset=_pick("test_subset", *layers),
+                                ranks=ranks,
                             ),
                         )
 
@@ -203,3 +236,19 @@ def parse_shard(text: str) -> tuple[int, int]:
     if index >= count:
         raise ValueError(f"i counts from 0, so it must be < N ({count}); got {text!r}")
     return index, count
+
+
+def ranks_in_use(suite: Suite) -> list[tuple[str, int]]:
+    """``(key path, ranks)`` for every ranks value some run uses, each once, largest first.
+
+    The key path is where the value is set (``ranks``, ``grids[0].ranks`` or
+    ``grids[0].optimizers[1].ranks``), for errors that depend on the machine (GPU count).
+    """
+    found: dict[tuple[str, int], None] = {}
+    for g, grid in enumerate(suite.grids):
+        for o, entry in enumerate(grid.optimizers):
+            layers = (entry, grid, suite)
+            path = _where("ranks", (f"grids[{g}].optimizers[{o}]", f"grids[{g}]", ""), *layers)
+            for ranks in _pick("ranks", *layers) or [1]:
+                found[(path, ranks)] = None
+    return sorted(found, key=lambda item: -item[1])

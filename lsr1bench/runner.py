@@ -50,6 +50,7 @@ from torch import Tensor
 import lsr1bench
 from lsr1bench import records
 from lsr1bench.grid import RunSpec
+from lsr1bench.parallel import SingleProcess
 from lsr1bench.records import RunRecord
 from lsr1bench.registry.datasets import load_dataset
 from lsr1bench.registry.models import build_model, l2_penalty
@@ -196,40 +197,59 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(mean cross-entropy, error %) over ``x, y`` in eval mode; restores train mode."""
+def evaluate(
+    model: torch.nn.Module, x: Tensor, y: Tensor, parallel: SingleProcess | None = None
+) -> tuple[float, float]:
+    """(mean cross-entropy, error %) over ``x, y`` in eval mode; restores train mode.
+
+    With P ranks each evaluates its 1/P of the rows and (loss sum, wrong, count) are summed.
+    """
+    parallel = parallel or SingleProcess()
+    parallel.before_evaluation(model)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    wrong = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, len(y), EVAL_BATCH):
-        logits = model(x[start : start + EVAL_BATCH])
-        target = y[start : start + EVAL_BATCH]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        wrong += (logits.argmax(dim=1) != target).sum()
+    lo, hi = parallel.local_rows(len(y))
+    totals = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss sum, wrong, count
+    for start in range(lo, hi, EVAL_BATCH):
+        stop = min(start + EVAL_BATCH, hi)
+        logits = model(x[start:stop])
+        target = y[start:stop]
+        totals[0] += F.cross_entropy(logits, target, reduction="sum").double()
+        totals[1] += (logits.argmax(dim=1) != target).sum()
+        totals[2] += stop - start
     model.train(was_training)
-    n = len(y)
-    return float(loss_sum) / n, 100.0 * float(wrong) / n
+    loss_sum, wrong, n = (float(v) for v in parallel.sum(totals))
+    return loss_sum / n, 100.0 * wrong / n
 
 
 @torch.no_grad()
-def _initial_objective(model: torch.nn.Module, data: DeviceData, batch_size: int, weight_decay: float) -> float:
+def _initial_objective(
+    model: torch.nn.Module,
+    data: DeviceData,
+    batch_size: int,
+    weight_decay: float,
+    parallel: SingleProcess | None = None,
+) -> float:
     """Epoch 0's train loss: cross-entropy + L2 at the initial point, as training sees it.
 
     Train mode over consecutive minibatches of the run's batch size (batch norm uses
     batch statistics, as in every later row), with the batch-norm running statistics
-    saved and restored, so measuring the start point does not change the run.
+    saved and restored, so measuring the start point does not change the run. With P
+    ranks each takes its rows of every minibatch, as in training, and the sums are added.
     """
+    parallel = parallel or SingleProcess()
     saved = [buffer.clone() for buffer in model.buffers()]
-    total, n = 0.0, len(data.train_y)
+    total = torch.zeros(1, dtype=torch.float64, device=data.train_y.device)
+    n = len(data.train_y)
     # full minibatches, the remainder joining the last (a batch of one breaks batch norm)
     edges = list(range(0, n, batch_size))[: max(1, n // batch_size)] + [n]
     for start, stop in zip(edges, edges[1:]):
-        x, y = data.train_x[start:stop], data.train_y[start:stop]
-        total += float(F.cross_entropy(model(x), y, reduction="sum"))
+        lo, hi = parallel.local_rows(stop - start)
+        x, y = data.train_x[start + lo : start + hi], data.train_y[start + lo : start + hi]
+        total += F.cross_entropy(model(x), y, reduction="sum").double()
     for buffer, value in zip(model.buffers(), saved):
         buffer.copy_(value)
-    return total / n + float(l2_penalty(model, weight_decay))
+    return float(parallel.sum(total)[0]) / n + float(l2_penalty(model, weight_decay))
 
 
 class RunningStatsGuard:
@@ -301,11 +321,19 @@ def _no_second_interrupt() -> Iterator[None]:
 class _Run:
     """The state of one run while it trains; writes records as it goes."""
 
-    def __init__(self, spec: RunSpec, directory: Path, device: torch.device, on_event: EventSink | None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        directory: Path,
+        device: torch.device,
+        on_event: EventSink | None,
+        parallel: SingleProcess,
+    ):
         self.spec = spec
         self.directory = directory
         self.device = device
-        self.sink = on_event
+        self.parallel = parallel
+        self.sink = on_event if parallel.is_writer else None
         self.rows: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.record = RunRecord(
@@ -331,6 +359,8 @@ class _Run:
             self.sink = None
 
     def save(self) -> None:
+        if not self.parallel.is_writer:
+            return  # rank 0 writes the records of a data-parallel run
         records.write_epochs(self.directory, self.rows)
         records.write_run(self.directory, self.record)
 
@@ -361,7 +391,7 @@ class _Run:
         return bool(reached) and all(epoch is not None for epoch in reached.values())
 
     def train(self) -> None:
-        spec, device = self.spec, self.device
+        spec, device, parallel = self.spec, self.device, self.parallel
         data = load_data(spec, device)
         n = len(data.train_y)
         self.record.extra["data"] = {
@@ -375,8 +405,12 @@ class _Run:
             spec.model, batch_norm=spec.batch_norm, input_shape=data.input_shape, num_classes=data.num_classes
         ).to(device)
         model.train()
+        net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
         order = torch.Generator().manual_seed(spec.seed)
-        optimizer = build_optimizer(spec.optimizer, model.parameters(), spec.optimizer_params)
+        optimizer = build_optimizer(
+            spec.optimizer, model.parameters(), spec.optimizer_params, process_group=_group_of(parallel)
+        )
+        self.record.extra["parallel"] = _parallel_record(parallel, optimizer, model, device)
         schedule = None
         if spec.lr_schedule:
             schedule = torch.optim.lr_scheduler.MultiStepLR(
@@ -390,8 +424,9 @@ class _Run:
         samples = 0
 
         def row(epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
-            test_loss, test_error = evaluate(model, data.test_x, data.test_y)
+            test_loss, test_error = evaluate(model, data.test_x, data.test_y, parallel)
             stats = optimizer.statistics()
+            _update_parallel_record(self.record.extra["parallel"], parallel, optimizer, stats)
             out: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -411,7 +446,11 @@ class _Run:
             return out
 
         guard = RunningStatsGuard(model) if optimizer.second_order else None
-        initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay)
+        # the loss each step reports is the global one: LSR1 averages it over the ranks
+        # itself; for every other method the closure does, so all ranks decide alike
+        # (torch's L-BFGS line search reads the closure's loss)
+        reduce_loss = (lambda loss: loss) if optimizer.reduces_loss else parallel.average
+        initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay, parallel)
         self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
         for epoch in range(1, spec.epochs + 1):
             _sync(device)
@@ -419,13 +458,14 @@ class _Run:
             lr = _current_lr(optimizer.optimizer)
             loss_sum, steps, bad_loss = 0.0, 0, None
             for index in _batches(n, spec.batch_size, order, device):
-                xb, yb = data.train_x[index], data.train_y[index]
+                rows = parallel.shard(index)  # this rank's rows of the global minibatch
+                xb, yb = data.train_x[rows], data.train_y[rows]
 
                 def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
                     model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
-                    loss = F.cross_entropy(model(xb), yb) + l2_penalty(model, spec.weight_decay)
-                    loss.backward()
-                    return loss
+                    loss = F.cross_entropy(net(xb), yb) + l2_penalty(model, spec.weight_decay)
+                    loss.backward()  # DDP averages the gradients over the ranks here
+                    return reduce_loss(loss)
 
                 if guard is None:
                     loss = optimizer.step(closure)
@@ -478,19 +518,29 @@ def train(
     output: str | Path,
     device: str | torch.device = "cpu",
     on_event: EventSink | None = None,
+    parallel: SingleProcess | None = None,
 ) -> RunRecord:
     """Train ``spec`` on ``device`` into ``output/<suite>/<run_id>/``; return the final record.
 
     NaN/inf loss -> status ``diverged``; any exception -> ``failed`` with its message (the
     traceback goes to ``traceback.txt``); both return normally so a suite goes on.
     Ctrl-C -> ``interrupted``, then the ``KeyboardInterrupt`` propagates.
+
+    ``parallel``: this process's place in a data-parallel run of ``spec.ranks`` ranks (see
+    :mod:`lsr1bench.parallel`); every rank calls ``train``, only rank 0 writes and reports.
     """
     device = torch.device(device)
+    parallel = parallel or SingleProcess()
+    if parallel.world_size != spec.ranks:
+        raise ValueError(
+            f"run {spec.run_id} has ranks {spec.ranks} but is trained by {parallel.world_size} process(es)"
+        )
     directory = records.run_dir(output, spec.suite, spec.run_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(directory / TRACEBACK_FILE)
-    run = _Run(spec, directory, device, on_event)
+    if parallel.is_writer:
+        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / TRACEBACK_FILE)
+    run = _Run(spec, directory, device, on_event, parallel)
     run.save()
     run.emit({"type": "start", "run_id": spec.run_id, "device": str(device), "epochs": spec.epochs})
     try:
@@ -502,10 +552,53 @@ def train(
     except Diverged as exc:
         run.finish(records.DIVERGED, str(exc))
     except Exception as exc:  # noqa: BLE001 - one broken run must not stop the suite
-        with contextlib.suppress(OSError):
-            records.atomic_write_text(directory / TRACEBACK_FILE, traceback.format_exc())
+        if parallel.is_writer:
+            with contextlib.suppress(OSError):
+                records.atomic_write_text(directory / TRACEBACK_FILE, traceback.format_exc())
         message = f"{type(exc).__name__}: {exc}".strip()
         run.finish(records.FAILED, message)
     else:
         run.finish(records.COMPLETED)
     return run.record
+
+
+# ---------------------------------------------------------------------------- data-parallel records
+
+
+def _group_of(parallel: SingleProcess) -> Any:
+    """The process group an optimizer reduces over, or None for a one-process run."""
+    if parallel.world_size == 1:
+        return None
+    import torch.distributed as dist
+
+    return parallel.group if parallel.group is not None else dist.group.WORLD
+
+
+def _parallel_record(
+    parallel: SingleProcess, optimizer: Any, model: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
+    """``run.json``'s ``parallel`` section: world size, backend, layout, batch norm, traffic."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in parameters)
+    return {
+        **parallel.describe(),
+        "layout": optimizer.layout(parallel.world_size),
+        "batch_norm": parallel.batch_norm_mode(model, device),
+        "threads_per_rank": torch.get_num_threads(),
+        "parameters": count,
+        # DDP all-reduces every gradient once per backward (the payload, not the wire bytes)
+        "gradient_bytes_per_backward": (
+            sum(p.numel() * p.element_size() for p in parameters) if parallel.world_size > 1 else 0
+        ),
+        "optimizer_memory_bytes": None,
+    }
+
+
+def _update_parallel_record(
+    section: dict[str, Any], parallel: SingleProcess, optimizer: Any, stats: dict[str, Any]
+) -> None:
+    """Per-rank optimizer memory (a collective: every rank calls it) and the optimizer's traffic."""
+    section["optimizer_memory_bytes"] = parallel.gather(optimizer.memory_bytes())
+    for key in ("collectives", "bytes_communicated"):
+        if key in stats:
+            section[f"optimizer_{key}"] = stats[key]

@@ -8,6 +8,9 @@
   process per slot (``spawn``), each taking the next run from a shared queue. Several
   GPUs give one slot per GPU; ``jobs`` N gives N slots per device, the CPU threads split
   among the CPU workers.
+* Data-parallel runs (``ranks`` > 1) come after the others, one at a time, each started
+  through ``torch.distributed.run`` over all the CPU cores or its first ``ranks`` GPUs
+  (:mod:`lsr1bench.launch`).
 * Ctrl-C (or SIGTERM, as a cluster scheduler sends at its time limit) marks the runs in
   progress ``interrupted`` and leaves every finished run as it is.
 """
@@ -141,7 +144,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C, so a scheduler's kill leaves records marked interrupted."""
 
     try:
@@ -171,15 +174,32 @@ def run_suite(
             outcome.results[event["run_id"]] = event
         sink(event)
 
-    specs = [p.spec for p in todo]
-    if not specs:
-        return outcome
-    with _sigterm_as_interrupt():
-        if len(devices) == 1 or len(specs) == 1:
+    specs = [p.spec for p in todo if p.spec.ranks == 1]
+    ranked = [p.spec for p in todo if p.spec.ranks > 1]
+    with sigterm_as_interrupt():
+        if len(specs) == 0:
+            pass
+        elif len(devices) == 1 or len(specs) == 1:
             _run_here(specs, output, devices[0], record, outcome)
         else:
             _run_workers(specs, output, list(devices)[: len(specs)], record, outcome)
+        if ranked and not outcome.interrupted:
+            _run_ranked(ranked, output, devices, record, outcome)
     return outcome
+
+
+def _run_ranked(
+    specs: Sequence[RunSpec], output: str | Path, devices: Sequence[str], sink: EventSink, outcome: SuiteOutcome
+) -> None:
+    """Data-parallel runs, one at a time, each over all the cores or its first ``ranks`` GPUs."""
+    from lsr1bench import launch
+
+    unique = list(dict.fromkeys(devices))
+    try:
+        for spec in specs:
+            launch.run_with_torchrun(spec, output, unique, sink)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
 
 
 def _run_here(

@@ -122,8 +122,9 @@ class Settings(_Strict):
     train_subset: int | None = Field(default=None, ge=1)
     test_subset: int | None = Field(default=None, ge=1)
     data_root: str | None = Field(default=None, min_length=1)
+    ranks: list[int] | None = Field(default=None, min_length=1)
 
-    _as_lists = field_validator("batch_sizes", "seeds", "targets", mode="before")(
+    _as_lists = field_validator("batch_sizes", "seeds", "targets", "ranks", mode="before")(
         classmethod(lambda cls, v: _as_list(v))
     )
 
@@ -148,6 +149,18 @@ class Settings(_Strict):
         if problems:
             raise _problems(problems)
         return seeds
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, ranks: list[int] | None) -> list[int] | None:
+        """Data-parallel processes per run (one per GPU, or CPU processes on gloo)."""
+        if ranks is None:
+            return None
+        problems = [(f"[{i}]", f"ranks must be >= 1, got {r}") for i, r in enumerate(ranks) if r < 1]
+        problems += _duplicates(ranks, "ranks value")
+        if problems:
+            raise _problems(problems)
+        return ranks
 
     @field_validator("targets")
     @classmethod
@@ -298,9 +311,14 @@ class OptimizerEntry(Settings):
         name = info.data.get("name")
         if name is None:
             return params  # the unknown optimizer name is the problem already reported
-        known = names.OPTIMIZER_DEFAULTS[name]
+        layout_options = names.LAYOUT_OPTIONS.get(name, {})
+        known = [*names.OPTIMIZER_DEFAULTS[name], *layout_options]
         problems = []
         for key, value in params.items():
+            if key in layout_options:
+                if not isinstance(value, bool):
+                    problems.append((f".{key}", f"{key} must be true or false, got {value!r}"))
+                continue
             if key == "weight_decay" and key not in known:
                 problems.append(
                     (

@@ -92,6 +92,16 @@ OPTIMIZER_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {name: MappingProxyType(d) for name, d in _OPTIMIZER_DEFAULTS.items()}
 )
 
+# Where a data-parallel run keeps an optimizer's state: accepted in a suite's ``params`` but
+# not part of the resolved defaults, so a suite that never sets them keeps its run specs.
+# shard_memory: each rank holds 1/P of L-SR1's curvature memory (false: every rank all of it).
+LAYOUT_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "lsr1": MappingProxyType({"shard_memory": True}),
+        "lsr1-ls": MappingProxyType({"shard_memory": True}),
+    }
+)
+
 
 def family(dataset: str) -> str:
     """The dataset family (``mnist`` or ``cifar10``) of a known dataset name."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsr1bench.registry.names import OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
+from lsr1bench.registry.names import LAYOUT_OPTIONS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
 
 __all__ = ["TrainOptimizer", "LBFGSTrainOptimizer", "build_optimizer", "known_optimizers"]
 
@@ -44,14 +44,37 @@ class TrainOptimizer:
     ``optimizer``: the ``torch.optim.Optimizer`` (attach LR schedulers to it).
     ``second_order``: whether the method is L-SR1 / L-BFGS (calls the closure many times).
     ``closure_evaluations``: cumulative number of closure calls.
+    ``reduces_loss``: whether ``step`` returns the loss averaged over a process group
+    itself (distributed L-SR1); otherwise a data-parallel closure must return it averaged.
     """
 
-    def __init__(self, name: str, optimizer: torch.optim.Optimizer, second_order: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        second_order: bool,
+        reduces_loss: bool = False,
+        sharded: bool = False,
+    ) -> None:
         self.name = name
         self.optimizer = optimizer
         self.second_order = second_order
+        self.reduces_loss = reduces_loss
+        self.sharded = sharded
         self.closure_evaluations = 0
         self.steps = 0
+
+    def layout(self, world_size: int) -> str:
+        """Where the optimizer's state lives: one process, or each of P ranks (all or a share)."""
+        if world_size == 1:
+            return "single"
+        return "sharded" if self.sharded else "replicated"
+
+    def memory_bytes(self) -> int:
+        """Bytes of the optimizer's own tensors on this rank (L-SR1 reports its own)."""
+        if hasattr(self.optimizer, "memory_bytes"):
+            return int(self.optimizer.memory_bytes())
+        return _state_bytes(self.optimizer.state.values())
 
     def _counted(self, closure: Closure) -> Closure:
         def counted() -> Tensor:
@@ -201,6 +224,10 @@ class LBFGSTrainOptimizer(TrainOptimizer):
         finally:
             _set_flat_params(self._params, current)
 
+    def memory_bytes(self) -> int:
+        extra = [self._previous_point] if self._previous_point is not None else []
+        return super().memory_bytes() + _state_bytes(extra)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
@@ -211,19 +238,39 @@ class LBFGSTrainOptimizer(TrainOptimizer):
         }
 
 
+def lsr1_supports_process_group() -> bool:
+    """Whether this lsr1bench's LSR1 takes ``process_group`` (data-parallel L-SR1)."""
+    import inspect
+
+    from lsr1bench.optim import LSR1
+
+    return "process_group" in inspect.signature(LSR1.__init__).parameters
+
+
 def build_optimizer(
-    name: str, params: Iterable[Tensor] | Iterable[dict], hyper: Mapping[str, Any]
+    name: str,
+    params: Iterable[Tensor] | Iterable[dict],
+    hyper: Mapping[str, Any],
+    process_group: Any = None,
 ) -> TrainOptimizer:
     """Build optimizer ``name`` over ``params`` with the resolved hyperparameters ``hyper``.
 
     ``hyper`` is normally ``names.resolved_optimizer_params(name, dataset, overrides)``;
     keys it lacks take the registry defaults, keys the registry does not know raise
     ``ValueError`` (as does ``weight_decay``, which belongs in the loss).
+
+    ``process_group``: the ranks of a data-parallel run (gradients are averaged by DDP
+    before the optimizer sees them). L-SR1 is handed the group (its inner products and
+    loss values are reduced over it, ``shard_memory`` picks its layout); the other
+    methods need nothing more, their state being replicated.
     """
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown optimizer {name!r}; known optimizers: {', '.join(known_optimizers())}"
         )
+    hyper = dict(hyper)
+    layout = dict(LAYOUT_OPTIONS.get(name, {}))
+    layout.update({key: hyper.pop(key) for key in list(hyper) if key in layout})
     hp = _resolve(name, hyper)
     params = list(params)
 
@@ -233,7 +280,16 @@ def build_optimizer(
         except ImportError as err:  # the optimizer package is built alongside this one
             raise RuntimeError(f"optimizer {name!r} needs lsr1bench.optim.LSR1: {err}") from err
         method = "trust_region" if name == "lsr1" else "line_search"
-        return TrainOptimizer(name, LSR1(params, method=method, **hp), second_order=True)
+        if process_group is None:
+            return TrainOptimizer(name, LSR1(params, method=method, **hp), second_order=True)
+        if not lsr1_supports_process_group():
+            raise RuntimeError(
+                f"optimizer {name!r} with ranks > 1 needs LSR1(process_group=...), which this "
+                "version of lsr1bench.optim.LSR1 does not take yet; run it with ranks: 1"
+            )
+        shard = bool(layout["shard_memory"])
+        lsr1 = LSR1(params, method=method, process_group=process_group, shard_memory=shard, **hp)
+        return TrainOptimizer(name, lsr1, second_order=True, reduces_loss=True, sharded=shard)
 
     if name == "lbfgs":
         line_search = hp["line_search"]
@@ -296,6 +352,19 @@ def _resolve(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- flat helpers
+
+
+def _state_bytes(values: Iterable[Any]) -> int:
+    """Bytes of the tensors in optimizer state (dicts and lists of tensors are walked)."""
+    total = 0
+    for value in values:
+        if isinstance(value, Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, Mapping):
+            total += _state_bytes(value.values())
+        elif isinstance(value, (list, tuple)):
+            total += _state_bytes(value)
+    return total
 
 
 def _as_float(loss: Tensor | float) -> float:

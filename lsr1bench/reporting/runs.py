@@ -182,7 +182,9 @@ def summarize_run(run_dir: Path) -> RunSummary | str:
             model=str(spec["model"]),
             dataset=str(spec["dataset"]),
             batch_norm=bool(spec.get("batch_norm", False)),
-            label=str(spec.get("label") or spec["optimizer"]),
+            # a data-parallel run is its own cell: P ranks are not one more seed of the 1-rank run
+            label=str(spec.get("label") or spec["optimizer"])
+            + (f"-p{spec['ranks']}" if spec.get("ranks", 1) > 1 else ""),
             batch_size=int(spec["batch_size"]),
         )
         targets = tuple(float(t) for t in spec.get("targets") or ())
