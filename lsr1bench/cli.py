@@ -314,7 +314,7 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
     console.print(f"done in {elapsed:.1f} s: {parts}")
 
 
-# --- report and compare (lsr1bench.report / lsr1bench.compare; neither imports torch) ---
+# --- report and compare (lsr1bench.reporting; never imports torch) ---
 
 ResultsArg = Annotated[
     Path, typer.Argument(metavar="RESULTS_DIR", help="a suite's results folder or a folder of suites")
@@ -340,7 +340,7 @@ def report(
     ] = None,
 ) -> None:
     """Tables (epochs, seconds, gradient evaluations to target; final error; skips) and plots."""
-    from lsr1bench import report as reporting
+    from lsr1bench import reporting
 
     problems: list[str] = []
     if output is not None and output.exists() and not output.is_dir():
@@ -399,7 +399,7 @@ def compare(
     ] = None,
 ) -> None:
     """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the tolerances, else 0."""
-    from lsr1bench import compare as comparing
+    from lsr1bench import reporting
 
     negative = [
         f"{flag}: must be >= 0, got {value:g}"
@@ -415,7 +415,7 @@ def compare(
     if negative:
         raise _bad_input(negative)
     try:
-        tolerances = comparing.Tolerances(
+        tolerances = reporting.Tolerances(
             epochs=epochs_tol,
             epochs_percent=epochs_pct,
             final_error=error_tol,
@@ -427,10 +427,10 @@ def compare(
     if markdown_out is not None and markdown_out.is_dir():
         raise _bad_input([f"--markdown-out: {markdown_out} is a directory; give a file name"])
     try:
-        comparison = comparing.compare_paths(base, current, tolerances)
-    except comparing.ReportError as exc:
+        comparison = reporting.compare_paths(base, current, tolerances)
+    except reporting.ReportError as exc:
         raise _bad_input([str(exc)]) from None
-    text = comparing.to_markdown(comparison)
+    text = reporting.to_markdown(comparison)
     if markdown_out is not None:
         try:
             markdown_out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,7 @@ from _report_records import NAN, write_run
 from typer.testing import CliRunner
 
 from lsr1bench.cli import app
-from lsr1bench.compare import Tolerances, compare_paths, to_markdown
-from lsr1bench.report import build_report, export_baseline
+from lsr1bench.reporting import Tolerances, build_report, compare_paths, export_baseline, to_markdown
 
 runner = CliRunner()
 

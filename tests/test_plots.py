@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from _report_records import NAN, make_table1_suite, write_run
 
-from lsr1bench.plots import band_by_epoch, band_by_time, plot_results
-from lsr1bench.report import build_report
+from lsr1bench.reporting import build_report
+from lsr1bench.reporting.plots import band_by_epoch, band_by_time, plot_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

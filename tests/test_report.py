@@ -19,7 +19,7 @@ from _report_records import NAN, make_table1_suite, write_run
 from typer.testing import CliRunner
 
 from lsr1bench.cli import app
-from lsr1bench.report import (
+from lsr1bench.reporting import (
     ReportError,
     build_report,
     export_baseline,
@@ -291,7 +291,7 @@ def test_diverged_row_with_nan_is_read(tmp_path: Path) -> None:
 
 def test_report_stage_never_imports_torch() -> None:
     code = (
-        "import sys, lsr1bench.report, lsr1bench.compare, lsr1bench.plots; "
+        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots; "
         "print('torch' in sys.modules, 'typer' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

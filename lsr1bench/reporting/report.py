@@ -225,7 +225,7 @@ def write_report(report: Report, out_dir: str | Path | None = None, plots: bool 
         csv_files.append(out / name)
     plot_files: list[Path] = []
     if plots:
-        from lsr1bench.plots import plot_results  # matplotlib is slow to import; only here
+        from lsr1bench.reporting.plots import plot_results  # matplotlib is slow to import; only here
 
         plot_files = plot_results(report.results.runs, out / PLOTS_FOLDER)
     report_md = out / REPORT_FILE

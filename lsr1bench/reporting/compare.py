@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsr1bench.report import ReportError, load_cells
 from lsr1bench.reporting import tables
 from lsr1bench.reporting.cells import CellSummary, Stat
+from lsr1bench.reporting.report import ReportError, load_cells
 from lsr1bench.reporting.runs import CellKey
 
 __all__ = [
