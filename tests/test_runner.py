@@ -45,7 +45,7 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
         epochs: 2
         train_subset: 600
         test_subset: 300
-        targets: [60, 1]
+        targets: {test_error: [60, 1], train_loss: [100, 0.000001]}
         grids:
           - models: [{name: lenet5, batch_norm: true}]
             datasets: [mnist-embedded]
@@ -61,7 +61,10 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
     on_disk = records.read_run(directory)
     assert on_disk.spec == spec.to_dict() and on_disk.status == "completed"
     assert on_disk.epochs_completed == 2 and on_disk.finished_at
-    assert on_disk.targets_reached == {"60": 1, "1": None}
+    assert on_disk.targets_reached == {
+        "test_error": {"60": 1, "1": None},
+        "train_loss": {"100": 1, "1e-06": None},
+    }
     assert set(on_disk.versions) >= {"python", "torch", "lsr1bench"}
     assert on_disk.extra["environment"]["float32_matmul_precision"]
     rows = records.read_epochs(directory)
@@ -135,7 +138,16 @@ def test_stop_at_targets_and_lr_schedule(tmp_path: Path) -> None:
     spec = tiny("sgd", "sgd", epochs=4, targets=(95.0,), stop_at_targets=True)
     record = runner.train(spec, tmp_path, "cpu")
     assert record.status == "completed" and record.epochs_completed == 1
-    assert record.targets_reached == {"95": 1} and record.extra["stopped_at_targets"]
+    assert record.targets_reached == {"test_error": {"95": 1}} and record.extra["stopped_at_targets"]
+    # stop_at_targets waits for every target of every metric: a train loss no run reaches
+    # keeps it going to the last epoch, though the test error target fell at epoch 1
+    spec = tiny("sgd", "sgd", epochs=3, targets={"test_error": (95.0,), "train_loss": (1e-9,)}, stop_at_targets=True)
+    record = runner.train(spec, tmp_path / "all", "cpu")
+    assert record.epochs_completed == 3 and "stopped_at_targets" not in record.extra
+    assert record.targets_reached == {"test_error": {"95": 1}, "train_loss": {"1e-09": None}}
+    spec = tiny("sgd", "sgd", epochs=3, targets={"test_error": (95.0,), "train_loss": (100.0,)}, stop_at_targets=True)
+    record = runner.train(spec, tmp_path / "both", "cpu")
+    assert record.epochs_completed == 1 and record.extra["stopped_at_targets"]
 
     spec = tiny("momentum", "momentum", optimizer_params={"lr": 0.1, "momentum": 0.9},
                 lr_schedule={"milestones": [1, 2], "gamma": 0.1}, epochs=3)  # fmt: skip

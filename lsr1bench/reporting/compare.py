@@ -5,27 +5,42 @@ BASE and CURRENT are results folders or baseline files (``lsr1bench report DIR
 batch size); when each side holds a single suite the suite name is ignored, so a fresh
 ``outputs/ci`` matches a baseline exported from another folder name.
 
-A cell regresses when, beyond the tolerances:
-- the median epochs to a target grew by more than max(``epochs`` epochs, ``epochs_percent``
-  % of the base median);
-- a smaller share of its seeds reached a target, or the target is gone;
-- the median final test error grew by more than ``final_error`` percentage points;
-- the median share of skipped updates grew by more than ``skip_rate`` percentage points;
-- more of its seeds diverged or failed, it has fewer seeds, runs are still incomplete, or
-  the cell is missing from CURRENT.
-Wall-clock differs between machines, so it is reported and gates only when
-``wall_clock_percent`` is set.
+The gate reads each quantity against the base's own spread over seeds. Training is
+chaotic: a change that only reorders floating-point sums (another thread count, another
+CPU, another torch build) sends every seed down a different path, so the current seeds
+are in effect new draws from the same distribution as the base's. For a quantity where
+higher is worse, with base values over seeds spanning [min, max], the current cell
+regresses when its median exceeds
+
+    allowed = base max + max(floor, spread x (base max - base min))
+
+that is, the base's range widened upwards by its own width (``spread`` = 1) and by at
+least a floor that stands for the resolution of the quantity (half a point of test error,
+one epoch). The quantities:
+
+- epochs to each target, of any metric (a seed that never reached a target counts as
+  one epoch past the last planned epoch: as slow as it could still have been);
+- the final test error (floor ``final_error`` points), the final train loss (floor
+  ``loss_percent`` % of the base median) and the share of skipped updates (floor
+  ``skip_rate`` points);
+- training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
+
+A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
+are still incomplete, or it is missing from CURRENT. Beside each cell, the settings that
+differ between base and current (hyperparameters, epochs, data, device, versions,
+commit, threads) are listed, so a regression is read next to its likely cause.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lsr1bench.reporting import tables
-from lsr1bench.reporting.cells import CellSummary, Stat
+from lsr1bench.reporting.cells import CellSummary, Stat, TargetSummary
 from lsr1bench.reporting.report import ReportError, load_cells
-from lsr1bench.reporting.runs import CellKey
+from lsr1bench.reporting.runs import CellKey, Target
 
 __all__ = [
     "CellDiff",
@@ -39,38 +54,49 @@ __all__ = [
 
 # Differences this small are float noise (medians of values read back from CSV and JSON).
 _EPS = 1e-9
+# A base with fewer seeds than this has a spread that says little; compare says so.
+ENOUGH_SEEDS = 3
 
 
 @dataclass(frozen=True)
 class Tolerances:
-    """How much worse CURRENT may be than BASE before a cell counts as regressed."""
+    """How far above the base's range over seeds CURRENT's median may go."""
 
+    spread: float = 1.0
     epochs: float = 1.0
     epochs_percent: float = 10.0
     final_error: float = 0.5
+    loss_percent: float = 10.0
     skip_rate: float = 5.0
     wall_clock_percent: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "epochs_percent", "final_error", "skip_rate", "wall_clock_percent"):
+        for name in ("spread", "epochs", "epochs_percent", "final_error", "loss_percent", "skip_rate",
+                     "wall_clock_percent"):  # fmt: skip
             value = getattr(self, name)
-            if value is not None and value < 0:
+            if value is not None and (value < 0 or math.isnan(value)):
                 raise ValueError(f"tolerance {name} must be >= 0, got {value}")
 
-    def allowed_epochs(self, base_median: float) -> float:
+    def allowed(self, base: Stat, floor: float) -> float:
+        """The highest current median that is not a regression."""
+        return base.max + max(floor, self.spread * (base.max - base.min))
+
+    def epochs_floor(self, base_median: float) -> float:
         return max(self.epochs, self.epochs_percent / 100.0 * base_median)
 
     def describe(self) -> str:
         time = (
-            f"+{self.wall_clock_percent:g}% training time"
+            f"training time +{self.wall_clock_percent:g}% of the base median"
             if self.wall_clock_percent is not None
             else "training time is reported, not gated"
         )
         return (
-            f"epochs to target +max({self.epochs:g}, {self.epochs_percent:g}% of base); "
-            f"final test error +{self.final_error:g} points; "
-            f"skipped updates +{self.skip_rate:g} points; {time}. Also gated: fewer seeds "
-            "reaching a target, more diverged or failed seeds, missing or incomplete runs."
+            f"a cell regresses when its median is above the base's max over seeds + "
+            f"max(floor, {self.spread:g} x the base's max - min); floors: epochs to target "
+            f"max({self.epochs:g}, {self.epochs_percent:g}% of base) (never reached = one epoch past the last), "
+            f"final test error {self.final_error:g} points, final train loss {self.loss_percent:g}% of base, "
+            f"skipped updates {self.skip_rate:g} points; {time}. Also gated: more diverged or failed seeds, "
+            "fewer seeds, missing or incomplete runs."
         )
 
 
@@ -81,6 +107,8 @@ class CellDiff:
     current: CellSummary | None
     regressions: list[str] = field(default_factory=list)
     improvements: list[str] = field(default_factory=list)
+    # setting -> (base text, current text), for settings that differ
+    settings: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -98,6 +126,8 @@ class Comparison:
     tolerances: Tolerances
     diffs: list[CellDiff]
     notes: list[str] = field(default_factory=list)
+    # settings that differ the same way in every matched cell (shown once)
+    common_settings: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def regressed(self) -> list[CellDiff]:
@@ -106,12 +136,6 @@ class Comparison:
     @property
     def exit_code(self) -> int:
         return 1 if self.regressed else 0
-
-
-def _delta(base: Stat | None, current: Stat | None) -> float | None:
-    if base is None or current is None:
-        return None
-    return current.median - base.median
 
 
 def _share(reached: int, n: int) -> float:
@@ -130,35 +154,57 @@ def _check_runs(diff: CellDiff, base: CellSummary, current: CellSummary) -> None
             diff.regressions.append(f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})")
 
 
+def censored_epochs(summary: TargetSummary) -> Stat | None:
+    """Median and range over all seeds of the epochs to a target; never reached = horizon + 1."""
+    if summary.horizon is None or not summary.epochs_by_seed:
+        return None
+    past = summary.horizon + 1
+    return Stat.of(float(past if e is None else e) for e in summary.epochs_by_seed)
+
+
+def _epochs_text(value: float, summary: TargetSummary) -> str:
+    if summary.horizon is not None and value > summary.horizon:
+        return f"not reached by epoch {summary.horizon}"
+    return tables.fmt_count(value)
+
+
 def _check_targets(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
     for target, base_t in sorted(base.targets.items()):
-        name = f"< {target:g}%"
+        name = target.text()
         current_t = current.targets.get(target)
         if current_t is None:
             diff.regressions.append(f"{name}: not a target of the current runs")
             continue
-        base_share = _share(base_t.reached, base_t.n)
-        current_share = _share(current_t.reached, current_t.n)
-        if current_share < base_share - _EPS:
-            diff.regressions.append(
-                f"{name}: reached by {current_t.reached}/{current_t.n} seeds (base {base_t.reached}/{base_t.n})"
-            )
-        elif current_share > base_share + _EPS:
-            diff.improvements.append(
-                f"{name}: reached by {current_t.reached}/{current_t.n} seeds (base {base_t.reached}/{base_t.n})"
-            )
-        delta = _delta(base_t.epochs, current_t.epochs)
-        if delta is None or base_t.epochs is None:
+        base_stat, current_stat = censored_epochs(base_t), censored_epochs(current_t)
+        if base_stat is None or current_stat is None:
             continue
-        allowed = tol.allowed_epochs(base_t.epochs.median)
+        allowed = tol.allowed(base_stat, tol.epochs_floor(base_stat.median))
         change = (
-            f"{name}: median epochs {tables.fmt_count(base_t.epochs.median)} -> "
-            f"{tables.fmt_count(current_t.epochs.median)}"
+            f"{name}: median epochs {_epochs_text(base_stat.median, base_t)} -> "
+            f"{_epochs_text(current_stat.median, current_t)} (reached by {current_t.reached}/{current_t.n} "
+            f"seeds, base {base_t.reached}/{base_t.n})"
         )
-        if delta > allowed + _EPS:
-            diff.regressions.append(f"{change} (+{tables.fmt_count(delta)}; allowed +{allowed:g})")
-        elif delta < -_EPS:
+        if current_stat.median > allowed + _EPS:
+            diff.regressions.append(f"{change}; allowed up to {tables.fmt_count(allowed)}")
+        elif current_stat.median < base_stat.min - (allowed - base_stat.max) - _EPS:
             diff.improvements.append(change)
+
+
+def _check_value(
+    diff: CellDiff, label: str, base: Stat | None, current: Stat | None, floor: float, unit: str, tol: Tolerances
+) -> None:
+    if base is None or current is None:
+        return
+    allowed = tol.allowed(base, floor)
+    digits = 4 if unit == "" else 2
+    change = (
+        f"{label}: median {current.median:.{digits}f}{unit}, base {base.median:.{digits}f}{unit} "
+        f"[{base.min:.{digits}f}–{base.max:.{digits}f}]"
+    )
+    if current.median > allowed + _EPS:
+        diff.regressions.append(f"{change}; allowed up to {allowed:.{digits}f}{unit}")
+    elif current.median < base.min - (allowed - base.max) - _EPS:
+        diff.improvements.append(change)
 
 
 def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
@@ -169,22 +215,27 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
         return
     _check_runs(diff, base, current)
     _check_targets(diff, base, current, tol)
-    for label, attribute, allowed in (
-        ("final test error", "final_test_error", tol.final_error),
-        ("skipped updates", "skip_percent", tol.skip_rate),
-    ):
-        delta = _delta(getattr(base, attribute), getattr(current, attribute))
-        if delta is None:
-            continue
-        change = f"{label} {getattr(base, attribute).median:.2f}% -> {getattr(current, attribute).median:.2f}%"
-        if delta > allowed + _EPS:
-            diff.regressions.append(f"{change} (+{delta:.2f} points; allowed +{allowed:g})")
-        elif delta < -allowed - _EPS:
-            diff.improvements.append(change)
+    _check_value(diff, "final test error", base.final_test_error, current.final_test_error, tol.final_error, "%", tol)
+    if base.final_train_loss is not None:
+        loss_floor = tol.loss_percent / 100.0 * abs(base.final_train_loss.median)
+        _check_value(diff, "final train loss", base.final_train_loss, current.final_train_loss, loss_floor, "", tol)
+    _check_value(diff, "skipped updates", base.skip_percent, current.skip_percent, tol.skip_rate, "%", tol)
     if tol.wall_clock_percent is not None:
         percent = _percent_change(base.train_seconds, current.train_seconds)
         if percent is not None and percent > tol.wall_clock_percent + _EPS:
             diff.regressions.append(f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)")
+
+
+def _setting_differences(base: CellSummary, current: CellSummary) -> dict[str, tuple[str, str]]:
+    if not base.settings or not current.settings:
+        return {}
+    names = sorted(set(base.settings) | set(current.settings))
+    absent = "(absent)"
+    return {
+        name: (base.settings.get(name, absent), current.settings.get(name, absent))
+        for name in names
+        if base.settings.get(name, absent) != current.settings.get(name, absent)
+    }
 
 
 def _percent_change(base: Stat | None, current: Stat | None) -> float | None:
@@ -221,11 +272,27 @@ def compare(
         b, c = base_by.get(match), current_by.get(match)
         diff = CellDiff(key=(c or b).key, base=b, current=c)  # type: ignore[union-attr]
         _check_cell(diff, tol)
+        if b is not None and c is not None:
+            diff.settings = _setting_differences(b, c)
         diffs.append(diff)
     base_incomplete = sum(c.incomplete for c in base)
     if base_incomplete:
         notes.append(f"BASE itself has {base_incomplete} incomplete runs")
-    return Comparison(base_name, current_name, tol, diffs, notes)
+    few = [c for c in base if c.n < ENOUGH_SEEDS]
+    if few:
+        notes.append(
+            f"{len(few)} of {len(base)} BASE cells have fewer than {ENOUGH_SEEDS} seeds, so their spread "
+            "over seeds says little; the floors alone set their tolerance"
+        )
+    if any(b.settings for b in base) and not all(b.settings for b in base):
+        notes.append("some BASE cells record no settings (an older baseline): their settings are not compared")
+    matched = [d for d in diffs if d.base is not None and d.current is not None]
+    common = dict(matched[0].settings) if matched else {}
+    for diff in matched[1:]:
+        common = {k: v for k, v in common.items() if diff.settings.get(k) == v}
+    for diff in matched:
+        diff.settings = {k: v for k, v in diff.settings.items() if k not in common}
+    return Comparison(base_name, current_name, tol, diffs, notes, common)
 
 
 def _sort_key(key: CellKey) -> tuple[object, ...]:
@@ -242,9 +309,7 @@ def compare_paths(base: str | Path, current: str | Path, tolerances: Tolerances 
 # --- Markdown -------------------------------------------------------------------------
 
 
-def _target_cell(cell: CellSummary | None, target: float) -> str:
-    if cell is None:
-        return "missing"
+def _target_cell(cell: CellSummary, target: Target) -> str:
     return tables.target_text(cell.targets.get(target), "epochs", tables.fmt_count)
 
 
@@ -256,6 +321,11 @@ def _pair(base: Stat | None, current: Stat | None, fmt: tables.Formatter, percen
         change = _percent_change(base, current)
         return text if change is None else f"{text} ({change:+.0f}%)"
     return f"{text} ({current.median - base.median:+.2f})"
+
+
+def settings_text(settings: dict[str, tuple[str, str]]) -> str:
+    """``memory 5 → 1; commit 3e0c45a → 1b2c3d4``."""
+    return "; ".join(f"{name} {base} → {current}" for name, (base, current) in settings.items())
 
 
 def to_markdown(comparison: Comparison) -> str:
@@ -270,14 +340,17 @@ def to_markdown(comparison: Comparison) -> str:
     out = [
         f"## lsr1bench compare: {verdict}\n",
         f"Base `{comparison.base_name}` → current `{comparison.current_name}`.\n",
-        f"Gates: {comparison.tolerances.describe()}\n",
+        f"Gate: {comparison.tolerances.describe()}\n",
     ]
     out += [f"Note: {note}.\n" for note in comparison.notes]
+    if comparison.common_settings:
+        out.append(f"Settings that differ in every cell: {settings_text(comparison.common_settings)}.\n")
     if regressed:
         out.append("### Regressions\n")
         for diff in regressed:
             reasons = "; ".join(diff.regressions)
-            out.append(f"- **{diff.key.describe(multi_suite)}**: {reasons}")
+            changed = f" (settings that differ: {settings_text(diff.settings)})" if diff.settings else ""
+            out.append(f"- **{diff.key.describe(multi_suite)}**: {reasons}{changed}")
         out.append("")
     improved = [d for d in comparison.diffs if d.improvements and d.status != "missing"]
     if improved:
@@ -285,40 +358,42 @@ def to_markdown(comparison: Comparison) -> str:
         for diff in improved:
             out.append(f"- {diff.key.describe(multi_suite)}: {'; '.join(diff.improvements)}")
         out.append("")
+    changed_cells = [d for d in comparison.diffs if d.settings and not d.regressions]
+    if changed_cells:
+        out.append("### Settings that differ\n")
+        for diff in changed_cells:
+            out.append(f"- {diff.key.describe(multi_suite)}: {settings_text(diff.settings)}")
+        out.append("")
     out.append("### Epochs to target\n")
     rows = []
     for diff in comparison.diffs:
-        targets = sorted(
-            {
-                *(diff.base.targets if diff.base else {}),
-                *(diff.current.targets if diff.current else {}),
-            }
-        )
+        targets = sorted({*(diff.base.targets if diff.base else {}), *(diff.current.targets if diff.current else {})})
         for target in targets:
             rows.append([
                 diff.key.describe(multi_suite),
-                f"< {target:g}%",
+                target.text(),
                 _target_cell(diff.base, target) if diff.base else "new",
-                _target_cell(diff.current, target),
+                _target_cell(diff.current, target) if diff.current else "missing",
                 diff.status,
             ])  # fmt: skip
     if rows:
         headers = ["cell", "target", "base", "current", "cell status"]
         out.append(tables.markdown(headers, rows) + "\n")
     else:
-        out.append("No cell has target test errors.\n")
-    out.append("### Final test error, skipped updates, training time\n")
+        out.append("No cell has targets.\n")
+    out.append("### Final test error and train loss, skipped updates, training time\n")
     rows = []
     for diff in comparison.diffs:
         b, c = diff.base, diff.current
         rows.append([
             diff.key.describe(multi_suite),
             _pair(b and b.final_test_error, c and c.final_test_error, tables.fmt_percent),
+            _pair(b and b.final_train_loss, c and c.final_train_loss, tables.fmt_loss),
             _pair(b and b.skip_percent, c and c.skip_percent, tables.fmt_percent),
             _pair(b and b.train_seconds, c and c.train_seconds, tables.fmt_seconds, percent=True),
             diff.status,
         ])  # fmt: skip
-    headers = ["cell", "final test error %", "skipped updates %", "train seconds", "cell status"]
+    headers = ["cell", "final test error %", "final train loss", "skipped updates %", "train seconds", "cell status"]
     out.append(tables.markdown(headers, rows) + "\n")
     out.append("Values: median [min–max] over seeds; (k/n) seeds reached the target.\n")
     return "\n".join(out)
