@@ -410,10 +410,10 @@ def compare(
     ] = 10.0,
     error_tol: Annotated[
         float, typer.Option("--error-tol", help="floor of the final test error margin, percentage points")
-    ] = 0.5,
+    ] = 1.0,
     loss_pct: Annotated[
         float, typer.Option("--loss-pct", help="floor of the final train loss margin, % of the base median")
-    ] = 10.0,
+    ] = 20.0,
     skip_tol: Annotated[
         float, typer.Option("--skip-tol", help="floor of the skipped updates margin, percentage points")
     ] = 5.0,

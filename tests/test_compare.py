@@ -103,13 +103,13 @@ def test_relative_epoch_tolerance(tmp_path: Path) -> None:
 
 
 def test_final_error_tolerance(base: Path, tmp_path: Path) -> None:
-    worse = LSR1[:-1] + [1.85]  # final 1.5 -> 1.85 = +0.35 points, within 0.5
+    worse = LSR1[:-1] + [2.4]  # final 1.5 -> 2.4 = +0.9 points, within the floor of 1 (no spread)
     assert run_compare(base, make_suite(tmp_path / "a", lsr1=worse)).exit_code == 0
-    worse = LSR1[:-2] + [1.9, 2.1]  # 2% still reached at epoch 4; final +0.6 points
+    worse = LSR1[:-2] + [1.9, 2.6]  # 2% still reached at epoch 4; final +1.1 points
     result = run_compare(base, make_suite(tmp_path / "b", lsr1=worse))
     assert result.exit_code == 1
-    assert "final test error: median 2.10%, base 1.50% [1.50–1.50]; allowed up to 2.00%" in result.output
-    assert run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1").exit_code == 0
+    assert "final test error: median 2.60%, base 1.50% [1.50–1.50]; allowed up to 2.50%" in result.output
+    assert run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1.5").exit_code == 0
 
 
 def test_skip_rate_tolerance(base: Path, tmp_path: Path) -> None:
@@ -240,5 +240,5 @@ def test_cells_without_targets(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "No cell has targets." in result.output
     worse = tmp_path / "c" / "quick"
-    write_run(worse, [90, 5.0, 4.6], targets=())
+    write_run(worse, [90, 5.0, 5.2], targets=())  # +1.2 points
     assert run_compare(suite, worse).exit_code == 1

@@ -14,9 +14,11 @@ regresses when its median exceeds
 
     allowed = base max + max(floor, spread x (base max - base min))
 
-that is, the base's range widened upwards by its own width (``spread`` = 1) and by at
-least a floor that stands for the resolution of the quantity (half a point of test error,
-one epoch). The quantities:
+that is, the base's range widened upwards by its own width (``spread`` = 1), and at
+least by a floor. Three seeds are few: now and then their range is much narrower than
+the seeds' true spread, and the floor keeps such a base from failing a rounding change.
+The floors (one point of test error, 20 % of the train loss, one epoch) are two to three
+times the seed-to-seed standard deviation measured on suites/ci.yaml. The quantities:
 
 - epochs to each target, of any metric (a seed that never reached a target counts as
   one epoch past the last planned epoch: as slow as it could still have been);
@@ -65,8 +67,8 @@ class Tolerances:
     spread: float = 1.0
     epochs: float = 1.0
     epochs_percent: float = 10.0
-    final_error: float = 0.5
-    loss_percent: float = 10.0
+    final_error: float = 1.0
+    loss_percent: float = 20.0
     skip_rate: float = 5.0
     wall_clock_percent: float | None = None
 
