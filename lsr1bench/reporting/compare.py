@@ -96,10 +96,14 @@ class Tolerances:
             f"a cell regresses when its median is above the base's max over seeds + "
             f"max(floor, {self.spread:g} x the base's max - min); floors: epochs to target "
             f"max({self.epochs:g}, {self.epochs_percent:g}% of base) (never reached = one epoch past the last), "
-            f"final test error {self.final_error:g} points, final train loss {self.loss_percent:g}% of base, "
-            f"skipped updates {self.skip_rate:g} points; {time}. Also gated: more diverged or failed seeds, "
+            f"final test error {_points(self.final_error)}, final train loss {self.loss_percent:g}% of base, "
+            f"skipped updates {_points(self.skip_rate)}; {time}. Also gated: more diverged or failed seeds, "
             "fewer seeds, missing or incomplete runs."
         )
+
+
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
 
 
 @dataclass
