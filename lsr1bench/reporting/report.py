@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsr1bench.records import atomic_write_text
 from lsr1bench.reporting import tables
 from lsr1bench.reporting.cells import (
     CellSummary,
@@ -243,7 +244,7 @@ def export_baseline(report: Report, path: str | Path) -> Path:
     data = baseline_dict(report.cells, source=str(report.results.source))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")  # a killed export keeps the old baseline
     except OSError as exc:
         raise ReportError(f"{path}: cannot write the baseline ({exc})") from exc
     return path
