@@ -2,7 +2,8 @@
 
 The gate tests (tests/test_gate.py) read the baseline files this writes, so they check
 ``lsr1bench compare`` against what training really does, not only against numbers made
-up by hand. Run from the repository root (about 10 minutes on 2 CPU cores):
+up by hand. Run from the repository root (54 runs: the suite's 18 in each thread layout
+and 6 per regression):
 
     python tests/data/gate/make_fixtures.py /tmp/gate
 
