@@ -93,6 +93,14 @@ def _safe_name(text: str) -> str:
 
 def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
     """One PNG of test error against epochs (or training seconds) for one suite's runs."""
+    figure = suite_figure(runs, use_time)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def suite_figure(runs: list[RunSummary], use_time: bool) -> Figure:
+    """The figure :func:`plot_suite` saves: a panel per (model, dataset, BN, batch)."""
     panels: dict[Panel, dict[str, list[RunSummary]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         key = run.key
@@ -143,9 +151,7 @@ def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
         if ax.has_data():
             ax.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return figure
 
 
 def plot_results(runs: list[RunSummary], folder: Path) -> list[Path]:
