@@ -187,6 +187,8 @@ def run(
     outcome = display.run(lambda on_event: scheduler.run_suite(todo, output, device_list, on_event))
     elapsed = time.perf_counter() - started
     _summary(out, planned, outcome, elapsed)
+    if not outcome.interrupted:
+        _targets_summary(out, output / (suite.name or ""), [p.spec.run_id for p in planned])
     if outcome.interrupted:
         err = _console(stderr=True)
         finished = sum(1 for p in planned if p.action == "skip") + sum(
@@ -410,7 +412,25 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
     console.print(f"done in {elapsed:.1f} s: {parts}")
 
 
-# --- report and compare (lsr1bench.report / lsr1bench.compare; neither imports torch) ---
+def _targets_summary(console: Console, folder: Path, run_ids: list[str]) -> None:
+    """The headline of the suite just run (epochs to each target) and the full report's command."""
+    from lsr1bench import reporting
+
+    try:
+        built = reporting.build_report(folder, run_ids=set(run_ids))
+    except reporting.ReportError:
+        return
+    if any(cell.targets for cell in built.cells):
+        _plain(console, "\nEpochs to target (median [min–max] over seeds; (k/n): seeds that reached it):\n")
+        _plain(console, reporting.main_table(built))
+    _plain(
+        console,
+        "Full report (seconds and gradient evaluations to target, final errors, plots):\n"
+        f"  lsr1bench report {shlex.quote(str(folder))}",
+    )
+
+
+# --- report and compare (lsr1bench.reporting; never imports torch) ---
 
 ResultsArg = Annotated[
     Path, typer.Argument(metavar="RESULTS_DIR", help="a suite's results folder or a folder of suites")
@@ -436,7 +456,7 @@ def report(
     ] = None,
 ) -> None:
     """Tables (epochs, seconds, gradient evaluations to target; final error; skips) and plots."""
-    from lsr1bench import report as reporting
+    from lsr1bench import reporting
 
     problems: list[str] = []
     if output is not None and output.exists() and not output.is_dir():
@@ -474,17 +494,24 @@ def report(
 def compare(
     base: Annotated[Path, typer.Argument(metavar="BASE", help="results folder or baseline JSON file")],
     current: Annotated[Path, typer.Argument(metavar="CURRENT", help="results folder or baseline JSON file")],
+    spread: Annotated[
+        float,
+        typer.Option("--spread", help="widen the base's range over seeds by this many times its width"),
+    ] = 1.0,
     epochs_tol: Annotated[
-        float, typer.Option("--epochs-tol", help="allowed extra median epochs to a target (absolute)")
+        float, typer.Option("--epochs-tol", help="floor of the epochs-to-target margin, in epochs")
     ] = 1.0,
     epochs_pct: Annotated[
-        float, typer.Option("--epochs-pct", help="allowed extra median epochs, % of the base (the larger wins)")
+        float, typer.Option("--epochs-pct", help="floor of the epochs margin, % of the base median (larger wins)")
     ] = 10.0,
     error_tol: Annotated[
-        float, typer.Option("--error-tol", help="allowed rise of the median final test error, percentage points")
-    ] = 0.5,
+        float, typer.Option("--error-tol", help="floor of the final test error margin, percentage points")
+    ] = 1.0,
+    loss_pct: Annotated[
+        float, typer.Option("--loss-pct", help="floor of the final train loss margin, % of the base median")
+    ] = 20.0,
     skip_tol: Annotated[
-        float, typer.Option("--skip-tol", help="allowed rise of the median skipped updates, percentage points")
+        float, typer.Option("--skip-tol", help="floor of the skipped updates margin, percentage points")
     ] = 5.0,
     time_pct: Annotated[
         float | None,
@@ -494,15 +521,22 @@ def compare(
         Path | None, typer.Option("--markdown-out", metavar="FILE", help="also write the Markdown diff to FILE")
     ] = None,
 ) -> None:
-    """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the tolerances, else 0."""
-    from lsr1bench import compare as comparing
+    """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the base's spread, else 0.
+
+    A cell regresses when its median is above the base's max over seeds plus
+    max(floor, SPREAD x the base's max - min), for epochs to each target, the final test
+    error and train loss and the skipped updates; or when more seeds diverge or fail.
+    """
+    from lsr1bench import reporting
 
     negative = [
         f"{flag}: must be >= 0, got {value:g}"
         for flag, value in (
+            ("--spread", spread),
             ("--epochs-tol", epochs_tol),
             ("--epochs-pct", epochs_pct),
             ("--error-tol", error_tol),
+            ("--loss-pct", loss_pct),
             ("--skip-tol", skip_tol),
             ("--time-pct", time_pct),
         )
@@ -511,10 +545,12 @@ def compare(
     if negative:
         raise _bad_input(negative)
     try:
-        tolerances = comparing.Tolerances(
+        tolerances = reporting.Tolerances(
+            spread=spread,
             epochs=epochs_tol,
             epochs_percent=epochs_pct,
             final_error=error_tol,
+            loss_percent=loss_pct,
             skip_rate=skip_tol,
             wall_clock_percent=time_pct,
         )
@@ -523,10 +559,10 @@ def compare(
     if markdown_out is not None and markdown_out.is_dir():
         raise _bad_input([f"--markdown-out: {markdown_out} is a directory; give a file name"])
     try:
-        comparison = comparing.compare_paths(base, current, tolerances)
-    except comparing.ReportError as exc:
+        comparison = reporting.compare_paths(base, current, tolerances)
+    except reporting.ReportError as exc:
         raise _bad_input([str(exc)]) from None
-    text = comparing.to_markdown(comparison)
+    text = reporting.to_markdown(comparison)
     if markdown_out is not None:
         try:
             markdown_out.parent.mkdir(parents=True, exist_ok=True)

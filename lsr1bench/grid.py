@@ -35,7 +35,7 @@ class RunSpec:
     batch_size: int
     seed: int
     epochs: int
-    targets: tuple[float, ...] = field(default_factory=tuple)
+    targets: dict[str, tuple[float, ...]] = field(default_factory=dict)  # metric -> thresholds
     weight_decay: float = 0.0
     stop_at_targets: bool = False
     data_root: str | None = None
@@ -43,10 +43,15 @@ class RunSpec:
     test_subset: int | None = None
     ranks: int = 1  # data-parallel processes; each takes batch_size / ranks rows of every minibatch
 
+    def __post_init__(self) -> None:
+        # a bare sequence of thresholds (the list form of a suite, records before
+        # schema 2) means test error targets
+        object.__setattr__(self, "targets", normalize_targets(self.targets))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""
         out = asdict(self)
-        out["targets"] = list(self.targets)
+        out["targets"] = {metric: list(values) for metric, values in self.targets.items()}
         out["optimizer_params"] = _jsonable(self.optimizer_params)
         out["lr_schedule"] = _jsonable(self.lr_schedule)
         return out
@@ -55,7 +60,7 @@ class RunSpec:
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Invert :meth:`to_dict`; unknown keys are an error."""
         data = dict(data)
-        data["targets"] = tuple(float(t) for t in data.get("targets", ()))
+        data["targets"] = normalize_targets(data.get("targets") or {})
         data["optimizer_params"] = dict(data.get("optimizer_params") or {})
         return cls(**data)
 
@@ -72,6 +77,13 @@ class RunSpec:
         out = self.to_dict()
         out.pop("data_root")
         return out
+
+
+def normalize_targets(targets: Any) -> dict[str, tuple[float, ...]]:
+    """``{metric: (thresholds, ...)}`` from that form or a bare sequence (test error)."""
+    if not isinstance(targets, dict):
+        targets = {names.DEFAULT_TARGET_METRIC: targets}
+    return {str(metric): tuple(float(t) for t in values) for metric, values in targets.items() if len(values)}
 
 
 def _jsonable(value: Any) -> Any:
@@ -143,7 +155,7 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
         )
     epochs = _pick("epochs", *layers) or DEFAULT_EPOCHS
     schedule = _pick("lr_schedule", *layers)
-    targets = tuple(float(t) for t in (_pick("targets", *layers) or ()))
+    targets = normalize_targets(_pick("targets", *layers) or {})
     ranks_values = list(_pick("ranks", *layers) or [1])
     problems = _divisibility_problems((where, f"grids[{g}]", ""), layers, list(batch_sizes), ranks_values)
     if problems:

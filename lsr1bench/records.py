@@ -20,7 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 2: spec.targets and targets_reached are keyed by metric ({"test_error": {"1.1": 5}});
+# version 1 (test error targets only, flat) is still read, as test error.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 RUN_FILE = "run.json"
 EPOCHS_FILE = "epochs.csv"
 
@@ -128,7 +131,8 @@ class RunRecord:
     started_at: str | None = None
     finished_at: str | None = None
     epochs_completed: int = 0
-    targets_reached: dict[str, int | None] = field(default_factory=dict)
+    # metric -> target key -> first epoch below the target (None: not yet)
+    targets_reached: dict[str, dict[str, int | None]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -163,6 +167,9 @@ class RunRecord:
         if data.get("status") not in STATUSES:
             raise RecordError(f"run.json has an unknown status {data.get('status')!r}")
         kwargs = {k: data[k] for k in known if k in data}
+        reached = kwargs.get("targets_reached") or {}
+        if any(not isinstance(v, dict) for v in reached.values()):  # schema 1: test error only
+            kwargs["targets_reached"] = {"test_error": dict(reached)} if reached else {}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(**kwargs, extra=extra)
 
@@ -190,8 +197,11 @@ def read_run(directory: str | Path) -> RunRecord:
         raise RecordError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise RecordError(f"{path}: not a JSON object")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise RecordError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise RecordError(
+            f"{path}: schema_version {data.get('schema_version')!r}, this lsr1bench reads "
+            f"{', '.join(str(v) for v in READABLE_SCHEMA_VERSIONS)}"
+        )
     try:
         return RunRecord.from_dict(data)
     except RecordError as exc:
@@ -269,11 +279,12 @@ def iter_runs(suite_dir: str | Path) -> Iterator[tuple[Path, RunRecord]]:
                 continue
 
 
-def epochs_to_target(rows: Sequence[Mapping[str, Any]], target: float) -> int | None:
-    """The smallest epoch >= 1 whose test error is below ``target`` (%), or None."""
+def epochs_to_target(rows: Sequence[Mapping[str, Any]], target: float, metric: str = "test_error") -> int | None:
+    """The smallest epoch >= 1 whose ``metric`` (a column: test_error in %, test_loss,
+    train_loss) is below ``target``, or None. Epoch 0, before training, never counts."""
     for row in rows:
-        epoch, error = row.get("epoch"), row.get("test_error")
-        if epoch is not None and epoch >= 1 and error is not None and error < target:
+        epoch, value = row.get("epoch"), row.get(metric)
+        if epoch is not None and epoch >= 1 and value is not None and value < target:
             return int(epoch)
     return None
 

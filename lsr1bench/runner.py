@@ -345,7 +345,9 @@ class _Run:
             versions=versions(),
             git_commit=git_commit(),
             started_at=records.now_iso(),
-            targets_reached={records.target_key(t): None for t in spec.targets},
+            targets_reached={
+                metric: {records.target_key(t): None for t in values} for metric, values in spec.targets.items()
+            },
             extra={"environment": environment(device)},
         )
 
@@ -368,11 +370,12 @@ class _Run:
         self.rows.append(row)
         epoch = row["epoch"]
         self.record.epochs_completed = epoch
-        for target in self.spec.targets:
-            key = records.target_key(target)
-            error = row["test_error"]
-            if self.record.targets_reached.get(key) is None and epoch >= 1 and error < target:
-                self.record.targets_reached[key] = epoch
+        for metric, values in self.spec.targets.items():
+            reached = self.record.targets_reached[metric]
+            for target in values:
+                key = records.target_key(target)
+                if reached.get(key) is None and records.epochs_to_target([row], target, metric) is not None:
+                    reached[key] = epoch
         self.save()
         self.emit(
             {
@@ -387,8 +390,8 @@ class _Run:
         )
 
     def targets_all_reached(self) -> bool:
-        reached = self.record.targets_reached
-        return bool(reached) and all(epoch is not None for epoch in reached.values())
+        epochs = [epoch for reached in self.record.targets_reached.values() for epoch in reached.values()]
+        return bool(epochs) and all(epoch is not None for epoch in epochs)
 
     def train(self) -> None:
         spec, device, parallel = self.spec, self.device, self.parallel

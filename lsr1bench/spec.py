@@ -115,7 +115,7 @@ class Settings(_Strict):
     batch_sizes: list[int] | None = Field(default=None, min_length=1)
     seeds: list[int] | None = Field(default=None, min_length=1)
     repeats: int | None = Field(default=None, ge=1)
-    targets: list[float] | None = None
+    targets: dict[str, list[float]] | None = None  # metric -> thresholds; a list means test_error
     stop_at_targets: bool | None = None
     lr_schedule: LRSchedule | None = None
     weight_decay: float | None = Field(default=None, ge=0)
@@ -124,7 +124,7 @@ class Settings(_Strict):
     data_root: str | None = Field(default=None, min_length=1)
     ranks: list[int] | None = Field(default=None, min_length=1)
 
-    _as_lists = field_validator("batch_sizes", "seeds", "targets", "ranks", mode="before")(
+    _as_lists = field_validator("batch_sizes", "seeds", "ranks", mode="before")(
         classmethod(lambda cls, v: _as_list(v))
     )
 
@@ -162,20 +162,10 @@ class Settings(_Strict):
             raise _problems(problems)
         return ranks
 
-    @field_validator("targets")
+    @field_validator("targets", mode="before")
     @classmethod
-    def _targets(cls, targets: list[float] | None) -> list[float] | None:
-        if targets is None:
-            return None
-        problems = [
-            (f"[{i}]", f"a target test error is a percentage in (0, 100), got {t}")
-            for i, t in enumerate(targets)
-            if not (0 < t < 100) or math.isnan(t)
-        ]
-        problems += _duplicates(targets, "target")
-        if problems:
-            raise _problems(problems)
-        return targets
+    def _targets(cls, targets: Any) -> dict[str, list[float]] | None:
+        return None if targets is None else _check_targets(targets)
 
     @field_validator("repeats")
     @classmethod
@@ -183,6 +173,70 @@ class Settings(_Strict):
         if repeats is not None and info.data.get("seeds") is not None:
             raise _problem("", "give either seeds or repeats, not both")
         return repeats
+
+
+_TARGETS_SHAPE = (
+    "targets is a list of test errors in % or a mapping of metric to thresholds "
+    f"({', '.join(names.TARGET_METRICS)})"
+)
+
+
+def _check_targets(targets: Any) -> dict[str, list[float]]:
+    """``targets:`` as ``{metric: [thresholds]}``; the list form (or one number) is test error."""
+    if isinstance(targets, (list, tuple)) or _number(targets):
+        by_metric, prefix = {names.DEFAULT_TARGET_METRIC: _as_list(targets)}, ""
+    elif isinstance(targets, dict):
+        if not targets:
+            raise _problem("", f"{_TARGETS_SHAPE}; got an empty mapping")
+        by_metric, prefix = dict(targets), "."
+    else:
+        raise _problem("", f"{_TARGETS_SHAPE}, got {targets!r}")
+    problems: list[tuple[str, str]] = []
+    out: dict[str, list[float]] = {}
+    for metric, values in by_metric.items():
+        where = f"{prefix}{metric}" if prefix else ""
+        if metric not in names.TARGET_METRICS:
+            known = list(names.TARGET_METRICS)
+            hint = did_you_mean(str(metric), known)
+            problems.append((where, f"unknown target metric{hint}; known: {', '.join(known)}"))
+            continue
+        values = _as_list(values)
+        if not isinstance(values, (list, tuple)):
+            problems.append((where, f"expected a list of thresholds, got {values!r}"))
+            continue
+        kept: list[float] = []
+        for i, value in enumerate(values):
+            problem = _target_problem(metric, value)
+            if problem:
+                problems.append((f"{where}[{i}]", problem))
+            elif float(value) in kept:
+                problems.append((f"{where}[{i}]", f"duplicate target {float(value):g}"))
+            else:
+                kept.append(float(value))
+        out[metric] = kept
+    if problems:
+        raise _problems(problems)
+    return {metric: out[metric] for metric in names.TARGET_METRICS if metric in out}
+
+
+def _target_problem(metric: str, value: Any) -> str | None:
+    if isinstance(value, str) and _looks_like_float(value):
+        return f"a target is a finite number, got the text {value!r} (YAML reads 1e-9 as text: write 1.0e-9)"
+    if not _number(value) or math.isnan(value) or math.isinf(value):
+        return f"a target is a finite number, got {value!r}"
+    if metric == "test_error" and not 0 < value < 100:
+        return f"a target test error is a percentage in (0, 100), got {float(value)}"
+    if metric != "test_error" and value <= 0:
+        return f"a {metric.replace('_', ' ')} target must be > 0 (a loss falls below it), got {float(value)}"
+    return None
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _duplicates(values: Sequence[Any], what: str) -> list[tuple[str, str]]:

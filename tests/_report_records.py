@@ -34,7 +34,7 @@ def write_run(
     batch_size: int = 500,
     seed: int = 0,
     epochs: int | None = None,
-    targets: Sequence[float] = (1.5, 1.2),
+    targets: Sequence[float] | dict[str, Sequence[float]] = (1.5, 1.2),
     status: str = "completed",
     seconds_per_epoch: float = 2.0,
     grad_evals_per_epoch: int = 100,
@@ -48,8 +48,16 @@ def write_run(
 
     Cumulative columns grow linearly per epoch; ``qn_final`` sets the quasi-Newton
     statistics of the last row (steps, skipped_updates, rejected_steps, dropped_pairs,
-    radius), earlier rows get proportional counts.
+    radius), earlier rows get proportional counts. ``targets`` as a sequence writes a
+    schema-1 record (test error targets, flat ``targets_reached``); as a mapping of metric
+    to thresholds, a schema-2 record. ``losses`` sets both train and test loss (default:
+    error / 10); ``train_losses`` overrides the train loss alone.
     """
+    train_losses = spec_extra.pop("train_losses", None)
+    environment = spec_extra.pop("environment", None)
+    versions = spec_extra.pop("versions", None)
+    git_commit = spec_extra.pop("git_commit", "0123456789abcdef")
+    optimizer_params = spec_extra.pop("optimizer_params", {})
     optimizer = optimizer or label
     bn = "-bn" if batch_norm else ""
     run_id = f"{model}{bn}-{dataset}-{label}-b{batch_size}-s{seed}"
@@ -63,12 +71,12 @@ def write_run(
         "dataset": dataset,
         "optimizer": optimizer,
         "label": label,
-        "optimizer_params": {},
+        "optimizer_params": optimizer_params,
         "lr_schedule": None,
         "batch_size": batch_size,
         "seed": seed,
         "epochs": epochs if epochs is not None else len(errors) - 1,
-        "targets": list(targets),
+        "targets": {m: list(v) for m, v in targets.items()} if isinstance(targets, dict) else list(targets),
         "weight_decay": 1e-4,
         "stop_at_targets": stop_at_targets,
         "data_root": None,
@@ -88,9 +96,10 @@ def write_run(
     rows = []
     for epoch, error in enumerate(errors):
         loss = losses[epoch] if losses is not None else error / 10
+        train_loss = train_losses[epoch] if train_losses is not None else loss
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": "" if epoch == 0 and losses is None else loss,
+            "train_loss": "" if epoch == 0 and losses is None and train_losses is None else train_loss,
             "test_loss": loss,
             "test_error": error,
             "train_seconds": seconds_per_epoch * epoch,
@@ -107,25 +116,34 @@ def write_run(
             row["radius"] = qn_final["radius"] if epoch == last else 1.0
             row["stored_pairs"] = min(epoch, 5)
         rows.append(row)
-    reached = {}
-    for target in targets:
-        hit = next((e for e, err in enumerate(errors) if e >= 1 and err < target), None)
-        reached[f"{target:g}"] = hit
+    columns = {"test_error": [r["test_error"] for r in rows], "test_loss": [r["test_loss"] for r in rows],
+               "train_loss": [r["train_loss"] for r in rows]}  # fmt: skip
+    by_metric = targets if isinstance(targets, dict) else {"test_error": targets}
+    reached: dict[str, Any] = {}
+    for metric, values in by_metric.items():
+        reached[metric] = {}
+        for target in values:
+            hit = next((e for e, v in enumerate(columns[metric]) if e >= 1 and v != "" and v < target), None)
+            reached[metric][f"{target:g}"] = hit
+    if not isinstance(targets, dict):
+        reached = reached["test_error"]
     meta = {
-        "schema_version": 1,
+        "schema_version": 2 if isinstance(targets, dict) else 1,
         "suite": suite_dir.name,
         "run_id": run_id,
         "spec": spec,
         "status": status,
         "error": "boom" if status == "failed" else None,
         "device": "cpu",
-        "versions": {"python": "3.x", "torch": "n/a", "lsr1bench": "0.1.0"},
-        "git_commit": "0123456789abcdef",
+        "versions": versions or {"python": "3.x", "torch": "n/a", "lsr1bench": "0.1.0"},
+        "git_commit": git_commit,
         "started_at": "2024-01-01T00:00:00+00:00",
         "finished_at": None if status in {"running", "interrupted"} else "2024-01-01T00:01:00+00:00",
         "epochs_completed": last,
         "targets_reached": reached,
     }
+    if environment is not None:
+        meta["environment"] = environment
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     if write_csv:
         with (run_dir / "epochs.csv").open("w", newline="", encoding="utf-8") as handle:

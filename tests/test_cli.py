@@ -73,6 +73,18 @@ BAD_INPUTS = [
     ),
     ("target out of range", "targets: [0]\n" + GRID, [], "targets[0]: a target test error is a percentage in (0, 100)"),
     (
+        "unknown target metric",
+        "targets: {test_accuracy: [90]}\n" + GRID,
+        [],
+        "targets.test_accuracy: unknown target metric; known: test_error, test_loss, train_loss",
+    ),
+    (
+        "negative loss target",
+        GRID.replace("[adam]", "[{name: adam, targets: {train_loss: [-0.1]}}]"),
+        [],
+        "grids[0].optimizers[0].targets.train_loss[0]: a train loss target must be > 0 (a loss falls below it), got -0.1",
+    ),
+    (
         "radius factor",
         GRID.replace("[adam]", "[{name: lsr1, params: {radius_decrease: 1.5}}]"),
         [],
@@ -163,3 +175,23 @@ def test_quickstart_suite_validates() -> None:
     suite = Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml"
     result = runner.invoke(app, ["validate", str(suite)])
     assert result.exit_code == 0, result.output
+
+
+def test_run_ends_with_the_epochs_to_target_table_and_the_report_command(tmp_path: Path) -> None:
+    suite = tmp_path / "tiny.yaml"
+    # one epoch of Adam on 200 images: below 99.9% test error surely, below 1e-9 train loss never
+    suite.write_text(
+        OK.replace("epochs: 1\n", "epochs: 1\ntargets: {test_error: [99.9], train_loss: [1.0e-9]}\n").replace(
+            "optimizers: [adam, {name: sgd, batch_sizes: [20, 40]}]", "optimizers: [adam]"
+        )
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(suite), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    tail = result.output[result.output.index("Epochs to target") :]
+    rows = [line for line in tail.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == [
+        "optimizer", "< 99.9% · b50", "train loss < 1e-09 · b50"
+    ]  # fmt: skip
+    assert [c.strip() for c in rows[2].strip("|").split("|")] == ["adam", "1 (1/1)", "never reached (0/1)"]
+    assert f"lsr1bench report {out / 'tiny'}" in tail

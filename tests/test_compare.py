@@ -10,15 +10,16 @@ from _report_records import NAN, write_run
 from typer.testing import CliRunner
 
 from lsr1bench.cli import app
-from lsr1bench.compare import Tolerances, compare_paths, to_markdown
-from lsr1bench.report import build_report, export_baseline
+from lsr1bench.reporting import Tolerances, build_report, compare_paths, export_baseline, to_markdown
 
 runner = CliRunner()
 
 # Base: lsr1 reaches 5% at epoch 2 and 2% at epoch 4 in both seeds, final error 1.5%,
 # skipped updates 10% (4 of 40 steps); sgd reaches 5% at epoch 3, final 3%. 2 s per epoch.
+# Every seed is alike, so the base has no spread and the floors alone set the tolerance.
 LSR1 = [90, 8.0, 4.0, 3.0, 1.9, 1.5]
 SGD = [90, 9.0, 6.0, 4.5, 3.5, 3.0]
+TRAIN = [2.3, 0.9, 0.5, 0.4, 0.35, 0.3]  # the train loss, whatever the test error does
 QN = {"steps": 40, "skipped_updates": 4, "rejected_steps": 1, "dropped_pairs": 0, "radius": 1.0}
 
 
@@ -36,6 +37,7 @@ def make_suite(root: Path, lsr1=LSR1, sgd=SGD, qn=QN, seconds=2.0, seeds=(0, 1),
             seconds_per_epoch=seconds,
             status=kw.get(f"status_s{seed}", "completed"),
             epochs=5,
+            train_losses=kw.get("train", TRAIN)[: len(kw.get(f"lsr1_s{seed}", lsr1))],
         )
         if not kw.get("drop_sgd"):
             write_run(
@@ -46,6 +48,7 @@ def make_suite(root: Path, lsr1=LSR1, sgd=SGD, qn=QN, seconds=2.0, seeds=(0, 1),
                 seed=seed,
                 targets=(5.0, 2.0),
                 seconds_per_epoch=seconds,
+                train_losses=TRAIN,
             )
     return suite
 
@@ -80,7 +83,10 @@ def test_two_more_epochs_regress(base: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "FAIL: 1 of 2 cells regressed" in result.output
     assert "### Regressions" in result.output
-    assert "**lenet5 + BN · mnist · lsr1 · b100**: < 5%: median epochs 2 -> 4 (+2; allowed +1)" in result.output
+    assert (
+        "**lenet5 + BN · mnist · lsr1 · b100**: < 5%: median epochs 2 -> 4 (reached by 2/2 seeds, "
+        "base 2/2); allowed up to 3" in result.output
+    )
     assert run_compare(base, current, "--epochs-tol", "2").exit_code == 0
 
 
@@ -97,12 +103,13 @@ def test_relative_epoch_tolerance(tmp_path: Path) -> None:
 
 
 def test_final_error_tolerance(base: Path, tmp_path: Path) -> None:
-    worse = LSR1[:-1] + [1.85]  # final 1.5 -> 1.85 = +0.35 points, within 0.5
+    worse = LSR1[:-1] + [2.4]  # final 1.5 -> 2.4 = +0.9 points, within the floor of 1 (no spread)
     assert run_compare(base, make_suite(tmp_path / "a", lsr1=worse)).exit_code == 0
-    worse = LSR1[:-2] + [1.9, 2.1]  # 2% still reached at epoch 4; final +0.6 points
+    worse = LSR1[:-2] + [1.9, 2.6]  # 2% still reached at epoch 4; final +1.1 points
     result = run_compare(base, make_suite(tmp_path / "b", lsr1=worse))
-    assert result.exit_code == 1 and "final test error 1.50% -> 2.10% (+0.60 points" in result.output
-    assert run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1").exit_code == 0
+    assert result.exit_code == 1
+    assert "final test error: median 2.60%, base 1.50% [1.50–1.50]; allowed up to 2.50%" in result.output
+    assert run_compare(base, make_suite(tmp_path / "c", lsr1=worse), "--error-tol", "1.5").exit_code == 0
 
 
 def test_skip_rate_tolerance(base: Path, tmp_path: Path) -> None:
@@ -110,7 +117,7 @@ def test_skip_rate_tolerance(base: Path, tmp_path: Path) -> None:
     current = make_suite(tmp_path / "current", qn=more_skips)
     result = run_compare(base, current)
     assert result.exit_code == 1
-    assert "skipped updates 10.00% -> 17.50%" in result.output
+    assert "skipped updates: median 17.50%, base 10.00% [10.00–10.00]; allowed up to 15.00%" in result.output
     assert run_compare(base, current, "--skip-tol", "10").exit_code == 0
 
 
@@ -132,13 +139,21 @@ def test_missing_cell_regresses_and_new_cell_does_not(base: Path, tmp_path: Path
     assert "| new " in result.output
 
 
-def test_fewer_seeds_reaching_and_divergence_regress(base: Path, tmp_path: Path) -> None:
-    never = [90, 8.0, 4.0, 3.0, 2.5, 2.2]  # seed 1 no longer reaches 2%
-    result = run_compare(base, make_suite(tmp_path / "a", lsr1_s1=never))
+def test_seeds_not_reaching_a_target_and_divergence_regress(tmp_path: Path) -> None:
+    base = make_suite(tmp_path / "base", seeds=(0, 1, 2))
+    never = [90, 8.0, 4.0, 3.0, 2.5, 2.05]  # never below 2%: counts as epoch 6, one past the last
+    # One seed of three: the median stays at 4, within the tolerance (4 + 1).
+    assert run_compare(base, make_suite(tmp_path / "a", seeds=(0, 1, 2), lsr1_s1=never)).exit_code == 0
+    # Two of three: the median is "not reached by epoch 5", above 5.
+    result = run_compare(base, make_suite(tmp_path / "b", seeds=(0, 1, 2), lsr1_s1=never, lsr1_s2=never))
     assert result.exit_code == 1
-    assert "< 2%: reached by 1/2 seeds (base 2/2)" in result.output
+    assert (
+        "< 2%: median epochs 4 -> not reached by epoch 5 (reached by 1/3 seeds, base 3/3); allowed up to 5"
+        in result.output
+    )
+    base = make_suite(tmp_path / "base2")
     diverged = [90, 8.0, NAN]
-    result = run_compare(base, make_suite(tmp_path / "b", lsr1_s1=diverged, status_s1="diverged"))
+    result = run_compare(base, make_suite(tmp_path / "c", lsr1_s1=diverged, status_s1="diverged"))
     assert result.exit_code == 1
     assert "diverged: 1/2 seeds (base 0/2)" in result.output
     assert "| 2 (1/2, 1 diverged)" in result.output
@@ -223,7 +238,7 @@ def test_cells_without_targets(tmp_path: Path) -> None:
     write_run(suite, [90, 5.0, 4.0], targets=())
     result = run_compare(suite, suite)
     assert result.exit_code == 0, result.output
-    assert "No cell has target test errors." in result.output
+    assert "No cell has targets." in result.output
     worse = tmp_path / "c" / "quick"
-    write_run(worse, [90, 5.0, 4.6], targets=())
+    write_run(worse, [90, 5.0, 5.2], targets=())  # +1.2 points
     assert run_compare(suite, worse).exit_code == 1

@@ -85,7 +85,7 @@ def test_union_of_grids_with_their_own_epochs_and_targets() -> None:
     by_id = {r.run_id: r for r in runs}
     assert by_id["lenet5-bn-mnist-adam-b1000-s0"].epochs == 50
     assert by_id["lenet5-bn-mnist-adam-b10000-s0"].epochs == 200
-    assert by_id["lenet5-bn-mnist-lsr1-b10000-s0"].targets == (1.1, 1.2, 1.5)
+    assert by_id["lenet5-bn-mnist-lsr1-b10000-s0"].targets == {"test_error": (1.1, 1.2, 1.5)}
 
 
 def test_lr_schedule_labels_and_entry_batch_sizes() -> None:
@@ -190,3 +190,37 @@ def test_parse_shard() -> None:
     for bad in ("4/4", "1", "a/b", "-1/4", "0/0"):
         with pytest.raises(ValueError):
             parse_shard(bad)
+
+
+def test_targets_on_any_metric_resolve_and_round_trip() -> None:
+    suite = parse_suite(
+        """
+        targets: {train_loss: [0.3, 0.1], test_error: [2.0]}
+        batch_sizes: [10]
+        grids:
+          - models: [mlp]
+            datasets: [mnist-embedded]
+            optimizers:
+              - sgd
+              - {name: adam, targets: [5, 3]}
+              - {name: nag, targets: {test_loss: 0.2}}
+              - {name: momentum, targets: []}
+          - models: [mlp]
+            datasets: [mnist]
+            targets: {train_loss: [0.5]}
+            optimizers: [sgd]
+        """.replace("\n        ", "\n")
+    )
+    by_label = {(r.dataset, r.label): r for r in expand(suite)}
+    # the mapping is canonical (test error, test loss, train loss), thresholds as written
+    assert by_label[("mnist-embedded", "sgd")].targets == {"test_error": (2.0,), "train_loss": (0.3, 0.1)}
+    assert by_label[("mnist-embedded", "adam")].targets == {"test_error": (5.0, 3.0)}  # the list is test error
+    assert by_label[("mnist-embedded", "nag")].targets == {"test_loss": (0.2,)}
+    assert by_label[("mnist-embedded", "momentum")].targets == {}  # an empty list clears the suite's
+    assert by_label[("mnist", "sgd")].targets == {"train_loss": (0.5,)}
+    run = by_label[("mnist-embedded", "sgd")]
+    assert run.to_dict()["targets"] == {"test_error": [2.0], "train_loss": [0.3, 0.1]}
+    assert RunSpec.from_dict(run.to_dict()) == run
+    # a record written before targets had metrics holds a list: test error
+    old = dict(run.to_dict(), targets=[1.5, 1.2])
+    assert RunSpec.from_dict(old).targets == {"test_error": (1.5, 1.2)}

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from _report_records import NAN, make_table1_suite, write_run
 
-from lsr1bench.plots import band_by_epoch, band_by_time, plot_results
-from lsr1bench.report import build_report
+from lsr1bench.reporting import build_report
+from lsr1bench.reporting.plots import band_by_epoch, band_by_time, plot_results, suite_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,3 +53,13 @@ def test_band_by_time_interpolates_and_stops_each_seed_at_its_end(tmp_path: Path
     # After 4 s only seed 2 remains, so the band collapses onto it.
     np.testing.assert_allclose(low[-1], 4.0, rtol=0, atol=1e-9)
     np.testing.assert_allclose(high[-1], 4.0, rtol=0, atol=1e-9)
+
+
+def test_legends_count_seeds_in_words(tmp_path: Path) -> None:
+    suite = tmp_path / "s"
+    write_run(suite, [90, 4.0, 2.0], label="adam", seed=0)
+    for seed in range(3):
+        write_run(suite, [90, 5.0, 3.0], label="lsr1", seed=seed)
+    figure = suite_figure(build_report(suite).results.runs, use_time=False)
+    (ax,) = [ax for ax in figure.axes if ax.get_visible()]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam (1 seed)", "lsr1 (3 seeds)"]

@@ -32,7 +32,7 @@ def test_columns_are_the_documented_contract() -> None:
 def test_run_json_round_trip(tmp_path) -> None:
     record = _record(
         status=records.COMPLETED,
-        targets_reached={"1.1": 3, "1.5": None},
+        targets_reached={"test_error": {"1.1": 3, "1.5": None}, "train_loss": {"0.3": 2}},
         extra={"environment": {"torch_threads": 2}},
     )
     records.write_run(tmp_path, record)
@@ -102,3 +102,29 @@ def test_records_do_not_import_torch() -> None:
     code = "import sys, lsr1bench.records, lsr1bench.grid, lsr1bench.spec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_schema_1_record_reads_as_test_error_targets(tmp_path) -> None:
+    record = _record(status=records.COMPLETED)
+    data = record.to_dict()
+    data.update(schema_version=1, targets_reached={"1.1": 3, "1.5": None})
+    (tmp_path / "run.json").write_text(json.dumps(data))
+    back = records.read_run(tmp_path)
+    assert back.targets_reached == {"test_error": {"1.1": 3, "1.5": None}}
+    data["schema_version"] = 3
+    (tmp_path / "run.json").write_text(json.dumps(data))
+    with pytest.raises(records.RecordError, match="schema_version 3, this lsr1bench reads 1, 2"):
+        records.read_run(tmp_path)
+
+
+def test_epochs_to_target_on_each_metric() -> None:
+    rows = [
+        {"epoch": 0, "test_error": 0.5, "test_loss": 0.01, "train_loss": None},
+        {"epoch": 1, "test_error": 3.0, "test_loss": 0.40, "train_loss": 0.50},
+        {"epoch": 2, "test_error": 2.0, "test_loss": 0.30, "train_loss": 0.30},
+        {"epoch": 3, "test_error": 1.0, "test_loss": 0.35, "train_loss": 0.20},
+    ]
+    assert records.epochs_to_target(rows, 2.5) == 2  # test error by default; epoch 0 never counts
+    assert records.epochs_to_target(rows, 0.35, "test_loss") == 2
+    assert records.epochs_to_target(rows, 0.3, "train_loss") == 3  # strictly below: 0.30 is not
+    assert records.epochs_to_target(rows, 0.1, "train_loss") is None

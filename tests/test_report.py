@@ -19,7 +19,7 @@ from _report_records import NAN, make_table1_suite, write_run
 from typer.testing import CliRunner
 
 from lsr1bench.cli import app
-from lsr1bench.report import (
+from lsr1bench.reporting import (
     ReportError,
     build_report,
     export_baseline,
@@ -28,10 +28,14 @@ from lsr1bench.report import (
     write_report,
 )
 from lsr1bench.reporting.cells import Stat, baseline_dict, cells_from_baseline
-from lsr1bench.reporting.runs import DIVERGED, INCOMPLETE, NEVER_REACHED, REACHED
+from lsr1bench.reporting.runs import DIVERGED, INCOMPLETE, NEVER_REACHED, REACHED, Target
 from lsr1bench.reporting.tables import target_text
 
 runner = CliRunner()
+
+
+def err(value: float) -> Target:
+    return Target("test_error", value)
 
 
 @pytest.fixture()
@@ -47,35 +51,35 @@ def test_epochs_to_target_medians_spreads_and_k_of_n(table1: Path) -> None:
     cells = cells_by(build_report(table1))
     lsr1 = cells[(True, "lsr1", 500)]
     # < 1.5: seeds reach it at epochs 2, 2, 1 -> median 2, spread 1-2, 3/3.
-    assert lsr1.targets[1.5].epochs == Stat(2, 1, 2, 3)
-    assert lsr1.targets[1.5].outcomes == {REACHED: 3}
+    assert lsr1.targets[err(1.5)].epochs == Stat(2, 1, 2, 3)
+    assert lsr1.targets[err(1.5)].outcomes == {REACHED: 3}
     # < 1.2: epochs 3, 4, 4 (1.19 at epoch 4 for seed 2; 1.25 is not below 1.2).
-    assert lsr1.targets[1.2].epochs == Stat(4, 3, 4, 3)
+    assert lsr1.targets[err(1.2)].epochs == Stat(4, 3, 4, 3)
     # seconds = 2 per epoch, gradient evaluations = 100 per epoch.
-    assert lsr1.targets[1.5].train_seconds == Stat(4.0, 2.0, 4.0, 3)
-    assert lsr1.targets[1.5].grad_evals == Stat(200, 100, 200, 3)
-    assert target_text(lsr1.targets[1.5], "epochs", str) == "2 [1–2] (3/3)"
+    assert lsr1.targets[err(1.5)].train_seconds == Stat(4.0, 2.0, 4.0, 3)
+    assert lsr1.targets[err(1.5)].grad_evals == Stat(200, 100, 200, 3)
+    assert target_text(lsr1.targets[err(1.5)], "epochs", str) == "2 [1–2] (3/3)"
 
     nag = cells[(True, "nag", 500)]
-    assert nag.targets[1.5].outcomes == {NEVER_REACHED: 1, REACHED: 1, DIVERGED: 1}
-    assert nag.targets[1.5].epochs == Stat(3, 3, 3, 1)
-    assert target_text(nag.targets[1.5], "epochs", lambda x: f"{x:g}") == "3 (1/3, 1 diverged)"
-    assert nag.targets[1.2].epochs is None
-    assert target_text(nag.targets[1.2], "epochs", str) == "never reached (0/3, 1 diverged)"
+    assert nag.targets[err(1.5)].outcomes == {NEVER_REACHED: 1, REACHED: 1, DIVERGED: 1}
+    assert nag.targets[err(1.5)].epochs == Stat(3, 3, 3, 1)
+    assert target_text(nag.targets[err(1.5)], "epochs", lambda x: f"{x:g}") == "3 (1/3, 1 diverged)"
+    assert nag.targets[err(1.2)].epochs is None
+    assert target_text(nag.targets[err(1.2)], "epochs", str) == "never reached (0/3, 1 diverged)"
 
     # Adam: seed 0 at epochs 1 / 2, seed 1 (still running) reached 1.5 at epoch 2 only.
     adam = cells[(True, "adam", 500)]
-    assert adam.targets[1.5].epochs == Stat(1.5, 1, 2, 2)
-    assert adam.targets[1.2].outcomes == {REACHED: 1, INCOMPLETE: 1}
-    assert target_text(adam.targets[1.2], "epochs", lambda x: f"{x:g}") == "2 (1/2, 1 incomplete)"
+    assert adam.targets[err(1.5)].epochs == Stat(1.5, 1, 2, 2)
+    assert adam.targets[err(1.2)].outcomes == {REACHED: 1, INCOMPLETE: 1}
+    assert target_text(adam.targets[err(1.2)], "epochs", lambda x: f"{x:g}") == "2 (1/2, 1 incomplete)"
 
     diverged = cells[(True, "lsr1", 1000)]
-    assert diverged.targets[1.5].outcomes == {DIVERGED: 3}
-    assert target_text(diverged.targets[1.5], "epochs", str) == "diverged (0/3)"
+    assert diverged.targets[err(1.5)].outcomes == {DIVERGED: 3}
+    assert target_text(diverged.targets[err(1.5)], "epochs", str) == "diverged (0/3)"
 
     sgd = cells[(False, "sgd", 20)]
-    assert list(sgd.targets) == [1.5]
-    assert target_text(sgd.targets[1.5], "epochs", str) == "never reached (0/3)"
+    assert list(sgd.targets) == [err(1.5)]
+    assert target_text(sgd.targets[err(1.5)], "epochs", str) == "never reached (0/3)"
 
 
 def test_main_table_layout_like_table_1(table1: Path) -> None:
@@ -165,7 +169,7 @@ def test_stop_at_targets_is_not_incomplete(tmp_path: Path) -> None:
     write_run(suite, [90, 1.4, 1.1], label="lsr1", epochs=20, stop_at_targets=True)
     report = build_report(suite)
     assert missing_lines(report) == []
-    assert report.cells[0].targets[1.2].epochs == Stat(2, 2, 2, 1)
+    assert report.cells[0].targets[err(1.2)].epochs == Stat(2, 2, 2, 1)
 
 
 def test_cell_mixing_settings_is_warned(tmp_path: Path) -> None:
@@ -181,7 +185,7 @@ def test_write_report_files_and_csv_values(table1: Path) -> None:
     assert written.report_md == table1 / "report.md"
     text = written.report_md.read_text(encoding="utf-8")
     for heading in (
-        "## Epochs to surpass the target test error",
+        "## Epochs to target",
         "## Training wall-clock seconds to target",
         "## Gradient evaluations to target",
         "## Final and best test error, final train loss",
@@ -216,7 +220,7 @@ def test_write_report_files_and_csv_values(table1: Path) -> None:
     )
     with (table1 / "report_runs.csv").open() as handle:
         runs = {r["run_id"]: r for r in csv.DictReader(handle)}
-    assert runs["lenet5-bn-mnist-nag-b500-s2"]["epochs_to_1.5"] == "diverged"
+    assert runs["lenet5-bn-mnist-nag-b500-s2"]["epochs_to_test_error_1.5"] == "diverged"
     assert runs["lenet5-bn-mnist-lsr1-b500-s1"]["skip_percent"] == "25.0"
     assert (table1 / "report_cells.csv").stat().st_size > 0
 
@@ -239,7 +243,7 @@ def test_baseline_round_trip(table1: Path, tmp_path: Path) -> None:
     report = build_report(table1)
     path = export_baseline(report, tmp_path / "baselines" / "table1.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "lsr1bench-baseline" and data["version"] == 1
+    assert data["format"] == "lsr1bench-baseline" and data["version"] == 2
     back = cells_from_baseline(data, str(path))
     assert [c.to_dict() for c in back] == [c.to_dict() for c in report.cells]
     assert baseline_dict(back, "x")["cells"] == data["cells"]
@@ -291,7 +295,7 @@ def test_diverged_row_with_nan_is_read(tmp_path: Path) -> None:
 
 def test_report_stage_never_imports_torch() -> None:
     code = (
-        "import sys, lsr1bench.report, lsr1bench.compare, lsr1bench.plots; "
+        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots; "
         "print('torch' in sys.modules, 'typer' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -302,6 +306,42 @@ def test_runs_without_targets(tmp_path: Path) -> None:
     suite = tmp_path / "quick"
     write_run(suite, [90, 5.0, 4.0], targets=())
     report = build_report(suite)
-    assert main_table(report).startswith("No run has target test errors")
+    assert main_table(report).startswith("No run has targets")
     text = write_report(report, plots=False).report_md.read_text(encoding="utf-8")
     assert "| lsr1        | 500     | 1 (1 completed) | 2            | 4.00" in text
+
+
+def test_loss_targets_are_reported_beside_error_targets(tmp_path: Path) -> None:
+    suite = tmp_path / "losses"
+    targets = {"test_error": [5.0], "train_loss": [0.5, 0.3], "test_loss": [0.2]}
+    # train loss: 0.6, 0.4, 0.25 -> < 0.5 at epoch 2, < 0.3 at epoch 3 (seed 0);
+    # seed 1 reaches 0.5 at epoch 1 and never 0.3; test loss = error / 10
+    write_run(suite, [90, 6.0, 4.0, 3.0], seed=0, targets=targets, train_losses=[2.3, 0.6, 0.4, 0.25])
+    write_run(suite, [90, 5.5, 4.5, 1.5], seed=1, targets=targets, train_losses=[2.3, 0.45, 0.35, 0.31])
+    report = build_report(suite)
+    (cell,) = report.cells
+    assert list(cell.targets) == [
+        err(5.0), Target("test_loss", 0.2), Target("train_loss", 0.3), Target("train_loss", 0.5)
+    ]
+    assert cell.targets[Target("train_loss", 0.5)].epochs == Stat(1.5, 1, 2, 2)
+    assert cell.targets[Target("train_loss", 0.3)].outcomes == {REACHED: 1, NEVER_REACHED: 1}
+    assert cell.targets[Target("train_loss", 0.3)].epochs_by_seed == [3, None]
+    # test loss 0.15 at epoch 3 (seed 1, error 1.5) only; 0.3 and 0.4 are not below 0.2
+    assert cell.targets[Target("test_loss", 0.2)].epochs_by_seed == [3, None]
+    text = main_table(report)
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header == ["optimizer", "< 5% · b500", "test loss < 0.2 · b500", "train loss < 0.3 · b500",
+                      "train loss < 0.5 · b500"]  # fmt: skip
+    assert [c.strip() for c in lines[4].strip("|").split("|")] == ["lsr1", "2 (2/2)", "3 (1/2)", "3 (1/2)",
+                                                                   "1.5 [1–2] (2/2)"]  # fmt: skip
+    written = write_report(report, plots=False)
+    with (suite / "report_targets.csv").open() as handle:
+        rows = {(r["metric"], r["target"]): r for r in csv.DictReader(handle)}
+    assert rows[("train_loss", "0.5")]["epochs_median"] == "1.5"
+    assert rows[("train_loss", "0.5")]["train_seconds_max"] == "4.0"  # 2 s per epoch
+    with (suite / "report_runs.csv").open() as handle:
+        runs = {r["seed"]: r for r in csv.DictReader(handle)}
+    assert runs["1"]["epochs_to_train_loss_0.3"] == "never reached"
+    assert runs["0"]["epochs_to_train_loss_0.3"] == "3"
+    assert "train loss < 0.5 · b500" in written.report_md.read_text(encoding="utf-8")

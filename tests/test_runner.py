@@ -45,7 +45,7 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
         epochs: 2
         train_subset: 600
         test_subset: 300
-        targets: [60, 1]
+        targets: {test_error: [60, 1], train_loss: [100, 0.000001]}
         grids:
           - models: [{name: lenet5, batch_norm: true}]
             datasets: [mnist-embedded]
@@ -65,7 +65,11 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
     assert on_disk.extra["environment"]["float32_matmul_precision"]
     rows = records.read_epochs(directory)
     first_below_60 = next(r["epoch"] for r in rows if r["epoch"] >= 1 and r["test_error"] < 60)
-    assert on_disk.targets_reached == {"60": first_below_60, "1": None}
+    first_below_100 = next(r["epoch"] for r in rows if r["epoch"] >= 1 and r["train_loss"] < 100)
+    assert on_disk.targets_reached == {
+        "test_error": {"60": first_below_60, "1": None},
+        "train_loss": {"100": first_below_100, "1e-06": None},
+    }
     # issue 8's per-epoch columns: the model's spectrum and the skip test's cosines
     assert rows[0]["negative_curvature_fraction"] is None and rows[0]["update_cosine_median"] is None
     for r in rows[1:]:
@@ -143,7 +147,16 @@ def test_stop_at_targets_and_lr_schedule(tmp_path: Path) -> None:
     spec = tiny("sgd", "sgd", epochs=4, targets=(95.0,), stop_at_targets=True)
     record = runner.train(spec, tmp_path, "cpu")
     assert record.status == "completed" and record.epochs_completed == 1
-    assert record.targets_reached == {"95": 1} and record.extra["stopped_at_targets"]
+    assert record.targets_reached == {"test_error": {"95": 1}} and record.extra["stopped_at_targets"]
+    # stop_at_targets waits for every target of every metric: a train loss no run reaches
+    # keeps it going to the last epoch, though the test error target fell at epoch 1
+    spec = tiny("sgd", "sgd", epochs=3, targets={"test_error": (95.0,), "train_loss": (1e-9,)}, stop_at_targets=True)
+    record = runner.train(spec, tmp_path / "all", "cpu")
+    assert record.epochs_completed == 3 and "stopped_at_targets" not in record.extra
+    assert record.targets_reached == {"test_error": {"95": 1}, "train_loss": {"1e-09": None}}
+    spec = tiny("sgd", "sgd", epochs=3, targets={"test_error": (95.0,), "train_loss": (100.0,)}, stop_at_targets=True)
+    record = runner.train(spec, tmp_path / "both", "cpu")
+    assert record.epochs_completed == 1 and record.extra["stopped_at_targets"]
 
     spec = tiny("momentum", "momentum", optimizer_params={"lr": 0.1, "momentum": 0.9},
                 lr_schedule={"milestones": [1, 2], "gamma": 0.1}, epochs=3)  # fmt: skip

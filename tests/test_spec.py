@@ -155,6 +155,42 @@ BAD = [
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam], train_subset: 0}]",
         "grids[0].train_subset: input should be greater than or equal to 1",
     ),
+    (
+        "targets: {train_los: [0.3]}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.train_los: unknown target metric (did you mean 'train_loss'?); known: test_error, test_loss, train_loss",
+    ),
+    (
+        "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: adam, targets: {train_loss: [0.3, -1]}}]}]",
+        "grids[0].optimizers[0].targets.train_loss[1]: a train loss target must be > 0 (a loss falls below it), got -1.0",
+    ),
+    (
+        "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam], targets: {test_error: [2, 120]}}]",
+        "grids[0].targets.test_error[1]: a target test error is a percentage in (0, 100), got 120.0",
+    ),
+    (
+        "targets: {test_loss: [0.2, 0.2]}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.test_loss[1]: duplicate target 0.2",
+    ),
+    (
+        "targets: {test_loss: low}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.test_loss[0]: a target is a finite number, got 'low'",
+    ),
+    (
+        "targets: {train_loss: [1e-3]}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.train_loss[0]: a target is a finite number, got the text '1e-3' (YAML reads 1e-9 as text: write 1.0e-9)",
+    ),
+    (
+        "targets: {}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets: targets is a list of test errors in % or a mapping of metric to thresholds (test_error, test_loss, train_loss); got an empty mapping",
+    ),
+    (
+        "targets: fast\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets: targets is a list of test errors in % or a mapping of metric to thresholds (test_error, test_loss, train_loss), got 'fast'",
+    ),
+    (
+        "targets: {train_loss: [.inf]}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.train_loss[0]: a target is a finite number, got inf",
+    ),
     ("- a\n- b\n", "(top level): expected a mapping with 'grids:', got a list"),
     ("", "(top level): the suite file is empty"),
     ("# only a comment\n", "(top level): the suite file is empty"),
@@ -210,3 +246,11 @@ def test_file_stem_that_cannot_name_a_suite(tmp_path) -> None:
     path.write_text(GOOD.replace("name: paper-fig1\n", ""))
     with pytest.raises(SpecError, match="set 'name:'"):
         load_suite(path)
+
+
+def test_targets_list_and_mapping_forms() -> None:
+    grid = "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]"
+    assert parse_suite("targets: [1.5, 1]\n" + grid).targets == {"test_error": [1.5, 1.0]}
+    assert parse_suite("targets: 2\n" + grid).targets == {"test_error": [2.0]}
+    suite = parse_suite("targets: {train_loss: 0.3, test_error: [2.0, 1.5], test_loss: [0.1]}\n" + grid)
+    assert suite.targets == {"test_error": [2.0, 1.5], "test_loss": [0.1], "train_loss": [0.3]}

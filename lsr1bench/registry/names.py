@@ -120,3 +120,15 @@ def resolved_optimizer_params(
         params["lr"] = FIRST_ORDER_LR[family(dataset)]
     params.update(overrides or {})
     return params
+
+
+# Recorded metrics a suite may set targets on; each is reached at the first epoch >= 1
+# whose value falls below the threshold. The list form of ``targets:`` means test_error.
+TARGET_METRICS: Mapping[str, str] = MappingProxyType(
+    {
+        "test_error": "test error in % (model.eval() on the test set)",
+        "test_loss": "mean test cross-entropy (model.eval())",
+        "train_loss": "training objective averaged over the epoch's minibatches (cross-entropy + L2)",
+    }
+)
+DEFAULT_TARGET_METRIC = "test_error"

@@ -1,6 +1,7 @@
 """Aggregate runs over seeds into cells, and (de)serialize cells as a baseline file.
 
 Over the seeds of a cell every number is summarized as its median with the min–max spread.
+A target is a threshold on one metric (test error, test loss or train loss).
 Per target, the epochs / seconds / gradient evaluations are summarized over the seeds that
 reached the target, and ``reached`` of ``n`` says how many did; the others are counted by
 why (never reached, diverged, failed, still incomplete), so a table never shows a number
@@ -9,6 +10,7 @@ for a seed that has none.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -25,10 +27,12 @@ from lsr1bench.reporting.runs import (
     CellKey,
     ReportError,
     RunSummary,
+    Target,
 )
 
 BASELINE_FORMAT = "lsr1bench-baseline"
-BASELINE_VERSION = 1
+# 2: targets carry their metric and each seed's epochs to it; cells carry their settings.
+BASELINE_VERSION = 2
 
 # Spec fields that may differ between the runs of one cell (everything else should not).
 _PER_SEED_FIELDS = frozenset({"seed", "run_id", "data_root"})
@@ -62,12 +66,16 @@ class Stat:
 
 @dataclass
 class TargetSummary:
-    target: float
+    target: Target
     n: int
     outcomes: dict[str, int]
     epochs: Stat | None
     train_seconds: Stat | None
     grad_evals: Stat | None
+    # every seed's epochs to the target, ascending, None (not reached) last: the gate's input
+    epochs_by_seed: list[int | None] = field(default_factory=list)
+    # the last epoch the runs were planned to reach (a seed not reaching the target got this far)
+    horizon: int | None = None
 
     @property
     def reached(self) -> int:
@@ -75,23 +83,28 @@ class TargetSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target,
+            "metric": self.target.metric,
+            "target": self.target.value,
             "n": self.n,
             "outcomes": dict(self.outcomes),
             "epochs": _stat_dict(self.epochs),
             "train_seconds": _stat_dict(self.train_seconds),
             "grad_evals": _stat_dict(self.grad_evals),
+            "epochs_by_seed": list(self.epochs_by_seed),
+            "horizon": self.horizon,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetSummary:
         return cls(
-            target=float(data["target"]),
+            target=Target(str(data["metric"]), float(data["target"])),
             n=int(data["n"]),
             outcomes={str(k): int(v) for k, v in data["outcomes"].items()},
             epochs=Stat.from_dict(data.get("epochs")),
             train_seconds=Stat.from_dict(data.get("train_seconds")),
             grad_evals=Stat.from_dict(data.get("grad_evals")),
+            epochs_by_seed=[None if e is None else int(e) for e in data["epochs_by_seed"]],
+            horizon=None if data.get("horizon") is None else int(data["horizon"]),
         )
 
 
@@ -104,7 +117,7 @@ class CellSummary:
     seeds: list[int]
     statuses: dict[str, int]
     incomplete: int
-    targets: dict[float, TargetSummary]
+    targets: dict[Target, TargetSummary]
     final_test_error: Stat | None
     best_test_error: Stat | None
     final_train_loss: Stat | None
@@ -119,6 +132,9 @@ class CellSummary:
     dropped_pairs: Stat | None = None
     radius: Stat | None = None
     mixed_fields: list[str] = field(default_factory=list)
+    # what the runs were made with (hyperparameters, epochs, data, device, versions,
+    # commit, threads), as text; a setting that differs between seeds reads "mixed: ..."
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def diverged(self) -> int:
@@ -147,6 +163,7 @@ class CellSummary:
             "incomplete": self.incomplete,
             "targets": [t.to_dict() for t in self.targets.values()],
             **stats,
+            "settings": dict(self.settings),
         }
 
     @classmethod
@@ -168,6 +185,7 @@ class CellSummary:
             incomplete=int(data.get("incomplete", 0)),
             targets={t.target: t for t in targets},
             **{name: Stat.from_dict(data.get(name)) for name in _CELL_STATS},
+            settings={str(k): str(v) for k, v in (data.get("settings") or {}).items()},
         )
 
 
@@ -194,7 +212,7 @@ def _stat_dict(stat: Stat | None) -> dict[str, float] | None:
 def summarize_cell(key: CellKey, runs: list[RunSummary]) -> CellSummary:
     """Aggregate the runs of one cell (they should differ only by seed)."""
     all_targets = sorted({t for run in runs for t in run.targets})
-    targets: dict[float, TargetSummary] = {}
+    targets: dict[Target, TargetSummary] = {}
     for target in all_targets:
         having = [run for run in runs if target in run.targets]
         hits = [run.hits[target] for run in having if target in run.hits]
@@ -205,6 +223,8 @@ def summarize_cell(key: CellKey, runs: list[RunSummary]) -> CellSummary:
             epochs=Stat.of(h.epoch for h in hits),
             train_seconds=Stat.of(h.train_seconds for h in hits),
             grad_evals=Stat.of(h.grad_evals for h in hits),
+            epochs_by_seed=sorted(h.epoch for h in hits) + [None] * (len(having) - len(hits)),
+            horizon=max((run.epochs_planned or run.epochs_present for run in having), default=None),
         )
     # A diverged run has no final error or loss; its divergence is counted in ``statuses``.
     alive = [run for run in runs if not run.diverged]
@@ -228,6 +248,7 @@ def summarize_cell(key: CellKey, runs: list[RunSummary]) -> CellSummary:
         dropped_pairs=Stat.of(run.dropped_pairs for run in runs),
         radius=Stat.of(run.radius for run in runs),
         mixed_fields=_mixed_fields(runs),
+        settings=cell_settings(runs),
     )
 
 
@@ -235,6 +256,61 @@ def _mixed_fields(runs: list[RunSummary]) -> list[str]:
     """Spec fields other than the seed that differ between runs of one cell."""
     names = sorted({name for run in runs for name in run.spec} - _PER_SEED_FIELDS)
     return [name for name in names if len({repr(run.spec.get(name)) for run in runs}) > 1]
+
+
+# Spec fields that name the cell or the seed: never "settings that differ" within a match.
+_KEY_FIELDS = frozenset(
+    {"suite", "run_id", "seed", "data_root", "model", "dataset", "batch_norm", "label", "batch_size"}
+)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _short_commit(commit: str | None) -> str:
+    if not commit:
+        return "unknown"
+    head, _, tail = commit.partition("+")
+    return head[:12] + (f"+{tail}" if tail else "")
+
+
+def run_settings(run: RunSummary) -> dict[str, str]:
+    """What one run was made with, as ``name -> text`` (hyperparameters as ``params.NAME``)."""
+    out: dict[str, str] = {}
+    for name, value in run.spec.items():
+        if name in _KEY_FIELDS:
+            continue
+        if name == "optimizer_params" and isinstance(value, dict):
+            out.update({f"params.{k}": _text(v) for k, v in value.items()})
+        elif name == "targets":
+            out[name] = ", ".join(t.text() for t in run.targets) or "none"
+        else:
+            out[name] = _text(value)
+    out["device"] = run.device or "unknown"
+    for package in ("torch", "lsr1bench"):
+        out[package] = str(run.versions.get(package, "unknown"))
+    out["commit"] = _short_commit(run.git_commit)
+    threads = run.environment.get("torch_threads")
+    if threads is not None:
+        out["torch threads"] = str(threads)
+    return out
+
+
+def cell_settings(runs: list[RunSummary]) -> dict[str, str]:
+    """The settings of a cell's runs; one that differs between seeds reads ``mixed: a | b``."""
+    per_run = [run_settings(run) for run in runs]
+    by_name: dict[str, set[str]] = defaultdict(set)
+    for settings in per_run:
+        for name, text in settings.items():
+            by_name[name].add(text)
+    out = {}
+    for name in sorted(by_name):
+        values = by_name[name] | ({"(absent)"} if any(name not in s for s in per_run) else set())
+        out[name] = next(iter(values)) if len(values) == 1 else "mixed: " + " | ".join(sorted(values))
+    return out
 
 
 def summarize_cells(runs: list[RunSummary]) -> list[CellSummary]:
@@ -265,7 +341,9 @@ def cells_from_baseline(data: Any, origin: str) -> list[CellSummary]:
         raise ReportError(f'{origin}: not an lsr1bench baseline (no "format": "{BASELINE_FORMAT}")')
     if data.get("version") != BASELINE_VERSION:
         raise ReportError(
-            f"{origin}: baseline version {data.get('version')!r}, this lsr1bench reads version {BASELINE_VERSION}"
+            f"{origin}: baseline version {data.get('version')!r}, this lsr1bench reads version "
+            f"{BASELINE_VERSION}; export it again from its results: lsr1bench report RESULTS_DIR "
+            "--no-plots --export-baseline FILE"
         )
     raw_cells = data.get("cells")
     if not isinstance(raw_cells, list) or not raw_cells:

@@ -4,14 +4,16 @@ Layout (docs/ARCHITECTURE.md, "Records"): ``<suite>/<run_id>/run.json`` + ``epoc
 row per epoch, epoch 0 being the evaluation before any training. A results folder is a
 suite's folder (run folders inside), a folder of suites, or a single run folder.
 
-"Epochs to surpass target t" is the smallest epoch >= 1 whose ``test_error < t``; the
-training seconds and gradient evaluations "to target" are the cumulative ``train_seconds``
-and ``grad_evals`` on that same row.
+A target is a (metric, threshold) pair on a recorded metric: ``test_error`` (%),
+``test_loss`` or ``train_loss``. "Epochs to target" is the smallest epoch >= 1 whose value
+of the metric is below the threshold; the training seconds and gradient evaluations "to
+target" are the cumulative ``train_seconds`` and ``grad_evals`` on that same row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from lsr1bench.records import (
     read_epochs,
     read_run,
 )
+from lsr1bench.registry.names import DEFAULT_TARGET_METRIC, TARGET_METRICS
 
 # Folders the report stage itself writes next to the results; never run folders.
 OWN_FOLDERS = frozenset({"plots"})
@@ -64,6 +67,38 @@ class CellKey:
         return f"{head}{self.model}{bn} · {self.dataset} · {self.label} · b{self.batch_size}"
 
 
+@dataclass(frozen=True, order=True)
+class Target:
+    """A threshold on one recorded metric, reached when the metric falls below it."""
+
+    metric: str
+    value: float
+
+    def text(self) -> str:
+        """``< 1.5%`` for test error (the paper's Table 1), ``train loss < 0.3`` for a loss."""
+        if self.metric == "test_error":
+            return f"< {self.value:g}%"
+        return f"{self.metric.replace('_', ' ')} < {self.value:g}"
+
+    @property
+    def column(self) -> str:
+        """A CSV-safe name: ``test_error_1.5``."""
+        return f"{self.metric}_{self.value:g}"
+
+
+def spec_targets(spec: dict[str, Any]) -> tuple[Target, ...]:
+    """The targets of a recorded spec: ``{metric: [..]}``, or a list (test error; schema 1)."""
+    raw = spec.get("targets") or {}
+    if not isinstance(raw, dict):
+        raw = {DEFAULT_TARGET_METRIC: raw}
+    targets = []
+    for metric, values in raw.items():
+        if metric not in TARGET_METRICS:
+            raise ValueError(f"unknown target metric {metric!r}")
+        targets.extend(Target(str(metric), float(v)) for v in values)
+    return tuple(sorted(set(targets)))
+
+
 @dataclass(frozen=True)
 class TargetHit:
     epoch: int
@@ -84,10 +119,12 @@ class RunSummary:
     error: str | None
     device: str | None
     git_commit: str | None
+    versions: dict[str, Any]
+    environment: dict[str, Any]
     epochs_planned: int | None
     epochs_present: int
-    targets: tuple[float, ...]
-    hits: dict[float, TargetHit]
+    targets: tuple[Target, ...]
+    hits: dict[Target, TargetHit]
     diverged: bool
     incomplete: bool
     problems: list[str] = field(default_factory=list)
@@ -105,7 +142,7 @@ class RunSummary:
     # (epoch, train_seconds, test_error) for the plots.
     curve: list[tuple[int, float | None, float | None]] = field(default_factory=list)
 
-    def outcome(self, target: float) -> str:
+    def outcome(self, target: Target) -> str:
         if target in self.hits:
             return REACHED
         if self.diverged:
@@ -187,7 +224,7 @@ def summarize_run(run_dir: Path) -> RunSummary | str:
             + (f"-p{spec['ranks']}" if spec.get("ranks", 1) > 1 else ""),
             batch_size=int(spec["batch_size"]),
         )
-        targets = tuple(float(t) for t in spec.get("targets") or ())
+        targets = spec_targets(spec)
     except (KeyError, TypeError, ValueError) as exc:
         return f"{run_dir / RUN_FILE}: spec lacks a usable field ({exc!r})"
 
@@ -209,6 +246,8 @@ def summarize_run(run_dir: Path) -> RunSummary | str:
         error=record.error,
         device=record.device,
         git_commit=record.git_commit,
+        versions=dict(record.versions or {}),
+        environment=dict(record.extra.get("environment") or {}),
         epochs_planned=int(epochs_planned) if epochs_planned is not None else None,
         epochs_present=int(rows[-1]["epoch"] or 0) if rows else 0,
         targets=targets,
@@ -232,7 +271,7 @@ def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
                 run.diverged = True
     by_epoch = {int(row["epoch"] or 0): row for row in rows}
     for target in run.targets:
-        epoch = epochs_to_target(rows, target)
+        epoch = epochs_to_target(rows, target.value, target.metric)
         if epoch is not None:
             row = by_epoch[epoch]
             run.hits[target] = TargetHit(epoch, row.get("train_seconds"), row.get("grad_evals"))
@@ -307,12 +346,15 @@ class Results:
         return sorted({run.key.suite for run in self.runs})
 
 
-def load_results(results: Path) -> Results:
-    """Read every run under ``results``; ReportError when nothing usable is there."""
+def load_results(results: Path, run_ids: Collection[str] | None = None) -> Results:
+    """Read every run under ``results`` (only ``run_ids``, if given); ReportError when none is usable."""
     results = Path(results)
     runs: list[RunSummary] = []
     unreadable: list[str] = []
-    for run_dir in find_run_dirs(results):
+    run_dirs = find_run_dirs(results)
+    if run_ids is not None:
+        run_dirs = [d for d in run_dirs if d.name in run_ids]
+    for run_dir in run_dirs:
         summary = summarize_run(run_dir)
         if isinstance(summary, str):
             unreadable.append(summary)

@@ -1,7 +1,8 @@
 """Cells -> table rows (Markdown via tabulate, CSV), laid out like the paper's Table 1.
 
 One table per column group (suite, model, dataset, batch norm); inside it a row per
-optimizer label and a column per (target, batch size), targets first. A cell of an
+optimizer label and a column per (target, batch size), targets first (test error, then
+test loss, then train loss targets, each ascending). A cell of an
 "to target" table reads ``median [min–max] (k/n)``: the median and spread over the seeds
 that reached the target and how many of the n seeds did. A cell no seed reached reads
 "never reached", "diverged", "failed" or "not reached yet" (runs still incomplete), never
@@ -116,7 +117,7 @@ def target_table(cells: list[CellSummary], metric: str, fmt: Formatter) -> tuple
     batches = sorted({c.key.batch_size for c in cells})
     targets = sorted({t for c in cells for t in c.targets})
     by_key = {(c.key.label, c.key.batch_size): c for c in cells}
-    headers = ["optimizer"] + [f"< {t:g}% · b{b}" for t in targets for b in batches]
+    headers = ["optimizer"] + [f"{t.text()} · b{b}" for t in targets for b in batches]
     rows: list[list[str]] = []
     if not targets:
         return headers, rows
@@ -227,6 +228,7 @@ def _stat_columns(name: str) -> list[str]:
 
 def targets_csv(cells: list[CellSummary]) -> tuple[list[str], list[list[Any]]]:
     headers = _KEY_COLUMNS + [
+        "metric",
         "target",
         "n",
         "reached",
@@ -243,7 +245,7 @@ def targets_csv(cells: list[CellSummary]) -> tuple[list[str], list[list[Any]]]:
             outcomes = [summary.outcomes.get(o, 0) for o in OUTCOME_ORDER]
             rows.append(
                 _key_values(cell.key)
-                + [target, summary.n, *outcomes]
+                + [target.metric, target.value, summary.n, *outcomes]
                 + _stat_values(summary.epochs)
                 + _stat_values(summary.train_seconds)
                 + _stat_values(summary.grad_evals)
@@ -299,7 +301,7 @@ def runs_csv(runs: list[RunSummary]) -> tuple[list[str], list[list[Any]]]:
         "epochs_present",
         "epochs_planned",
     ]
-    headers += [f"epochs_to_{t:g}" for t in targets]
+    headers += [f"epochs_to_{t.column}" for t in targets]
     headers += [
         "final_test_error",
         "best_test_error",

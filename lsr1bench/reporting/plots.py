@@ -4,7 +4,8 @@ One PNG per suite and x-axis; inside it one panel per (model, dataset, batch nor
 size) and a line per optimizer label: the median over seeds, with a band from the lowest
 to the highest seed. Against wall-clock, each seed's curve is interpolated onto a common
 time grid and a seed counts only up to its own last recorded time. Non-finite values (a
-diverged run's last epoch) are left out. The target errors are dotted horizontal lines.
+diverged run's last epoch) are left out. The target test errors are dotted horizontal lines.
+The legend gives each label's number of seeds ("1 seed", "3 seeds").
 
 Uses matplotlib's Agg canvas directly (no pyplot, so no global backend state). No torch.
 """
@@ -92,6 +93,14 @@ def _safe_name(text: str) -> str:
 
 def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
     """One PNG of test error against epochs (or training seconds) for one suite's runs."""
+    figure = suite_figure(runs, use_time)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def suite_figure(runs: list[RunSummary], use_time: bool) -> Figure:
+    """The figure :func:`plot_suite` saves: a panel per (model, dataset, BN, batch)."""
     panels: dict[Panel, dict[str, list[RunSummary]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         key = run.key
@@ -116,7 +125,8 @@ def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
                 continue
             all_positive = all_positive and bool(np.all(low > 0))
             seeds = len(by_label[label])
-            ax.plot(xs, median, color=colors[label], label=f"{label} ({seeds} seeds)", lw=1.4)
+            noun = "seed" if seeds == 1 else "seeds"
+            ax.plot(xs, median, color=colors[label], label=f"{label} ({seeds} {noun})", lw=1.4)
             if seeds > 1:
                 ax.fill_between(xs, low, high, color=colors[label], alpha=0.2, lw=0)
             for run in by_label[label]:
@@ -124,7 +134,9 @@ def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
                     run_xs, run_ys = _finite_points(run, use_time)
                     if len(run_xs):
                         ax.plot(run_xs[-1], run_ys[-1], "x", color=colors[label], ms=6)
-        targets = sorted({t for runs_ in by_label.values() for run in runs_ for t in run.targets})
+        # the y axis is test error: only its targets are drawn (loss targets are in the tables)
+        targets = sorted({t.value for runs_ in by_label.values() for run in runs_ for t in run.targets
+                          if t.metric == "test_error"})  # fmt: skip
         for target in targets:
             ax.axhline(target, color="0.5", ls=":", lw=0.8)
         if all_positive and ax.has_data():
@@ -139,9 +151,7 @@ def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
         if ax.has_data():
             ax.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return figure
 
 
 def plot_results(runs: list[RunSummary], folder: Path) -> list[Path]:

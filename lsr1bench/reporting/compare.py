@@ -1,0 +1,405 @@
+"""``lsr1bench compare BASE CURRENT``: match cells, print a Markdown diff, gate regressions.
+
+BASE and CURRENT are results folders or baseline files (``lsr1bench report DIR
+--export-baseline FILE``). Cells are matched on (suite, model, dataset, batch norm, label,
+batch size); when each side holds a single suite the suite name is ignored, so a fresh
+``outputs/ci`` matches a baseline exported from another folder name.
+
+The gate reads each quantity against the base's own spread over seeds. Training is
+chaotic: a change that only reorders floating-point sums (another thread count, another
+CPU, another torch build) sends every seed down a different path, so the current seeds
+are in effect new draws from the same distribution as the base's. For a quantity where
+higher is worse, with base values over seeds spanning [min, max], the current cell
+regresses when its median exceeds
+
+    allowed = base max + max(floor, spread x (base max - base min))
+
+that is, the base's range widened upwards by its own width (``spread`` = 1), and at
+least by a floor. Three seeds are few: now and then their range is much narrower than
+the seeds' true spread, and the floor keeps such a base from failing a rounding change.
+The floors (one point of test error, 20 % of the train loss, one epoch) are two to three
+times the seed-to-seed standard deviation measured on suites/ci.yaml. The quantities:
+
+- epochs to each target, of any metric (a seed that never reached a target counts as
+  one epoch past the last planned epoch: as slow as it could still have been);
+- the final test error (floor ``final_error`` points), the final train loss (floor
+  ``loss_percent`` % of the base median) and the share of skipped updates (floor
+  ``skip_rate`` points);
+- training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
+
+A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
+are still incomplete, or it is missing from CURRENT. Beside each cell, the settings that
+differ between base and current (hyperparameters, epochs, data, device, versions,
+commit, threads) are listed, so a regression is read next to its likely cause.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lsr1bench.reporting import tables
+from lsr1bench.reporting.cells import CellSummary, Stat, TargetSummary
+from lsr1bench.reporting.report import ReportError, load_cells
+from lsr1bench.reporting.runs import CellKey, Target
+
+__all__ = [
+    "CellDiff",
+    "Comparison",
+    "ReportError",
+    "Tolerances",
+    "compare",
+    "compare_paths",
+    "to_markdown",
+]
+
+# Differences this small are float noise (medians of values read back from CSV and JSON).
+_EPS = 1e-9
+# A base with fewer seeds than this has a spread that says little; compare says so.
+ENOUGH_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far above the base's range over seeds CURRENT's median may go."""
+
+    spread: float = 1.0
+    epochs: float = 1.0
+    epochs_percent: float = 10.0
+    final_error: float = 1.0
+    loss_percent: float = 20.0
+    skip_rate: float = 5.0
+    wall_clock_percent: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("spread", "epochs", "epochs_percent", "final_error", "loss_percent", "skip_rate",
+                     "wall_clock_percent"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (value < 0 or math.isnan(value)):
+                raise ValueError(f"tolerance {name} must be >= 0, got {value}")
+
+    def allowed(self, base: Stat, floor: float) -> float:
+        """The highest current median that is not a regression."""
+        return base.max + max(floor, self.spread * (base.max - base.min))
+
+    def epochs_floor(self, base_median: float) -> float:
+        return max(self.epochs, self.epochs_percent / 100.0 * base_median)
+
+    def describe(self) -> str:
+        time = (
+            f"training time +{self.wall_clock_percent:g}% of the base median"
+            if self.wall_clock_percent is not None
+            else "training time is reported, not gated"
+        )
+        return (
+            f"a cell regresses when its median is above the base's max over seeds + "
+            f"max(floor, {self.spread:g} x the base's max - min); floors: epochs to target "
+            f"max({self.epochs:g}, {self.epochs_percent:g}% of base) (never reached = one epoch past the last), "
+            f"final test error {_points(self.final_error)}, final train loss {self.loss_percent:g}% of base, "
+            f"skipped updates {_points(self.skip_rate)}; {time}. Also gated: more diverged or failed seeds, "
+            "fewer seeds, missing or incomplete runs."
+        )
+
+
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
+@dataclass
+class CellDiff:
+    key: CellKey
+    base: CellSummary | None
+    current: CellSummary | None
+    regressions: list[str] = field(default_factory=list)
+    improvements: list[str] = field(default_factory=list)
+    # setting -> (base text, current text), for settings that differ
+    settings: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.current is None:
+            return "missing"
+        if self.base is None:
+            return "new"
+        return "REGRESSED" if self.regressions else "ok"
+
+
+@dataclass
+class Comparison:
+    base_name: str
+    current_name: str
+    tolerances: Tolerances
+    diffs: list[CellDiff]
+    notes: list[str] = field(default_factory=list)
+    # settings that differ the same way in every matched cell (shown once)
+    common_settings: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def regressed(self) -> list[CellDiff]:
+        return [d for d in self.diffs if d.regressions]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressed else 0
+
+
+def _share(reached: int, n: int) -> float:
+    return reached / n if n else 0.0
+
+
+def _check_runs(diff: CellDiff, base: CellSummary, current: CellSummary) -> None:
+    if current.n < base.n:
+        diff.regressions.append(f"{current.n} seeds, base had {base.n}")
+    for what, base_count, current_count in (
+        ("incomplete", base.incomplete, current.incomplete),
+        ("diverged", base.diverged, current.diverged),
+        ("failed", base.failed, current.failed),
+    ):
+        if _share(current_count, current.n) > _share(base_count, base.n) + _EPS:
+            diff.regressions.append(f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})")
+
+
+def censored_epochs(summary: TargetSummary) -> Stat | None:
+    """Median and range over all seeds of the epochs to a target; never reached = horizon + 1."""
+    if summary.horizon is None or not summary.epochs_by_seed:
+        return None
+    past = summary.horizon + 1
+    return Stat.of(float(past if e is None else e) for e in summary.epochs_by_seed)
+
+
+def _epochs_text(value: float, summary: TargetSummary) -> str:
+    if summary.horizon is not None and value > summary.horizon:
+        return f"not reached by epoch {summary.horizon}"
+    return tables.fmt_count(value)
+
+
+def _check_targets(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
+    for target, base_t in sorted(base.targets.items()):
+        name = target.text()
+        current_t = current.targets.get(target)
+        if current_t is None:
+            diff.regressions.append(f"{name}: not a target of the current runs")
+            continue
+        base_stat, current_stat = censored_epochs(base_t), censored_epochs(current_t)
+        if base_stat is None or current_stat is None:
+            continue
+        allowed = tol.allowed(base_stat, tol.epochs_floor(base_stat.median))
+        change = (
+            f"{name}: median epochs {_epochs_text(base_stat.median, base_t)} -> "
+            f"{_epochs_text(current_stat.median, current_t)} (reached by {current_t.reached}/{current_t.n} "
+            f"seeds, base {base_t.reached}/{base_t.n})"
+        )
+        if current_stat.median > allowed + _EPS:
+            diff.regressions.append(f"{change}; allowed up to {tables.fmt_count(allowed)}")
+        elif current_stat.median < base_stat.min - (allowed - base_stat.max) - _EPS:
+            diff.improvements.append(change)
+
+
+def _check_value(
+    diff: CellDiff, label: str, base: Stat | None, current: Stat | None, floor: float, unit: str, tol: Tolerances
+) -> None:
+    if base is None or current is None:
+        return
+    allowed = tol.allowed(base, floor)
+    digits = 4 if unit == "" else 2
+    change = (
+        f"{label}: median {current.median:.{digits}f}{unit}, base {base.median:.{digits}f}{unit} "
+        f"[{base.min:.{digits}f}–{base.max:.{digits}f}]"
+    )
+    if current.median > allowed + _EPS:
+        diff.regressions.append(f"{change}; allowed up to {allowed:.{digits}f}{unit}")
+    elif current.median < base.min - (allowed - base.max) - _EPS:
+        diff.improvements.append(change)
+
+
+def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
+    base, current = diff.base, diff.current
+    if base is None or current is None:
+        if current is None:
+            diff.regressions.append("missing from CURRENT")
+        return
+    _check_runs(diff, base, current)
+    _check_targets(diff, base, current, tol)
+    _check_value(diff, "final test error", base.final_test_error, current.final_test_error, tol.final_error, "%", tol)
+    if base.final_train_loss is not None:
+        loss_floor = tol.loss_percent / 100.0 * abs(base.final_train_loss.median)
+        _check_value(diff, "final train loss", base.final_train_loss, current.final_train_loss, loss_floor, "", tol)
+    _check_value(diff, "skipped updates", base.skip_percent, current.skip_percent, tol.skip_rate, "%", tol)
+    if tol.wall_clock_percent is not None:
+        percent = _percent_change(base.train_seconds, current.train_seconds)
+        if percent is not None and percent > tol.wall_clock_percent + _EPS:
+            diff.regressions.append(f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)")
+
+
+def _setting_differences(base: CellSummary, current: CellSummary) -> dict[str, tuple[str, str]]:
+    if not base.settings or not current.settings:
+        return {}
+    names = sorted(set(base.settings) | set(current.settings))
+    absent = "(absent)"
+    return {
+        name: (base.settings.get(name, absent), current.settings.get(name, absent))
+        for name in names
+        if base.settings.get(name, absent) != current.settings.get(name, absent)
+    }
+
+
+def _percent_change(base: Stat | None, current: Stat | None) -> float | None:
+    if base is None or current is None or base.median <= 0:
+        return None
+    return 100.0 * (current.median - base.median) / base.median
+
+
+def _match_key(key: CellKey, ignore_suite: bool) -> CellKey:
+    if not ignore_suite:
+        return key
+    return CellKey("", key.model, key.dataset, key.batch_norm, key.label, key.batch_size)
+
+
+def compare(
+    base: list[CellSummary],
+    current: list[CellSummary],
+    tolerances: Tolerances | None = None,
+    base_name: str = "base",
+    current_name: str = "current",
+) -> Comparison:
+    """Match the cells of two sides and judge each against the tolerances."""
+    tol = tolerances or Tolerances()
+    base_suites = {c.key.suite for c in base}
+    current_suites = {c.key.suite for c in current}
+    ignore_suite = len(base_suites) == 1 and len(current_suites) == 1
+    notes = []
+    if ignore_suite and base_suites != current_suites:
+        notes.append(f"suite {next(iter(base_suites))!r} compared with suite {next(iter(current_suites))!r}")
+    base_by = {_match_key(c.key, ignore_suite): c for c in base}
+    current_by = {_match_key(c.key, ignore_suite): c for c in current}
+    diffs = []
+    for match in sorted(set(base_by) | set(current_by), key=_sort_key):
+        b, c = base_by.get(match), current_by.get(match)
+        diff = CellDiff(key=(c or b).key, base=b, current=c)  # type: ignore[union-attr]
+        _check_cell(diff, tol)
+        if b is not None and c is not None:
+            diff.settings = _setting_differences(b, c)
+        diffs.append(diff)
+    base_incomplete = sum(c.incomplete for c in base)
+    if base_incomplete:
+        notes.append(f"BASE itself has {base_incomplete} incomplete runs")
+    few = [c for c in base if c.n < ENOUGH_SEEDS]
+    if few:
+        notes.append(
+            f"{len(few)} of {len(base)} BASE cells have fewer than {ENOUGH_SEEDS} seeds, so their spread "
+            "over seeds says little; the floors alone set their tolerance"
+        )
+    if any(b.settings for b in base) and not all(b.settings for b in base):
+        notes.append("some BASE cells record no settings (an older baseline): their settings are not compared")
+    matched = [d for d in diffs if d.base is not None and d.current is not None]
+    common = dict(matched[0].settings) if matched else {}
+    for diff in matched[1:]:
+        common = {k: v for k, v in common.items() if diff.settings.get(k) == v}
+    for diff in matched:
+        diff.settings = {k: v for k, v in diff.settings.items() if k not in common}
+    return Comparison(base_name, current_name, tol, diffs, notes, common)
+
+
+def _sort_key(key: CellKey) -> tuple[object, ...]:
+    return (key.suite, key.model, key.dataset, key.batch_norm, key.label, key.batch_size)
+
+
+def compare_paths(base: str | Path, current: str | Path, tolerances: Tolerances | None = None) -> Comparison:
+    """Compare two results folders or baseline files; ReportError on bad input."""
+    base_cells, _ = load_cells(base)
+    current_cells, _ = load_cells(current)
+    return compare(base_cells, current_cells, tolerances, str(base), str(current))
+
+
+# --- Markdown -------------------------------------------------------------------------
+
+
+def _target_cell(cell: CellSummary, target: Target) -> str:
+    return tables.target_text(cell.targets.get(target), "epochs", tables.fmt_count)
+
+
+def _pair(base: Stat | None, current: Stat | None, fmt: tables.Formatter, percent: bool = False) -> str:
+    text = f"{tables.fmt_stat(base, fmt)} → {tables.fmt_stat(current, fmt)}"
+    if base is None or current is None:
+        return text
+    if percent:
+        change = _percent_change(base, current)
+        return text if change is None else f"{text} ({change:+.0f}%)"
+    return f"{text} ({current.median - base.median:+.2f})"
+
+
+def settings_text(settings: dict[str, tuple[str, str]]) -> str:
+    """``memory 5 → 1; commit 3e0c45a → 1b2c3d4``."""
+    return "; ".join(f"{name} {base} → {current}" for name, (base, current) in settings.items())
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """The diff as Markdown, fit for a pull-request comment."""
+    regressed = comparison.regressed
+    multi_suite = len({d.key.suite for d in comparison.diffs}) > 1
+    verdict = (
+        f"FAIL: {len(regressed)} of {len(comparison.diffs)} cells regressed"
+        if regressed
+        else f"PASS: no regression in {len(comparison.diffs)} cells"
+    )
+    out = [
+        f"## lsr1bench compare: {verdict}\n",
+        f"Base `{comparison.base_name}` → current `{comparison.current_name}`.\n",
+        f"Gate: {comparison.tolerances.describe()}\n",
+    ]
+    out += [f"Note: {note}.\n" for note in comparison.notes]
+    if comparison.common_settings:
+        out.append(f"Settings that differ in every cell: {settings_text(comparison.common_settings)}.\n")
+    if regressed:
+        out.append("### Regressions\n")
+        for diff in regressed:
+            reasons = "; ".join(diff.regressions)
+            changed = f" (settings that differ: {settings_text(diff.settings)})" if diff.settings else ""
+            out.append(f"- **{diff.key.describe(multi_suite)}**: {reasons}{changed}")
+        out.append("")
+    improved = [d for d in comparison.diffs if d.improvements and d.status != "missing"]
+    if improved:
+        out.append("### Improvements\n")
+        for diff in improved:
+            out.append(f"- {diff.key.describe(multi_suite)}: {'; '.join(diff.improvements)}")
+        out.append("")
+    changed_cells = [d for d in comparison.diffs if d.settings and not d.regressions]
+    if changed_cells:
+        out.append("### Settings that differ\n")
+        for diff in changed_cells:
+            out.append(f"- {diff.key.describe(multi_suite)}: {settings_text(diff.settings)}")
+        out.append("")
+    out.append("### Epochs to target\n")
+    rows = []
+    for diff in comparison.diffs:
+        targets = sorted({*(diff.base.targets if diff.base else {}), *(diff.current.targets if diff.current else {})})
+        for target in targets:
+            rows.append([
+                diff.key.describe(multi_suite),
+                target.text(),
+                _target_cell(diff.base, target) if diff.base else "new",
+                _target_cell(diff.current, target) if diff.current else "missing",
+                diff.status,
+            ])  # fmt: skip
+    if rows:
+        headers = ["cell", "target", "base", "current", "cell status"]
+        out.append(tables.markdown(headers, rows) + "\n")
+    else:
+        out.append("No cell has targets.\n")
+    out.append("### Final test error and train loss, skipped updates, training time\n")
+    rows = []
+    for diff in comparison.diffs:
+        b, c = diff.base, diff.current
+        rows.append([
+            diff.key.describe(multi_suite),
+            _pair(b and b.final_test_error, c and c.final_test_error, tables.fmt_percent),
+            _pair(b and b.final_train_loss, c and c.final_train_loss, tables.fmt_loss),
+            _pair(b and b.skip_percent, c and c.skip_percent, tables.fmt_percent),
+            _pair(b and b.train_seconds, c and c.train_seconds, tables.fmt_seconds, percent=True),
+            diff.status,
+        ])  # fmt: skip
+    headers = ["cell", "final test error %", "final train loss", "skipped updates %", "train seconds", "cell status"]
+    out.append(tables.markdown(headers, rows) + "\n")
+    out.append("Values: median [min–max] over seeds; (k/n) seeds reached the target.\n")
+    return "\n".join(out)
