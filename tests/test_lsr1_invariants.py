@@ -170,6 +170,8 @@ def test_invariants_hold_over_300_float32_steps_of_an_mlp(batch_norm):
     stats = result["stats"]
     assert stats["steps"] == 300 and stats["accepted_steps"] >= 150
     assert result["checked"]["secant"] >= 250 and result["checked"]["pred"] >= 290
+    # two blocking transfers per step; the extra pass against cancellation stays rare
+    assert stats["explicit_passes"] <= 0.01 * stats["steps"]
     assert stats["host_syncs"] <= 2 * stats["steps"] + stats["explicit_passes"] + 2 * stats["hard_cases"]
 
 

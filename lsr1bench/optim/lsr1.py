@@ -32,6 +32,11 @@ _LINE_SEARCHES = ("strong_wolfe", "armijo")
 _SMALL_KEYS = ("gram_ss", "gram_sp", "gram_pp")
 
 _PAIR_POLICIES = ("paper", "scaled")
+# A value computed as a difference of terms of total size ``size`` is trusted when it is at
+# least CANCELLATION_GUARD * eps * size (eps of the parameters' dtype): the chunked products
+# are accurate to a few eps, so that leaves about three correct digits. Below it the value
+# is formed from the vectors by an extra pass (counted in ``explicit_passes``).
+CANCELLATION_GUARD = 1e3
 
 # What a step ended as: every step is exactly one of these, so they sum to ``steps``.
 OUTCOMES = (
@@ -498,7 +503,9 @@ class LSR1(Optimizer):
                 if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
                     raise _Breakdown
                 par_sq = float((g_par**2).sum())
-                explicit_perp = par_sq > 0.5 * gg
+                # gg - par_sq loses to cancellation only the digits the products lack
+                # (chunked float64 sums); form g_perp explicitly when that leaves too few.
+                explicit_perp = par_sq > (1.0 - CANCELLATION_GUARD * eps) * gg
                 if not explicit_perp:
                     g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
                 else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
@@ -641,7 +648,7 @@ class LSR1(Optimizer):
         # y - B s = psi - Psi M Psi^T s.
         psi_psi = memory.split(p_products)[1] if k > 0 else empty
         s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
-        if r_sq <= 1e-2 * size:
+        if r_sq <= CANCELLATION_GUARD * eps * size:
             # y - B s is small next to psi: form it explicitly (cancellation).
             r = x_saved  # x is restored or no longer needed
             w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
@@ -709,6 +716,7 @@ class LSR1(Optimizer):
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
+        eps = torch.finfo(g.dtype).eps
         delta = 1.0 / d["gamma"]
         device = g.device
         f, gg, g_products = self._first_products(memory, f_device, g)
@@ -802,7 +810,7 @@ class LSR1(Optimizer):
             basis_s = basis_y = empty
         # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
         y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
-        if r_sq <= 1e-2 * size:
+        if r_sq <= CANCELLATION_GUARD * eps * size:
             # s - H y = s - delta y - Phi N Phi^T y = s - delta y + delta Psi (N Phi^T y)
             r = x_saved
             w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
