@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from ._compact import (
     CHUNK,
+    SMALL,
     CurvatureMemory,
     Reducer,
     combine,
@@ -21,6 +22,7 @@ from ._compact import (
     residual,
     well_posed,
 )
+from ._distributed import GroupReducer, check_consistent, decision_digest, make_layout
 from ._line_search import armijo_backtracking, strong_wolfe
 from ._trust_region import solve_subproblem, spectral_form
 from .curvature import CurvatureOperator
@@ -174,6 +176,8 @@ class LSR1(Optimizer):
         c1: float = 1e-4,
         c2: float = 0.9,
         max_line_search_evaluations: int = 10,
+        process_group: Any = None,
+        shard_memory: bool = True,
     ) -> None:
         if method not in _METHODS:
             raise ValueError(f"Invalid method: {method!r} (expected one of {_METHODS})")
@@ -210,6 +214,8 @@ class LSR1(Optimizer):
             raise ValueError(f"Invalid line_search: {line_search!r} (expected one of {_LINE_SEARCHES})")
         if not 0.0 < c1 < c2 < 1.0:
             raise ValueError(f"Invalid line search constants: c1={c1!r}, c2={c2!r} (expected 0 < c1 < c2 < 1)")
+        if not isinstance(shard_memory, bool):
+            raise ValueError(f"Invalid shard_memory: {shard_memory!r} (expected True or False)")
         if not isinstance(max_line_search_evaluations, int) or max_line_search_evaluations < 1:
             raise ValueError(f"Invalid max_line_search_evaluations: {max_line_search_evaluations!r}")
         defaults = dict(
@@ -240,10 +246,24 @@ class LSR1(Optimizer):
                 raise ValueError(f"LSR1 needs floating-point parameters, got {p.dtype}")
         self._numels = [p.numel() for p in self._params]
         self._n = sum(self._numels)
-        self._n_pad = padded_length(self._n)  # flat buffers: n values, then zeros
-        self._reducer = Reducer()
+        self._group = process_group
+        if process_group is None:
+            self._layout = make_layout(self._n, 1, 0, False)
+            self._reducer: Reducer = Reducer()
+        else:
+            import torch.distributed as dist
+
+            self._layout = make_layout(
+                self._n, dist.get_world_size(process_group), dist.get_rank(process_group), shard_memory
+            )
+            self._reducer = GroupReducer(process_group, self._layout)
+        # Full flat buffers hold n values, then zeros up to the padded length; a rank's slice
+        # of the coordinates is [lo, hi) (everything without a group or when replicated).
+        self._n_pad = self._layout.total
+        assert self._layout.total >= padded_length(self._n)
         self._work: dict[str, Tensor] = {}
         self._cosines: list[float] = []
+        self._step_loss: float | None = None
         self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
@@ -266,6 +286,31 @@ class LSR1(Optimizer):
             buf = torch.zeros(self._n_pad, dtype=first.dtype, device=first.device)
             self._work[name] = buf
         return buf
+
+    def _local(self, name: str) -> Tensor:
+        """A work vector over this rank's coordinates (all of them without sharding)."""
+        key = "local_" + name
+        buf = self._work.get(key)
+        if buf is None:
+            first = self._params[0]
+            buf = torch.zeros(self._layout.width, dtype=first.dtype, device=first.device)
+            self._work[key] = buf
+        return buf
+
+    def _grad_into(self, local: Tensor) -> None:
+        """This rank's slice of the flat gradient into ``local``."""
+        if not self._layout.sharded:
+            self._gather_grad(local)
+            return
+        full = self._buffer("gradient")
+        self._gather_grad(full)
+        local.copy_(full[self._layout.lo : self._layout.hi])
+
+    def _full(self, local: Tensor, name: str) -> Tensor:
+        """The whole flat vector from every rank's slice (an all-gather when sharded)."""
+        if not self._layout.sharded:
+            return local
+        return self._reducer.all_gather(local, self._buffer(name))  # type: ignore[attr-defined]
 
     def _gather_grad(self, out: Tensor) -> Tensor:
         views = self._views_of(out)
@@ -309,7 +354,8 @@ class LSR1(Optimizer):
 
     def _memory(self, state: dict) -> CurvatureMemory:
         m = min(self.defaults["memory"], self._n)
-        return CurvatureMemory(state, m, self._n_pad, self._params[0])
+        state.setdefault("layout", self._layout.describe())
+        return CurvatureMemory(state, m, self._layout.width, self._params[0])
 
     def _rank_tol(self) -> float:
         tol = self.defaults["rank_tol"]
@@ -326,7 +372,21 @@ class LSR1(Optimizer):
         out["last_step_length"] = state["last_step_length"]
         out["stored_pairs"] = len(state.get("order", []))
         out["method"] = self.defaults["method"]
+        if isinstance(self._reducer, GroupReducer):
+            out["world_size"] = self._layout.world_size
+            out["layout"] = "sharded" if self._layout.sharded else "replicated"
+            out["collectives"] = self._reducer.collectives
+            out["bytes_communicated"] = self._reducer.bytes
         return out
+
+    def memory_bytes(self) -> int:
+        """Bytes of the optimizer's own tensors on this rank (memory, Gram matrices, work
+        buffers), as allocated so far."""
+        tensors = [t for t in self._work.values()]
+        for value in self.state[self._params[0]].values():
+            if isinstance(value, Tensor):
+                tensors.append(value)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def update_cosines(self, clear: bool = True) -> list[float]:
         """|s^T r| / (||s|| ||r||) of every SR1 skip test since the last call (r = y - B s, or
@@ -343,12 +403,29 @@ class LSR1(Optimizer):
         is the inverse of the H its directions use (same pairs, H0 = I / gamma)."""
         state = self._global_state()
         memory = self._memory(state)
-        idx = torch.tensor(memory.order, dtype=torch.long, device=memory.buffer.device)
-        S = memory.buffer[: memory.slots, : self._n].index_select(0, idx).clone()
-        Psi = memory.buffer[memory.slots :, : self._n].index_select(0, idx).clone()
+        buffer = memory.buffer
+        if self._layout.sharded:  # a collective: every rank must call it
+            full = buffer.new_zeros((buffer.shape[0], self._layout.total))
+            for row in range(buffer.shape[0]):
+                self._reducer.all_gather(buffer[row], full[row])  # type: ignore[attr-defined]
+            buffer = full
+        idx = torch.tensor(memory.order, dtype=torch.long, device=buffer.device)
+        S = buffer[: memory.slots, : self._n].index_select(0, idx).clone()
+        Psi = buffer[memory.slots :, : self._n].index_select(0, idx).clone()
         return CurvatureOperator(S, Psi, *memory.grams(), self.defaults["gamma"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_layout = state_dict.get("state", {}).get(0, {}).get("layout")
+        if saved_layout is not None:
+            mine = self._layout.describe()
+            if any(saved_layout.get(key) != mine[key] for key in ("world_size", "sharded", "total", "lo", "hi")):
+                raise ValueError(
+                    f"LSR1.load_state_dict: this state was saved by rank {saved_layout.get('rank')} of "
+                    f"{saved_layout.get('world_size')} ({'sharded' if saved_layout.get('sharded') else 'unsharded'}); "
+                    f"this optimizer is rank {mine['rank']} of {mine['world_size']} "
+                    f"({'sharded' if mine['sharded'] else 'unsharded'}). Move checkpoints between layouts "
+                    "with full_state_dict() and load_full_state_dict()"
+                )
         super().load_state_dict(state_dict)
         saved = state_dict["state"].get(0, {})
         state = self.state[self._params[0]]
@@ -362,6 +439,45 @@ class LSR1(Optimizer):
             state["order"] = [int(i) for i in state["order"]]
         if "stats" in state:
             state["stats"] = dict(state["stats"])
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The state in the one-process format (a collective when the memory is sharded):
+        loads into ``LSR1`` with any number of ranks via ``load_full_state_dict``, and into a
+        one-process ``LSR1`` with plain ``load_state_dict``."""
+        import copy
+
+        sd = self.state_dict()
+        sd = {"state": copy.deepcopy(sd["state"]), "param_groups": copy.deepcopy(sd["param_groups"])}
+        state = sd["state"].get(0)
+        single = make_layout(self._n, 1, 0, False)
+        if state is not None and "memory" in state:
+            memory = state["memory"]
+            if self._layout.sharded:
+                full = memory.new_zeros((memory.shape[0], self._layout.total))
+                for row in range(memory.shape[0]):
+                    self._reducer.all_gather(memory[row], full[row])  # type: ignore[attr-defined]
+                memory = full
+            state["memory"] = _resize_columns(memory, single.total)
+        if state is not None:
+            state["layout"] = single.describe()
+        return sd
+
+    def load_full_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``full_state_dict()`` (or a one-process ``state_dict()``) into this rank's
+        layout: each rank keeps its slice of the memory's columns."""
+        import copy
+
+        sd = {"state": copy.copy(state_dict["state"]), "param_groups": copy.deepcopy(state_dict["param_groups"])}
+        state = sd["state"].get(0)
+        if state is not None:
+            state = dict(state)
+            sd["state"][0] = state
+            layout = self._layout
+            if "memory" in state:
+                full = _resize_columns(state["memory"], layout.total)
+                state["memory"] = full[:, layout.lo : layout.hi].clone()
+            state["layout"] = layout.describe()
+        self.load_state_dict(sd)
 
     # --- the step -------------------------------------------------------------------------
     @torch.no_grad()
@@ -387,7 +503,7 @@ class LSR1(Optimizer):
             The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
             stats["closure_evaluations"] += 1
-            self._gather_grad(out)
+            self._grad_into(out)
             if isinstance(loss, Tensor):
                 value = loss.detach().reshape(())
             else:
@@ -403,6 +519,9 @@ class LSR1(Optimizer):
                 self._line_search_step(state, f, g, evaluate)
         finally:
             stats["host_syncs"] += self._reducer.syncs - syncs_before
+        if self._group is not None and self._step_loss is not None:
+            # the loss averaged over the group (every rank returns the same value)
+            return torch.tensor(self._step_loss, dtype=self._params[0].dtype)
         return loss
 
     # --- pieces shared by both methods ------------------------------------------------------
@@ -413,7 +532,7 @@ class LSR1(Optimizer):
         rows = self._work.get("s_psi_y")
         if rows is None:
             first = self._params[0]
-            rows = torch.zeros((4, self._n_pad), dtype=first.dtype, device=first.device)
+            rows = torch.zeros((4, self._layout.width), dtype=first.dtype, device=first.device)
             self._work["s_psi_y"] = rows
         return rows
 
@@ -431,13 +550,26 @@ class LSR1(Optimizer):
         return staging.to(like.device, non_blocking=True)
 
     def _first_products(self, memory: CurvatureMemory, f: Tensor, g: Tensor) -> tuple[float, float, Tensor]:
-        """Sync 1: the loss at x, g^T g and [S; Y]^T g in one transfer."""
+        """Sync 1: the loss at x, g^T g and [S; Psi]^T g in one transfer (with a group: one
+        all-reduce, which also carries the check that every rank's decisions agree)."""
         with exact_float32_matmul(g.device):
             gg = g.unsqueeze(0)
-            parts = [f.reshape(1), products(gg, gg).reshape(1)]
+            parts = [f.reshape(1).to(SMALL)]
+            checked = isinstance(self._reducer, GroupReducer)
+            if checked:
+                state = self._global_state()
+                h = decision_digest(state["stats"], state["radius"], memory.k)
+                parts.append(torch.tensor([h, h * h], dtype=SMALL, device=g.device))
+                self._reducer.checks = 2  # type: ignore[attr-defined]
+            parts.append(products(gg, gg).reshape(1))
             if memory.k > 0:
                 parts.append(products(memory.buffer, gg).reshape(-1))
             first = self._reducer.gather(parts, means=1)
+        if checked:
+            steps = self._global_state()["stats"]["steps"]
+            check_consistent(float(first[1]), float(first[2]), self._layout.world_size, steps)
+            first = torch.cat([first[:1], first[3:]])
+        self._step_loss = float(first[0])
         return float(first[0]), float(first[1]), first[2:]
 
     def _second_products(self, memory: CurvatureMemory, f_trial: Tensor | None, rows: Tensor, k: int):
@@ -569,7 +701,7 @@ class LSR1(Optimizer):
                 else:
                     torch.mul(g, beta, out=s)
             if solution.perp_unit != 0.0:
-                z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], x_saved)
+                z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
                 s.add_(z, alpha=solution.perp_unit)
             with exact_float32_matmul(device):
                 parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
@@ -601,7 +733,7 @@ class LSR1(Optimizer):
 
         # Trial point x + s on the same minibatch.
         self._save_params(x_saved)
-        self._add_to_params(s)
+        self._add_to_params(self._full(s, "step"))
         _, f_trial = evaluate(y)
         y.sub_(g)
         torch.add(y, s, alpha=-gamma, out=psi)
@@ -650,7 +782,7 @@ class LSR1(Optimizer):
         s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # y - B s is small next to psi: form it explicitly (cancellation).
-            r = x_saved  # x is restored or no longer needed
+            r = self._local("r")
             w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
             with exact_float32_matmul(device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
@@ -700,8 +832,9 @@ class LSR1(Optimizer):
     def _unit_orthogonal_to_psi(self, memory, spectral, gamma: float, seed: int, out: Tensor) -> Tensor:
         """A unit vector orthogonal to range(Psi): the hard case with lambda_min = gamma."""
         generator = torch.Generator(device=out.device).manual_seed(1_000_003 + seed)
-        out.copy_(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
-        out[self._n :].zero_()  # the padding stays zero
+        full = torch.randn(self._layout.total, generator=generator, device=out.device, dtype=out.dtype)
+        full[self._n :] = 0.0  # the padding stays zero
+        out.copy_(full[self._layout.lo : self._layout.hi])
         with exact_float32_matmul(out.device):
             if memory.k > 0:
                 psi_v = memory.split(self._reducer.rows(memory.buffer, out))[1]
@@ -761,7 +894,7 @@ class LSR1(Optimizer):
 
         x_saved = self._buffer("x")
         self._save_params(x_saved)
-        x_views, d_views = self._views_of(x_saved), self._views_of(direction)
+        x_views, d_views = self._views_of(x_saved), self._views_of(self._full(direction, "step"))
 
         def phi(alpha: float) -> tuple[float, float]:
             torch._foreach_copy_(self._params, x_views)
@@ -812,7 +945,7 @@ class LSR1(Optimizer):
         y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # s - H y = s - delta y - Phi N Phi^T y = s - delta y + delta Psi (N Phi^T y)
-            r = x_saved
+            r = self._local("r")
             w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
             with exact_float32_matmul(device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(delta * w_y), g), r, base=s)
@@ -842,3 +975,12 @@ def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float) -> 
         return spectral_form(gram, middle_inv, scale).lambda_min < 0.0
     except torch.linalg.LinAlgError:
         return False
+
+
+def _resize_columns(matrix: Tensor, width: int) -> Tensor:
+    """``matrix`` with its columns cut or zero-padded to ``width`` (padding columns are zero)."""
+    if matrix.shape[1] >= width:
+        return matrix[:, :width].clone()
+    out = matrix.new_zeros((matrix.shape[0], width))
+    out[:, : matrix.shape[1]] = matrix
+    return out

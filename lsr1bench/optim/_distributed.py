@@ -1,0 +1,118 @@
+"""Data-parallel L-SR1: the coordinate layout and the reducer that all-reduces over a group.
+
+L-SR1's algebra does not separate by layers (every Gram entry, Psi^T g, rho and the skip
+test are inner products over all n coordinates), so the memory is split by coordinates:
+rank r holds columns [lo_r, hi_r) of the (2m x n) memory and of the work rows, computes
+partial inner products, and one all-reduce of O(m) float64 values completes them. Every
+decision is then taken from reduced (identical) values on every rank, so all ranks call
+the closure the same number of times. Imports torch only; no call is made without a group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._compact import CHUNK, SMALL, Reducer, padded_length
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this rank's coordinates lie in the padded flat parameter vector."""
+
+    world_size: int
+    rank: int
+    sharded: bool
+    total: int  # padded length of the full flat vectors (a multiple of world_size slices)
+    lo: int
+    hi: int
+
+    @property
+    def width(self) -> int:
+        return self.hi - self.lo
+
+    def describe(self) -> dict:
+        return {"world_size": self.world_size, "rank": self.rank, "sharded": self.sharded,
+                "total": self.total, "lo": self.lo, "hi": self.hi}
+
+
+def make_layout(n: int, world_size: int, rank: int, sharded: bool) -> Layout:
+    """Balanced equal slices (so s can be all-gathered into one tensor); each slice a
+    multiple of CHUNK when n exceeds it, so the chunked products stay chunked."""
+    if world_size == 1 or not sharded:
+        total = padded_length(n)
+        return Layout(world_size, rank, False, total, 0, total)
+    per = -(-n // world_size)
+    if n > CHUNK:
+        per = -(-per // CHUNK) * CHUNK
+    total = per * world_size
+    return Layout(world_size, rank, True, total, rank * per, (rank + 1) * per)
+
+
+class GroupReducer(Reducer):
+    """All-reduces the concatenated small vector over ``group``; counts the collectives
+    and the bytes this rank sends (payload size; the algorithm's own factor is not counted).
+
+    The vector's first ``means`` entries are averaged over the ranks (losses: each rank's
+    closure returns the mean over its equal shard); the next ``checks`` entries are summed
+    (the consistency check); the rest are inner products: summed when the memory is
+    sharded (partial sums over each rank's coordinates), taken from rank 0 when it is
+    replicated (every rank computed the same values; a sum would only add rounding).
+    """
+
+    def __init__(self, group, layout: Layout) -> None:
+        super().__init__()
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.group = group
+        self.layout = layout
+        self.collectives = 0
+        self.bytes = 0
+        self.checks = 0
+
+    def _reduce(self, flat: Tensor, means: int) -> Tensor:
+        checks, self.checks = self.checks, 0
+        if not self.layout.sharded and self.layout.rank != 0:
+            flat = flat.clone()
+            flat[means + checks :] = 0.0
+        self.dist.all_reduce(flat, group=self.group)
+        self.collectives += 1
+        self.bytes += flat.numel() * flat.element_size()
+        if means:
+            flat[:means] /= self.layout.world_size
+        return flat
+
+    def all_gather(self, local: Tensor, full: Tensor) -> Tensor:
+        """full <- the ranks' equal slices, in rank order."""
+        chunks = list(full.split(self.layout.width))
+        self.dist.all_gather(chunks, local.contiguous(), group=self.group)
+        self.collectives += 1
+        self.bytes += local.numel() * local.element_size()
+        return full
+
+
+def decision_digest(stats: dict, radius: float | None, k: int) -> float:
+    """A number every rank computes identically while their decisions agree."""
+    value = (stats["accepted_steps"] + 3.0 * stats["rejected_steps"] + 7.0 * stats["skipped_updates"]
+             + 13.0 * stats["dropped_pairs"] + 17.0 * k + 19.0 * stats["nonfinite_points"])
+    if radius is not None and math.isfinite(radius):
+        value += radius
+    return value
+
+
+def check_consistent(total: float, total_sq: float, world_size: int, step: int) -> None:
+    """Ranks agree iff P * sum(h^2) == (sum h)^2 (Cauchy-Schwarz equality)."""
+    gap = world_size * total_sq - total * total
+    if not abs(gap) <= 1e-9 * max(total * total, 1.0):
+        raise RuntimeError(
+            f"LSR1: ranks disagree about the optimizer's state before step {step} "
+            f"(their decisions diverged: a rank saw different data, parameters or settings)"
+        )
+
+
+def small(values: list[float], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=SMALL, device=like.device)
