@@ -276,7 +276,7 @@ def _plugin_checks(kind: str, name: str, label: str | None, check: Any) -> None:
     problems: list[tuple[str, str]] = []
     if label is None:
         problems.append(
-            ("label", f"a {kind} named by import path needs a label (it is in the run id and the reports)")
+            ("label", f"{kind} named by import path needs a label (it is in the run id and the reports)")
         )
     try:
         problems += [(f"params{sub}" if sub.startswith(".") else (sub or "name"), msg) for sub, msg in check()]
@@ -320,7 +320,7 @@ class ModelEntry(_Strict):
                 problems.append(("batch_norm", f"{self.name} takes no batch_norm keyword, so batch_norm cannot be set"))
             return problems
 
-        _plugin_checks("model", self.name, self.label, check)
+        _plugin_checks("a model", self.name, self.label, check)
         return self
 
     @property
@@ -392,7 +392,7 @@ class DatasetEntry(_Strict):
             plugins.declared_weight_decay(self.name)
             return problems
 
-        _plugin_checks("dataset", self.name, self.label, check)
+        _plugin_checks("a dataset", self.name, self.label, check)
         return self
 
     @property
@@ -499,7 +499,7 @@ class OptimizerEntry(Settings):
                 )
                 continue
             if _is_sweep(key, value, BUILTIN_LIST_VALUED):
-                problems += _sweep_problems(key, value)
+                problems += [(f".{key}{sub}", msg) for sub, msg in _sweep_problems(key, value)]
                 checked = [(f".{key}[{i}]", v) for i, v in enumerate(value)]
             else:
                 checked = [(f".{key}", value)]
@@ -529,7 +529,7 @@ class OptimizerEntry(Settings):
             fixed = {k: v for k, v in self.params.items() if k not in dict(axes)}
             return problems or plugins.check_optimizer(self.name, plugins.sweep_points(axes, fixed))
 
-        _plugin_checks("optimizer", self.name, self.label, check)
+        _plugin_checks("an optimizer", self.name, self.label, check)
         return self
 
     @model_validator(mode="after")
