@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lsr1bench.registry import names
-from lsr1bench.spec import DEFAULT_EPOCHS, Grid, OptimizerEntry, SpecError, Suite
+from lsr1bench.registry import names, plugins
+from lsr1bench.spec import DEFAULT_EPOCHS, Grid, OptimizerEntry, SpecError, Suite, sweep_axes
 
 RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -42,6 +42,15 @@ class RunSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     ranks: int = 1  # data-parallel processes; each takes batch_size / ranks rows of every minibatch
+    # Fields added by issue 12, left out of to_dict() at their defaults so the records and
+    # baselines of suites that do not use them stay as they were.
+    model_path: str | None = None  # a model factory's import path (``model`` is then its label)
+    model_params: dict[str, Any] = field(default_factory=dict)
+    dataset_path: str | None = None  # a dataset factory's import path (``dataset`` is its label)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    sweep_of: str | None = None  # the entry's own label when this run is one point of a sweep
+    sweep: dict[str, Any] = field(default_factory=dict)  # the swept hyperparameters' values here
+    validation_split: int | None = None  # training examples held out and evaluated every epoch
 
     def __post_init__(self) -> None:
         # a bare sequence of thresholds (the list form of a suite, records before
@@ -54,6 +63,10 @@ class RunSpec:
         out["targets"] = {metric: list(values) for metric, values in self.targets.items()}
         out["optimizer_params"] = _jsonable(self.optimizer_params)
         out["lr_schedule"] = _jsonable(self.lr_schedule)
+        for name, default in _LATER_FIELDS.items():
+            out[name] = _jsonable(out[name])
+            if out[name] == default:
+                del out[name]
         return out
 
     @classmethod
@@ -69,14 +82,43 @@ class RunSpec:
         return self.optimizer in names.SECOND_ORDER
 
     @property
-    def family(self) -> str:
-        return names.family(self.dataset)
+    def family(self) -> str | None:
+        return None if self.dataset_path else names.family(self.dataset)
 
     def comparable(self) -> dict[str, Any]:
         """The fields that change results (the data root only says where the files are)."""
         out = self.to_dict()
         out.pop("data_root")
         return out
+
+
+_LATER_FIELDS: dict[str, Any] = {
+    "model_path": None,
+    "model_params": {},
+    "dataset_path": None,
+    "dataset_params": {},
+    "sweep_of": None,
+    "sweep": {},
+    "validation_split": None,
+}
+
+
+def sweep_label(label: str, point: dict[str, Any]) -> str:
+    """``adam`` + ``{lr: 0.001}`` -> ``adam-lr0.001``: the swept values in the label and run id."""
+    parts = [label]
+    for key, value in point.items():
+        parts.append(f"{key}{_value_text(value)}")
+    return "-".join(parts).lower()
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "_".join(_value_text(v) for v in value)
+    return str(value)
 
 
 def normalize_targets(targets: Any) -> dict[str, tuple[float, ...]]:
@@ -154,6 +196,11 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
             [f"{where}: no batch_sizes for {entry.name}; set batch_sizes on the suite, grid {g} or this entry"]
         )
     epochs = _pick("epochs", *layers) or DEFAULT_EPOCHS
+    validation_split = _pick("validation_split", *layers)
+    axes = sweep_axes(entry.name, entry.params)
+    fixed = {k: v for k, v in entry.params.items() if k not in dict(axes)}
+    points = plugins.sweep_points(axes, fixed)
+    swept_keys = [key for key, _ in axes]
     schedule = _pick("lr_schedule", *layers)
     targets = normalize_targets(_pick("targets", *layers) or {})
     ranks_values = list(_pick("ranks", *layers) or [1])
@@ -162,39 +209,68 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
         raise SpecError(problems)
     for model in grid.models:
         for batch_norm in model.batch_norm_values():
-            for dataset in grid.datasets:
-                family = names.family(dataset)
+            for d, dataset_entry in enumerate(grid.datasets):
+                dataset = dataset_entry.run_name
+                dataset_path = dataset_entry.name if plugins.is_import_path(dataset_entry.name) else None
+                family = None if dataset_path else names.family(dataset_entry.name)
                 weight_decay = _pick("weight_decay", *layers)
-                params = names.resolved_optimizer_params(entry.name, dataset, entry.params)
-                for batch, ranks in ((b, r) for b in batch_sizes for r in ranks_values):
+                if weight_decay is None:
+                    weight_decay = names.WEIGHT_DECAY[family] if family else plugins.declared_weight_decay(dataset_path)
+                combos = [(p, b, r) for p in points for b in batch_sizes for r in ranks_values]
+                for point, batch, ranks in combos:
+                    params = _resolved_params(entry, dataset_entry.name, family, point, where, g, d)
+                    swept = {k: point[k] for k in swept_keys}
+                    label = sweep_label(entry.resolved_label, swept) if axes else entry.resolved_label
                     for seed in _seeds(*layers):
-                        run_id = make_run_id(model.name, batch_norm, dataset, entry.resolved_label, batch, seed, ranks)
+                        run_id = make_run_id(model.run_name, batch_norm, dataset, label, batch, seed, ranks)
                         yield (
                             where,
                             RunSpec(
                                 suite=suite.name or "suite",
                                 run_id=run_id,
-                                model=model.name,
+                                model=model.run_name,
                                 batch_norm=batch_norm,
                                 dataset=dataset,
                                 optimizer=entry.name,
-                                label=entry.resolved_label,
+                                label=label,
                                 optimizer_params=params,
                                 lr_schedule=schedule.model_dump() if schedule is not None else None,
                                 batch_size=batch,
                                 seed=seed,
                                 epochs=epochs,
                                 targets=targets,
-                                weight_decay=(
-                                    float(weight_decay) if weight_decay is not None else names.WEIGHT_DECAY[family]
-                                ),
+                                weight_decay=float(weight_decay),
                                 stop_at_targets=bool(_pick("stop_at_targets", *layers) or False),
                                 data_root=_pick("data_root", *layers),
                                 train_subset=_pick("train_subset", *layers),
                                 test_subset=_pick("test_subset", *layers),
                                 ranks=ranks,
+                                model_path=model.name if model.label is not None else None,
+                                model_params=dict(model.params),
+                                dataset_path=dataset_path,
+                                dataset_params=dict(dataset_entry.params),
+                                sweep_of=entry.resolved_label if axes else None,
+                                sweep=swept,
+                                validation_split=validation_split,
                             ),
                         )
+
+
+def _resolved_params(
+    entry: OptimizerEntry, dataset: str, family: str | None, point: dict[str, Any], where: str, g: int, d: int
+) -> dict[str, Any]:
+    """One sweep point's hyperparameters: the registry's defaults updated by it (as given, for a path)."""
+    if plugins.is_import_path(entry.name):
+        return dict(point)
+    needs_rate = names.OPTIMIZER_DEFAULTS[entry.name].get("lr", 0) is None and "lr" not in point
+    if needs_rate and family is None:
+        raise SpecError(
+            [
+                f"{where}.params.lr: {entry.name}'s default learning rate is the paper's per dataset "
+                f"family, and grids[{g}].datasets[{d}] ({dataset}) has none; set params.lr"
+            ]
+        )
+    return names.resolved_optimizer_params(entry.name, dataset, point)
 
 
 def expand(suite: Suite) -> list[RunSpec]:

@@ -63,6 +63,9 @@ EPOCH_COLUMNS = (
     "steps",
     *OPTIMIZER_COLUMNS,
     "lr",
+    # the held-out training examples of ``validation_split`` (empty without one)
+    "val_loss",
+    "val_error",
 )
 # Columns added after records were first written: files without them still read (as None).
 LATER_COLUMNS = (
@@ -71,6 +74,8 @@ LATER_COLUMNS = (
     "negative_curvature_fraction",
     "update_cosine_p10",
     "update_cosine_median",
+    "val_loss",
+    "val_error",
 )
 _EARLIER_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c not in LATER_COLUMNS)
 _INT_COLUMNS = frozenset(

@@ -52,8 +52,8 @@ from lsr1bench import records
 from lsr1bench.grid import RunSpec
 from lsr1bench.parallel import SingleProcess
 from lsr1bench.records import RunRecord
-from lsr1bench.registry.datasets import load_dataset
-from lsr1bench.registry.models import build_model, l2_penalty
+from lsr1bench.registry.datasets import load_dataset, load_plugin_dataset
+from lsr1bench.registry.models import build_model, build_plugin_model, l2_penalty
 from lsr1bench.registry.optimizers import build_optimizer
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -85,7 +85,8 @@ _DATA_CACHE_SIZE = 2
 
 
 def data_key(spec: RunSpec) -> tuple[Any, ...]:
-    return (spec.dataset, spec.data_root, spec.train_subset, spec.test_subset)
+    plugin = (spec.dataset_path, repr(sorted(spec.dataset_params.items()))) if spec.dataset_path else ()
+    return (spec.dataset, spec.data_root, spec.train_subset, spec.test_subset, *plugin)
 
 
 def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
@@ -94,14 +95,19 @@ def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
         return _DATA_CACHE[key]
-    pair = load_dataset(
-        spec.dataset,
-        root=spec.data_root,
-        train_subset=spec.train_subset,
-        test_subset=spec.test_subset,
-        download=True,
-        seed=0,  # a dataset name means one dataset; the run's seed is for init and order
-    )
+    if spec.dataset_path:
+        pair = load_plugin_dataset(
+            spec.dataset_path, spec.dataset_params, train_subset=spec.train_subset, test_subset=spec.test_subset
+        )
+    else:
+        pair = load_dataset(
+            spec.dataset,
+            root=spec.data_root,
+            train_subset=spec.train_subset,
+            test_subset=spec.test_subset,
+            download=True,
+            seed=0,  # a dataset name means one dataset; the run's seed is for init and order
+        )
     data = DeviceData(
         train_x=pair.train_x.to(device),
         train_y=pair.train_y.to(device),
@@ -119,6 +125,31 @@ def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
 
 def clear_data_cache() -> None:
     _DATA_CACHE.clear()
+
+
+# The held-out examples of ``validation_split`` are drawn once per dataset by this seed, not
+# the run's, so every optimizer and seed is tuned on the same examples.
+VALIDATION_SEED = 0
+
+
+def split_validation(data: DeviceData, count: int) -> tuple[DeviceData, Tensor, Tensor]:
+    """Hold out ``count`` training examples (a fixed random draw); the rest train, in order."""
+    n = len(data.train_y)
+    if not 1 <= count < n:
+        raise ValueError(f"validation_split {count} must leave training examples: the training split has {n}")
+    draw = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held = draw[:count].sort().values.to(data.train_y.device)
+    kept = draw[count:].sort().values.to(data.train_y.device)
+    train = DeviceData(
+        train_x=data.train_x[kept],
+        train_y=data.train_y[kept],
+        test_x=data.test_x,
+        test_y=data.test_y,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        description=f"{data.description}; {count} training examples held out for validation",
+    )
+    return train, data.train_x[held], data.train_y[held]
 
 
 # ---------------------------------------------------------------------------- environment
@@ -396,17 +427,31 @@ class _Run:
     def train(self) -> None:
         spec, device, parallel = self.spec, self.device, self.parallel
         data = load_data(spec, device)
+        validation: tuple[Tensor, Tensor] | None = None
+        if spec.validation_split:
+            data, val_x, val_y = split_validation(data, spec.validation_split)
+            validation = (val_x, val_y)
         n = len(data.train_y)
         self.record.extra["data"] = {
             "description": data.description,
             "train_examples": n,
             "test_examples": len(data.test_y),
             "steps_per_epoch": max(1, n // spec.batch_size),
+            "validation_examples": spec.validation_split or 0,
         }
         seed_everything(spec.seed)
-        model = build_model(
-            spec.model, batch_norm=spec.batch_norm, input_shape=data.input_shape, num_classes=data.num_classes
-        ).to(device)
+        if spec.model_path:
+            model = build_plugin_model(
+                spec.model_path,
+                spec.model_params,
+                batch_norm=spec.batch_norm,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+            ).to(device)
+        else:
+            model = build_model(
+                spec.model, batch_norm=spec.batch_norm, input_shape=data.input_shape, num_classes=data.num_classes
+            ).to(device)
         model.train()
         net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
         order = torch.Generator().manual_seed(spec.seed)
@@ -442,6 +487,8 @@ class _Run:
                 "steps": stats.get("steps", optimizer.steps),
                 "lr": lr,  # the rate this epoch trained with
             }
+            if validation is not None:
+                out["val_loss"], out["val_error"] = evaluate(model, *validation, parallel)
             stats.update(optimizer.epoch_curvature())
             for column in records.OPTIMIZER_COLUMNS:
                 value = stats.get(column)

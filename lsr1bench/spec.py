@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from lsr1bench.registry import names
+from lsr1bench.registry import names, plugins
 
 # A label and a suite name end up in directory names and run ids.
 LABEL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -123,6 +123,8 @@ class Settings(_Strict):
     test_subset: int | None = Field(default=None, ge=1)
     data_root: str | None = Field(default=None, min_length=1)
     ranks: list[int] | None = Field(default=None, min_length=1)
+    # hold out this many training examples, evaluated every epoch (val_error, val_loss)
+    validation_split: int | None = Field(default=None, ge=1)
 
     _as_lists = field_validator("batch_sizes", "seeds", "ranks", mode="before")(
         classmethod(lambda cls, v: _as_list(v))
@@ -249,18 +251,82 @@ def _duplicates(values: Sequence[Any], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def _check_label(label: str | None) -> str | None:
+    if label is not None and not LABEL_PATTERN.match(label):
+        raise PydanticCustomError(
+            "lsr1bench",
+            "{message}",
+            {
+                "message": f"label {label!r} must be lower-case letters, digits, '.', '_' or '-' "
+                "(it becomes part of the run id)"
+            },
+        )
+    return label
+
+
+def _check_name_or_path(value: Any, table: Mapping[str, str], what: str) -> str:
+    """A registered name, or an import path (imported and checked by the entry's own validator)."""
+    if plugins.is_import_path(value):
+        return value
+    return _check_name(value, table, what)
+
+
+def _plugin_checks(kind: str, name: str, label: str | None, check: Any) -> None:
+    """Run ``check()`` -> problems for a plugin entry; add the label rule; raise them all."""
+    problems: list[tuple[str, str]] = []
+    if label is None:
+        problems.append(
+            ("label", f"{kind} named by import path needs a label (it is in the run id and the reports)")
+        )
+    try:
+        problems += [(f"params{sub}" if sub.startswith(".") else (sub or "name"), msg) for sub, msg in check()]
+    except plugins.PluginError as exc:
+        problems.append(("name", str(exc)))
+    if problems:
+        raise _problems(problems)
+
+
 class ModelEntry(_Strict):
-    """A model, trained with and/or without batch norm (``batch_norm: [true, false]``)."""
+    """A model, trained with and/or without batch norm (``batch_norm: [true, false]``).
+
+    ``name`` may be an import path to a factory returning an ``nn.Module`` (see
+    :mod:`lsr1bench.registry.plugins`); then ``label`` is required and ``params`` go to it.
+    """
 
     name: str
     batch_norm: list[bool] | None = Field(default=None, min_length=1)
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v, names.MODELS, "model")))
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name_or_path(v, names.MODELS, "model")))
+    _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
+
+    @model_validator(mode="after")
+    def _plugin(self) -> ModelEntry:
+        if not plugins.is_import_path(self.name):
+            if self.params or self.label is not None:
+                key = "params" if self.params else "label"
+                raise _problem(key, f"{key} is for a model named by import path; {self.name} takes none")
+            return self
+
+        def check() -> list[tuple[str, str]]:
+            problems = plugins.check_factory(self.name, self.params, "model", plugins.MODEL_INJECTED)
+            if self.batch_norm and not plugins.takes_keyword(self.name, "batch_norm"):
+                problems.append(("batch_norm", f"{self.name} takes no batch_norm keyword, so batch_norm cannot be set"))
+            return problems
+
+        _plugin_checks("a model", self.name, self.label, check)
+        return self
+
+    @property
+    def run_name(self) -> str:
+        """How run ids and reports name the model: its label for a path, else its name."""
+        return self.label if self.label is not None else self.name
 
     @field_validator("batch_norm", mode="before")
     @classmethod
@@ -282,6 +348,57 @@ class ModelEntry(_Strict):
         if self.batch_norm is not None:
             return list(self.batch_norm)
         return [self.name == "resnet20"]
+
+
+class DatasetEntry(_Strict):
+    """A dataset: a registered name, a torchvision class name, or a factory's import path."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            cls._name(data)  # a bare name's problem belongs to the list item, not to '.name'
+            return {"name": data}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if plugins.is_import_path(name) or names.known_dataset(name):
+            return name
+        known = [*names.DATASETS, *names.TORCHVISION_DATASETS]
+        raise _problem(
+            "",
+            f"unknown dataset '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}, "
+            "or an import path to a factory (module:function)",
+        )
+
+    _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
+
+    @model_validator(mode="after")
+    def _plugin(self) -> DatasetEntry:
+        if not plugins.is_import_path(self.name):
+            if self.params or self.label is not None:
+                key = "params" if self.params else "label"
+                raise _problem(key, f"{key} is for a dataset named by import path; {self.name} takes none")
+            return self
+
+        def check() -> list[tuple[str, str]]:
+            problems = plugins.check_factory(self.name, self.params, "dataset")
+            plugins.declared_weight_decay(self.name)
+            return problems
+
+        _plugin_checks("a dataset", self.name, self.label, check)
+        return self
+
+    @property
+    def run_name(self) -> str:
+        """How run ids and reports name the dataset: its label for a path, else its name."""
+        return self.label if self.label is not None else self.name
 
 
 def _number(value: Any) -> bool:
@@ -343,28 +460,17 @@ class OptimizerEntry(Settings):
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v, names.OPTIMIZERS, "optimizer")))
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, label: str | None) -> str | None:
-        if label is not None and not LABEL_PATTERN.match(label):
-            raise PydanticCustomError(
-                "lsr1bench",
-                "{message}",
-                {
-                    "message": f"label {label!r} must be lower-case letters, digits, '.', '_' or '-' "
-                    "(it becomes part of the run id)"
-                },
-            )
-        return label
+    _name = field_validator("name")(
+        classmethod(lambda cls, v: _check_name_or_path(v, names.OPTIMIZERS, "optimizer"))
+    )
+    _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
 
     @field_validator("params")
     @classmethod
     def _params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         name = info.data.get("name")
-        if name is None:
-            return params  # the unknown optimizer name is the problem already reported
+        if name is None or plugins.is_import_path(name):
+            return params  # an unknown name is reported already; a path is checked after
         layout_options = names.LAYOUT_OPTIONS.get(name, {})
         known = [*names.OPTIMIZER_DEFAULTS[name], *layout_options]
         problems = []
@@ -392,16 +498,43 @@ class OptimizerEntry(Settings):
                     )
                 )
                 continue
-            problem = _check_hyperparameter(name, key, value)
-            if problem:
-                problems.append((f".{key}", problem))
+            if _is_sweep(key, value, BUILTIN_LIST_VALUED):
+                problems += [(f".{key}{sub}", msg) for sub, msg in _sweep_problems(key, value)]
+                checked = [(f".{key}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                checked = [(f".{key}", value)]
+            for where, one in checked:
+                problem = _check_hyperparameter(name, key, one)
+                if problem:
+                    problems.append((where, problem))
         if problems:
             raise _problems(problems)
         return params
 
     @model_validator(mode="after")
+    def _plugin(self) -> OptimizerEntry:
+        if not plugins.is_import_path(self.name):
+            return self
+
+        def check() -> list[tuple[str, str]]:
+            cls = plugins.optimizer_class(self.name)
+            list_valued = plugins.list_valued(cls, self.name)
+            problems = [
+                (f".{key}{sub}", msg)
+                for key, value in self.params.items()
+                if _is_sweep(key, value, list_valued)
+                for sub, msg in _sweep_problems(key, value)
+            ]
+            axes = sweep_axes(self.name, self.params)
+            fixed = {k: v for k, v in self.params.items() if k not in dict(axes)}
+            return problems or plugins.check_optimizer(self.name, plugins.sweep_points(axes, fixed))
+
+        _plugin_checks("an optimizer", self.name, self.label, check)
+        return self
+
+    @model_validator(mode="after")
     def _schedule_needs_lr(self) -> OptimizerEntry:
-        if self.lr_schedule is not None and "lr" not in names.OPTIMIZER_DEFAULTS[self.name]:
+        if self.lr_schedule is not None and not has_lr(self.name):
             raise _problem("lr_schedule", f"{self.name} has no learning rate to schedule")
         return self
 
@@ -410,12 +543,56 @@ class OptimizerEntry(Settings):
         return self.label if self.label is not None else self.name
 
 
+# Built-in hyperparameters whose one value is a list (a list of lists sweeps them).
+BUILTIN_LIST_VALUED = frozenset({"betas"})
+
+
+def _is_sweep(key: str, value: Any, list_valued: frozenset[str]) -> bool:
+    """A list sweeps ``key``, unless ``key`` takes a list: then only a list of lists does."""
+    if not isinstance(value, list):
+        return False
+    if key in list_valued:
+        return bool(value) and all(isinstance(v, list) for v in value)
+    return True
+
+
+def _sweep_problems(key: str, values: list[Any]) -> list[tuple[str, str]]:
+    if not values:
+        return [("", f"an empty list sweeps {key} over nothing; give at least one value")]
+    return [
+        (f"[{i}]", f"a sweep value is a number, text or true/false, got {v!r}")
+        for i, v in enumerate(values)
+        if isinstance(v, dict)
+    ] + _duplicates([repr(v) for v in values], f"{key} value")
+
+
+def sweep_axes(name: str, params: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    """The swept hyperparameters of an optimizer entry, ``[(key, values), ...]`` in file order."""
+    if plugins.is_import_path(name):
+        list_valued = plugins.list_valued(plugins.optimizer_class(name), name)
+    else:
+        list_valued = BUILTIN_LIST_VALUED
+    return [(key, list(value)) for key, value in params.items() if _is_sweep(key, value, list_valued)]
+
+
+def has_lr(name: str) -> bool:
+    """Whether the optimizer ``name`` (registered or a path) has a learning rate to schedule."""
+    if plugins.is_import_path(name):
+        try:
+            cls = plugins.optimizer_class(name)
+            accepted, _ = plugins.optimizer_keywords(cls, name)
+        except plugins.PluginError:
+            return True  # the bad path is reported on its own
+        return "lr" in accepted
+    return "lr" in names.OPTIMIZER_DEFAULTS.get(name, {"lr": None})
+
+
 class Grid(Settings):
     """One grid: every model x batch norm x dataset x optimizer x batch size x seed."""
 
     name: str | None = None
     models: list[ModelEntry] = Field(min_length=1)
-    datasets: list[str] = Field(min_length=1)
+    datasets: list[DatasetEntry] = Field(min_length=1)
     optimizers: list[OptimizerEntry] = Field(min_length=1)
 
     @field_validator("models", "datasets", "optimizers", mode="before")
@@ -425,16 +602,8 @@ class Grid(Settings):
 
     @field_validator("datasets")
     @classmethod
-    def _datasets(cls, datasets: list[str]) -> list[str]:
-        problems = [
-            (
-                f"[{i}]",
-                f"unknown dataset '{d}'{did_you_mean(d, list(names.DATASETS))}; known: {_known(names.DATASETS)}",
-            )
-            for i, d in enumerate(datasets)
-            if d not in names.DATASETS
-        ]
-        problems += _duplicates(datasets, "dataset")
+    def _datasets(cls, datasets: list[DatasetEntry]) -> list[DatasetEntry]:
+        problems = _duplicates([d.run_name for d in datasets], "dataset")
         if problems:
             raise _problems(problems)
         return datasets
@@ -450,7 +619,7 @@ class Grid(Settings):
                 "set lr_schedule on the optimizer entries that have one",
             )
             for i, entry in enumerate(self.optimizers)
-            if entry.lr_schedule is None and "lr" not in names.OPTIMIZER_DEFAULTS[entry.name]
+            if entry.lr_schedule is None and not has_lr(entry.name)
         ]
         if problems:
             raise _problems(problems)
@@ -497,7 +666,7 @@ class Suite(Settings):
             for g, grid in enumerate(self.grids)
             if grid.lr_schedule is None
             for i, entry in enumerate(grid.optimizers)
-            if entry.lr_schedule is None and "lr" not in names.OPTIMIZER_DEFAULTS[entry.name]
+            if entry.lr_schedule is None and not has_lr(entry.name)
         ]
         if problems:
             raise _problems(problems)

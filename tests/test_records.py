@@ -25,7 +25,7 @@ def test_columns_are_the_documented_contract() -> None:
         "epoch", "train_loss", "test_loss", "test_error", "train_seconds", "total_seconds",
         "grad_evals", "samples", "steps", "accepted_steps", "rejected_steps",
         "skipped_updates", "dropped_pairs", "radius", "stored_pairs", "min_eigenvalue", "negative_eigenvalues",
-        "negative_curvature_fraction", "update_cosine_p10", "update_cosine_median", "lr",
+        "negative_curvature_fraction", "update_cosine_p10", "update_cosine_median", "lr", "val_loss", "val_error",
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lsr1bench.registry.names import DATASET_DESCRIPTIONS, DATASETS
+from lsr1bench.registry.names import DATASET_DESCRIPTIONS, DATASETS, TORCHVISION_DATASETS
 
 __all__ = [
     "DatasetPair",
@@ -121,9 +121,11 @@ def load_dataset(
     outside ``1..len(split)``, and ``DatasetUnavailable`` when files are missing and the
     download is off or fails.
     """
-    if name not in DATASETS:
+    if name in TORCHVISION_DATASETS:
+        pair = _load_torchvision_classification(name, resolve_root(root), download)
+    elif name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())}")
-    if name == "mnist":
+    elif name == "mnist":
         pair = _load_torchvision_mnist(resolve_root(root), download)
     elif name == "cifar10":
         pair = _load_torchvision_cifar10(resolve_root(root), download)
@@ -232,6 +234,101 @@ def _load_torchvision_cifar10(root: Path, download: bool) -> DatasetPair:
         family="cifar10",
         description=DATASET_DESCRIPTIONS["cifar10"] + f", from {root}",
     )
+
+
+def _load_torchvision_classification(cls_name: str, root: Path, download: bool) -> DatasetPair:
+    """A torchvision classification dataset by class name (``FashionMNIST``, ``CIFAR100``, ...).
+
+    Images are scaled to [0, 1] and normalised per channel with the training split's own
+    mean and standard deviation.
+    """
+    train, test = _torchvision_dataset(cls_name, cls_name, root, download, f"{root}/{cls_name}")
+    train_x, test_x = _images(train.data), _images(test.data)
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    return DatasetPair(
+        train_x=(train_x - mean) / std,
+        train_y=_labels(train.targets),
+        test_x=(test_x - mean) / std,
+        test_y=_labels(test.targets),
+        num_classes=len(train.classes),
+        input_shape=tuple(train_x.shape[1:]),
+        family=TORCHVISION_DATASETS[cls_name],
+        description=f"torchvision.datasets.{cls_name} ({len(train.targets)} train / {len(test.targets)} test), "
+        f"from {root}",
+    )
+
+
+def _images(data: Tensor | np.ndarray) -> Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [0, 1]."""
+    x = torch.as_tensor(np.asarray(data)) if not isinstance(data, Tensor) else data
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    return x.to(torch.float32).div_(255.0).contiguous()
+
+
+def _labels(targets: Tensor | list) -> Tensor:
+    labels = torch.as_tensor(targets, dtype=torch.int64)
+    return labels[:, 0] if labels.dim() == 2 else labels  # QMNIST keeps extra columns
+
+
+def load_plugin_dataset(
+    path: str, params: dict, *, train_subset: int | None = None, test_subset: int | None = None
+) -> DatasetPair:
+    """Call the dataset factory at ``path``: it returns ``(train, test, num_classes)``, each split
+    ``(x, y)`` tensors or a torch dataset of ``(x, y)`` items (stacked here, in order)."""
+    from lsr1bench.registry import plugins
+
+    produced = plugins.factory(path, "dataset")(**params)
+    if not (isinstance(produced, tuple) and len(produced) == 3):
+        raise plugins.PluginError(
+            f"dataset factory '{path}' returned {type(produced).__name__}; expected (train, test, num_classes)"
+        )
+    train, test, num_classes = produced
+    train_x, train_y = _split_tensors(train, path, "train")
+    test_x, test_y = _split_tensors(test, path, "test")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise plugins.PluginError(
+            f"dataset factory '{path}' returned num_classes={num_classes!r}; expected an int >= 2"
+        )
+    for split, labels in (("train", train_y), ("test", test_y)):
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise plugins.PluginError(f"dataset factory '{path}': {split} labels outside 0..{num_classes - 1}")
+    pair = DatasetPair(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        family="",
+        description=f"{path}({', '.join(f'{k}={v!r}' for k, v in params.items())}): "
+        f"{len(train_y)} train / {len(test_y)} test",
+        name=path,
+    )
+    pair.train_x, pair.train_y = _first(pair.train_x, pair.train_y, train_subset, "train_subset")
+    pair.test_x, pair.test_y = _first(pair.test_x, pair.test_y, test_subset, "test_subset")
+    return pair
+
+
+def _split_tensors(split: object, path: str, which: str) -> tuple[Tensor, Tensor]:
+    from lsr1bench.registry import plugins
+
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, Tensor) for t in split):
+        x, y = split
+    elif hasattr(split, "__len__") and hasattr(split, "__getitem__"):
+        items = [split[i] for i in range(len(split))]
+        if not items:
+            raise plugins.PluginError(f"dataset factory '{path}': the {which} split is empty")
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items])
+    else:
+        raise plugins.PluginError(
+            f"dataset factory '{path}': the {which} split is {type(split).__name__}; "
+            "expected (x, y) tensors or a torch dataset of (x, y) items"
+        )
+    if len(x) != len(y) or len(y) == 0:
+        raise plugins.PluginError(f"dataset factory '{path}': the {which} split has {len(x)} inputs, {len(y)} labels")
+    return x.to(torch.float32), y.to(torch.int64)
 
 
 def embedded_mnist_path() -> Path:

@@ -56,6 +56,29 @@ def build_model(
     return builder(batch_norm, shape, int(num_classes))
 
 
+def build_plugin_model(
+    path: str,
+    params: dict,
+    *,
+    batch_norm: bool,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> nn.Module:
+    """Call the model factory at ``path`` with ``params``, plus ``input_shape``, ``num_classes``
+    and ``batch_norm`` where its signature takes them; it must return an ``nn.Module``."""
+    from lsr1bench.registry import plugins
+
+    kwargs = dict(params)
+    given = {"input_shape": tuple(input_shape), "num_classes": int(num_classes), "batch_norm": batch_norm}
+    for key, value in given.items():
+        if plugins.takes_keyword(path, key):
+            kwargs[key] = value
+    model = plugins.factory(path, "model")(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise plugins.PluginError(f"model factory '{path}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def l2_penalty(model: nn.Module, weight_decay: float) -> Tensor:
     """``weight_decay / 2 * sum(p ** 2)`` over every trainable parameter of ``model``.
 

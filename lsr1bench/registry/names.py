@@ -45,6 +45,18 @@ DATASET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# torchvision classification datasets by class name (``torchvision.datasets.<name>``, with
+# ``train=True/False`` and ``download=True``), each with the family of the paper's dataset
+# it resembles (which picks the default L2 coefficient and first-order learning rate).
+TORCHVISION_DATASETS: Mapping[str, str] = MappingProxyType(
+    {
+        "FashionMNIST": "mnist",
+        "KMNIST": "mnist",
+        "QMNIST": "mnist",
+        "CIFAR100": "cifar10",
+    }
+)
+
 WEIGHT_DECAY: Mapping[str, float] = MappingProxyType({"mnist": 1e-4, "cifar10": 1e-3})
 
 FIRST_ORDER_LR: Mapping[str, float] = MappingProxyType({"mnist": 0.003, "cifar10": 0.01})
@@ -103,9 +115,16 @@ LAYOUT_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
-def family(dataset: str) -> str:
-    """The dataset family (``mnist`` or ``cifar10``) of a known dataset name."""
-    return DATASETS[dataset]
+def family(dataset: str) -> str | None:
+    """The dataset family (``mnist`` or ``cifar10``) of a known dataset name; None for a plugin."""
+    if dataset in DATASETS:
+        return DATASETS[dataset]
+    return TORCHVISION_DATASETS.get(dataset)
+
+
+def known_dataset(dataset: str) -> bool:
+    """A registered name or a torchvision class this tool loads by name."""
+    return dataset in DATASETS or dataset in TORCHVISION_DATASETS
 
 
 def resolved_optimizer_params(
@@ -116,7 +135,7 @@ def resolved_optimizer_params(
     Unknown override keys are not checked here; the suite schema rejects them first.
     """
     params = dict(OPTIMIZER_DEFAULTS[optimizer])
-    if "lr" in params and params["lr"] is None:
+    if "lr" in params and params["lr"] is None and not (overrides and "lr" in overrides):
         params["lr"] = FIRST_ORDER_LR[family(dataset)]
     params.update(overrides or {})
     return params

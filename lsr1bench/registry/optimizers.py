@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from lsr1bench.registry.names import LAYOUT_OPTIONS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
+from lsr1bench.registry.plugins import is_import_path, needs_closure, optimizer_class
 
 __all__ = ["TrainOptimizer", "LBFGSTrainOptimizer", "build_optimizer", "known_optimizers"]
 
@@ -264,6 +265,8 @@ def build_optimizer(
     loss values are reduced over it, ``shard_memory`` picks its layout); the other
     methods need nothing more, their state being replicated.
     """
+    if is_import_path(name):
+        return _plugin_optimizer(name, params, hyper)
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown optimizer {name!r}; known optimizers: {', '.join(known_optimizers())}"
@@ -328,6 +331,34 @@ def build_optimizer(
     else:  # pragma: no cover - names.OPTIMIZERS and this function are kept in step
         raise ValueError(f"optimizer {name!r} is registered in names.py but has no factory")
     return TrainOptimizer(name, optimizer, second_order=name in SECOND_ORDER)
+
+
+class FirstOrderPluginOptimizer(TrainOptimizer):
+    """A plugin optimizer whose ``step`` takes no closure: the closure runs once, then ``step()``.
+
+    That is the ordinary training loop, so an optimizer that ignores a closure still gets
+    its gradients; the one call is counted like any other.
+    """
+
+    def step(self, closure: Closure) -> float:
+        loss = self._counted(closure)()
+        self.optimizer.step()
+        self.steps += 1
+        return _as_float(loss)
+
+
+def _plugin_optimizer(path: str, params: Iterable[Tensor] | Iterable[dict], hyper: Mapping[str, Any]) -> TrainOptimizer:
+    """``cls(params, **hyper)`` for the Optimizer subclass at ``path``.
+
+    If its ``step`` requires a closure (as L-BFGS does) it is driven like the second-order
+    methods: the closure, called as often as it wants on one minibatch, is counted, and
+    the runner guards the batch-norm statistics. Otherwise like the first-order ones.
+    """
+    cls = optimizer_class(path)
+    optimizer = cls(list(params), **dict(hyper))
+    if needs_closure(cls):
+        return TrainOptimizer(path, optimizer, second_order=True)
+    return FirstOrderPluginOptimizer(path, optimizer, second_order=False)
 
 
 def _resolve(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from lsr1bench.reporting.cells import (
     summarize_cells,
 )
 from lsr1bench.reporting.runs import ReportError, Results, load_results
+from lsr1bench.reporting.tuned import TunedChoice, choose, tuned_cells
 
 __all__ = [
     "Report",
@@ -65,6 +66,7 @@ class Report:
 
     results: Results
     cells: list[CellSummary]
+    tuned: list[TunedChoice] = field(default_factory=list)
 
     @property
     def multi_suite(self) -> bool:
@@ -82,7 +84,21 @@ def build_report(results_dir: str | Path, run_ids: Collection[str] | None = None
     """Read and summarize a suite's output folder, a folder of suites, or one run folder
     (only the runs named in ``run_ids``, if given)."""
     results = load_results(Path(results_dir), run_ids)
-    return Report(results=results, cells=summarize_cells(results.runs))
+    cells = summarize_cells(results.runs)
+    choices = choose(results.runs)
+    return Report(results=results, cells=cells + tuned_cells(cells, choices), tuned=choices)
+
+
+def tuned_section(report: Report) -> str:
+    """What each sweep's tuned row is, and by which criterion; empty without sweeps."""
+    if not report.tuned:
+        return ""
+    lines = ["Tuned baselines: each sweep's setting is chosen on the validation split, never the test set."]
+    for criterion in dict.fromkeys(choice.criterion for choice in report.tuned):
+        lines.append(f"Criterion: {criterion}.")
+        lines.extend(choice.line() for choice in report.tuned if choice.criterion == criterion)
+    lines.append("The tables show the chosen setting's test-set rows as '<label> (tuned)'.")
+    return "\n".join(lines) + "\n"
 
 
 def _grouped_tables(report: Report, render: Any) -> list[str]:
@@ -105,8 +121,11 @@ def _target_tables(report: Report, metric: str, fmt: Any) -> list[str]:
 
 
 def main_table(report: Report) -> str:
-    """The epochs-to-target tables (the paper's Table 1), as Markdown, for the terminal."""
-    return "\n".join(_target_tables(report, "epochs", tables.fmt_count))
+    """The epochs-to-target tables (the paper's Table 1), as Markdown, for the terminal,
+    followed by the tuned baselines' choices and criterion when there are sweeps."""
+    text = "\n".join(_target_tables(report, "epochs", tables.fmt_count))
+    tuned = tuned_section(report)
+    return f"{text}\n{tuned}" if tuned else text
 
 
 def _counts_line(report: Report) -> str:
@@ -161,6 +180,7 @@ def render_markdown(report: Report, plot_files: list[Path] | None = None, base: 
         f"{_counts_line(report)}. Devices: {', '.join(devices) or 'unknown'}. "
         f"Commits: {', '.join(commits) or 'unknown'}.\n",
         f"{SPREAD_NOTE}\n",
+        *(["## Tuned baselines\n", tuned_section(report)] if report.tuned else []),
         "## Epochs to target\n",
         "The first epoch whose test error (or loss) is below the target.\n",
         *_target_tables(report, "epochs", tables.fmt_count),

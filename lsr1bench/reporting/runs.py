@@ -141,6 +141,8 @@ class RunSummary:
     radius: float | None = None
     # (epoch, train_seconds, test_error) for the plots.
     curve: list[tuple[int, float | None, float | None]] = field(default_factory=list)
+    # the epochs' rows as read (epochs.csv), for criteria on other columns (validation)
+    rows: list[dict[str, float | None]] = field(default_factory=list)
 
     def outcome(self, target: Target) -> str:
         if target in self.hits:
@@ -262,6 +264,7 @@ def summarize_run(run_dir: Path) -> RunSummary | str:
 
 
 def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
+    run.rows = rows
     trained = [r for r in rows if (r["epoch"] or 0) >= 1]
     for row in rows:
         run.curve.append((int(row["epoch"] or 0), row.get("train_seconds"), row.get("test_error")))
