@@ -118,7 +118,7 @@ def _ranks_main(rank: int, world: int, full_state=None, local_state=None):
             per_step.append((after["collectives"] - before["collectives"],
                              after["explicit_passes"] - before["explicit_passes"],
                              after["hard_cases"] - before["hard_cases"],
-                             after["line_search_evaluations"] - before["line_search_evaluations"]))
+                             after["rejected_steps"] - before["rejected_steps"]))
         out["runs"][(method, shard)] = (params, history, per_step, opt.statistics())
         if world == 2 and (method, shard) == ("trust_region", True):
             # checkpoint after 10 steps of a fresh run, in both forms
@@ -204,11 +204,12 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks, method, shard
 @pytest.mark.slow
 def test_collective_budget_per_step(two_ranks):
     """Trust region: two all-reduces per step on the common path, plus one all-gather of s
-    when sharded (an extra pass against cancellation adds one)."""
+    when sharded (an extra pass against cancellation adds one; a rejected step's restore of
+    x from the ranks' slices, another)."""
     for shard in (True, False):
         _, _, per_step, stats = two_ranks[0]["runs"][("trust_region", shard)]
-        for collectives, explicit, hard, _ in per_step:
-            assert collectives == 2 + int(shard) + explicit + 2 * hard
+        for collectives, explicit, hard, rejected in per_step:
+            assert collectives == 2 + int(shard) * (1 + rejected) + explicit + 2 * hard
         assert sum(c for c, *_ in per_step) == stats["collectives"]
         assert stats["bytes_communicated"] > 0
         # the optimizer's own traffic is O(m): no step sends more than a few hundred values

@@ -297,14 +297,37 @@ class LSR1(Optimizer):
             self._work[key] = buf
         return buf
 
+    def _overlaps(self) -> list[tuple[int, int, int, int]]:
+        """(parameter index, start in it, end in it, start in the local slice) for every
+        parameter that overlaps this rank's coordinates [lo, hi)."""
+        if not hasattr(self, "_overlap_cache"):
+            out, offset = [], 0
+            lo, hi = self._layout.lo, self._layout.hi
+            for index, numel in enumerate(self._numels):
+                a, b = max(lo, offset), min(hi, offset + numel)
+                if a < b:
+                    out.append((index, a - offset, b - offset, a - lo))
+                offset += numel
+            self._overlap_cache = out
+        return self._overlap_cache
+
     def _grad_into(self, local: Tensor) -> None:
-        """This rank's slice of the flat gradient into ``local``."""
+        """This rank's slice of the flat gradient into ``local`` (no full-length copy)."""
         if not self._layout.sharded:
             self._gather_grad(local)
             return
-        full = self._buffer("gradient")
-        self._gather_grad(full)
-        local.copy_(full[self._layout.lo : self._layout.hi])
+        for index, a, b, start in self._overlaps():
+            grad = self._params[index].grad
+            target = local[start : start + b - a]
+            if grad is None:
+                target.zero_()
+            else:
+                target.copy_(grad.reshape(-1)[a:b])
+
+    def _save_local_params(self, local: Tensor) -> None:
+        """This rank's slice of the parameters into ``local``."""
+        for index, a, b, start in self._overlaps():
+            local[start : start + b - a].copy_(self._params[index].detach().reshape(-1)[a:b])
 
     def _full(self, local: Tensor, name: str) -> Tensor:
         """The whole flat vector from every rank's slice (an all-gather when sharded)."""
@@ -665,7 +688,9 @@ class LSR1(Optimizer):
         # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
         beta = solution.perp_scale
         w = spectral.psi_coefficients(solution.par) - beta * u
-        x_saved = self._buffer("x")
+        # the saved x: full length, or this rank's slice when sharded (a rejected step then
+        # all-gathers it back; rare, and every rank rejects together)
+        x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
         if not (explicit_perp or solution.perp_unit != 0.0):
             # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
             # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
@@ -732,7 +757,10 @@ class LSR1(Optimizer):
             return
 
         # Trial point x + s on the same minibatch.
-        self._save_params(x_saved)
+        if self._layout.sharded:
+            self._save_local_params(x_saved)
+        else:
+            self._save_params(x_saved)
         self._add_to_params(self._full(s, "step"))
         _, f_trial = evaluate(y)
         y.sub_(g)
@@ -761,7 +789,7 @@ class LSR1(Optimizer):
             stats["accepted_steps"] += 1
         else:
             stats["rejected_steps"] += 1
-            self._load_params(x_saved)
+            self._load_params(self._full(x_saved, "step"))
         step_norm = state["last_step_norm"]
         if rho > d["increase_threshold"]:
             if step_norm > d["boundary_fraction"] * radius:
