@@ -345,3 +345,43 @@ def test_loss_targets_are_reported_beside_error_targets(tmp_path: Path) -> None:
     assert runs["1"]["epochs_to_train_loss_0.3"] == "never reached"
     assert runs["0"]["epochs_to_train_loss_0.3"] == "3"
     assert "train loss < 0.5 · b500" in written.report_md.read_text(encoding="utf-8")
+
+
+def test_skip_table_reports_lsr1s_model_from_the_epoch_columns(tmp_path: Path) -> None:
+    """Issue 8's columns, hand-computed: % of steps with negative curvature weighted by each
+    epoch's steps, the smallest eigenvalue over epoch ends, the last epoch's cosines."""
+    from lsr1bench.records import EPOCH_COLUMNS
+    from lsr1bench.reporting import tables
+    from lsr1bench.reporting.cells import summarize_cell
+    from lsr1bench.reporting.runs import summarize_run
+
+    run_dir = write_run(tmp_path / "s", [90.0, 10.0, 5.0], qn_final={"steps": 30, "skipped_updates": 0,
+                        "rejected_steps": 3, "dropped_pairs": 0, "radius": 0.5})
+    base = {c: "" for c in EPOCH_COLUMNS}
+    rows = [
+        dict(base, epoch=0, train_loss=2.3, test_loss=2.3, test_error=90.0, train_seconds=0, total_seconds=0,
+             grad_evals=0, samples=0, steps=0, min_eigenvalue=1.0, negative_eigenvalues=0),
+        dict(base, epoch=1, train_loss=0.5, test_loss=0.5, test_error=10.0, train_seconds=1, total_seconds=1,
+             grad_evals=20, samples=100, steps=10, accepted_steps=9, rejected_steps=1, skipped_updates=0,
+             dropped_pairs=0, radius=1.0, stored_pairs=5, min_eigenvalue=0.5, negative_eigenvalues=0,
+             negative_curvature_fraction=0.2, update_cosine_p10=0.1, update_cosine_median=0.4),
+        dict(base, epoch=2, train_loss=0.3, test_loss=0.3, test_error=5.0, train_seconds=2, total_seconds=2,
+             grad_evals=60, samples=300, steps=30, accepted_steps=27, rejected_steps=3, skipped_updates=0,
+             dropped_pairs=0, radius=0.5, stored_pairs=5, min_eigenvalue=-0.3, negative_eigenvalues=1,
+             negative_curvature_fraction=0.5, update_cosine_p10=0.05, update_cosine_median=0.3),
+    ]
+    with (run_dir / "epochs.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=EPOCH_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    run = summarize_run(run_dir)
+    assert not isinstance(run, str)
+    assert run.negative_curvature_percent == pytest.approx(100 * (0.2 * 10 + 0.5 * 20) / 30)
+    assert run.min_eigenvalue == -0.3
+    assert (run.update_cosine_p10, run.update_cosine_median) == (0.05, 0.3)
+    headers, table = tables.skip_table([summarize_cell(run.key, [run])])
+    (row,) = table
+    cells = dict(zip(headers, row))
+    assert cells["negative curvature % of steps"] == "40.00"
+    assert cells["smallest eigenvalue of B"] == "-0.3"
+    assert cells["update cosine p10 / median (last epoch)"] == "0.05 / 0.3"

@@ -115,6 +115,14 @@ class LSR1(Optimizer):
         line_search: ``"strong_wolfe"`` or ``"armijo"`` (line-search method only).
         c1, c2: sufficient-decrease and curvature constants of the line search.
         max_line_search_evaluations: closure calls a line search may spend.
+        pair_policy: ``"scaled"`` (default) or ``"paper"``, the pair policy's test (below).
+        skip_noise_floor: also skip a pair whose y - B s is at the rounding level of y.
+        process_group: a torch.distributed group for data-parallel training (``None``: one
+            process, no torch.distributed call). The closure returns the mean loss on this
+            rank's equal shard of the global minibatch, gradients averaged by DDP; ``step``
+            returns the loss averaged over the group.
+        shard_memory: with a group, each rank keeps only its slice of the coordinates of
+            the memory (``False``: every rank keeps all of it).
 
     Example::
 

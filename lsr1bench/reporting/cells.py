@@ -131,6 +131,10 @@ class CellSummary:
     rejected_percent: Stat | None = None
     dropped_pairs: Stat | None = None
     radius: Stat | None = None
+    negative_curvature_percent: Stat | None = None
+    min_eigenvalue: Stat | None = None
+    update_cosine_p10: Stat | None = None
+    update_cosine_median: Stat | None = None
     mixed_fields: list[str] = field(default_factory=list)
     # what the runs were made with (hyperparameters, epochs, data, device, versions,
     # commit, threads), as text; a setting that differs between seeds reads "mixed: ..."
@@ -247,6 +251,10 @@ def summarize_cell(key: CellKey, runs: list[RunSummary]) -> CellSummary:
         rejected_percent=Stat.of(run.rejected_percent for run in runs),
         dropped_pairs=Stat.of(run.dropped_pairs for run in runs),
         radius=Stat.of(run.radius for run in runs),
+        negative_curvature_percent=Stat.of(run.negative_curvature_percent for run in runs),
+        min_eigenvalue=Stat.of(run.min_eigenvalue for run in runs),
+        update_cosine_p10=Stat.of(run.update_cosine_p10 for run in runs),
+        update_cosine_median=Stat.of(run.update_cosine_median for run in runs),
         mixed_fields=_mixed_fields(runs),
         settings=cell_settings(runs),
     )

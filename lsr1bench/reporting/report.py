@@ -203,7 +203,11 @@ def render_markdown(report: Report, plot_files: list[Path] | None = None, base: 
         out.append(
             "Skipped updates % = skipped_updates / steps at the last epoch (the SR1 "
             "denominator was too small, so the pair was not used); rejected % = rejected "
-            "trust-region steps / steps; dropped pairs and the final radius at the last epoch.\n"
+            "trust-region steps / steps; dropped pairs and the final radius at the last epoch. "
+            "L-SR1's model: the % of steps whose B had a negative eigenvalue (the paper's case "
+            "for SR1), the smallest eigenvalue of B at any epoch's end, and the 10th percentile "
+            "and median of the skip test's |s^T(y - Bs)| / (||s|| ||y - Bs||) in the last epoch "
+            "(the test skips a pair when this is below r = skip_tol).\n"
         )
         out.extend(skips)
     else:

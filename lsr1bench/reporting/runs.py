@@ -139,6 +139,12 @@ class RunSummary:
     rejected_steps: float | None = None
     dropped_pairs: float | None = None
     radius: float | None = None
+    # L-SR1's model (issue 8): % of steps whose B had a negative eigenvalue, the smallest
+    # eigenvalue of B over the epoch ends, and the last epoch's skip-test cosines.
+    negative_curvature_percent: float | None = None
+    min_eigenvalue: float | None = None
+    update_cosine_p10: float | None = None
+    update_cosine_median: float | None = None
     # (epoch, train_seconds, test_error) for the plots.
     curve: list[tuple[int, float | None, float | None]] = field(default_factory=list)
     # the epochs' rows as read (epochs.csv), for criteria on other columns (validation)
@@ -294,6 +300,21 @@ def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
     run.rejected_steps = last.get("rejected_steps")
     run.dropped_pairs = last.get("dropped_pairs")
     run.radius = last.get("radius")
+    weighted = counted = 0.0
+    previous_steps = 0.0
+    for row in rows:
+        steps = row.get("steps") or 0.0
+        fraction = row.get("negative_curvature_fraction")
+        if (row["epoch"] or 0) >= 1 and fraction is not None and steps > previous_steps:
+            weighted += fraction * (steps - previous_steps)
+            counted += steps - previous_steps
+        previous_steps = steps
+    if counted:
+        run.negative_curvature_percent = 100.0 * weighted / counted
+    eigenvalues = [r["min_eigenvalue"] for r in trained if _finite(r.get("min_eigenvalue"))]
+    run.min_eigenvalue = min(eigenvalues) if eigenvalues else None
+    run.update_cosine_p10 = last.get("update_cosine_p10")
+    run.update_cosine_median = last.get("update_cosine_median")
 
 
 def _check_completeness(run: RunSummary, rows: list[dict[str, float | None]], epochs_completed: int) -> None:

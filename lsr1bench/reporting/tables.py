@@ -184,6 +184,9 @@ def skip_table(cells: list[CellSummary]) -> tuple[list[str], list[list[str]]]:
         "rejected %",
         "dropped pairs",
         "final radius",
+        "negative curvature % of steps",
+        "smallest eigenvalue of B",
+        "update cosine p10 / median (last epoch)",
     ]
     rows = []
     for cell in sorted(cells, key=lambda c: (c.key.label, c.key.batch_size)):
@@ -200,9 +203,18 @@ def skip_table(cells: list[CellSummary]) -> tuple[list[str], list[list[str]]]:
                 fmt_stat(cell.rejected_percent, fmt_percent),
                 fmt_stat(cell.dropped_pairs, fmt_count),
                 fmt_stat(cell.radius, fmt_radius),
+                fmt_stat(cell.negative_curvature_percent, fmt_percent),
+                fmt_stat(cell.min_eigenvalue, fmt_radius),
+                _cosines(cell),
             ]
         )
     return headers, rows
+
+
+def _cosines(cell: CellSummary) -> str:
+    if cell.update_cosine_p10 is None or cell.update_cosine_median is None:
+        return "n/a"
+    return f"{cell.update_cosine_p10.median:.3g} / {cell.update_cosine_median.median:.3g}"
 
 
 def markdown(headers: list[str], rows: list[list[str]]) -> str:
