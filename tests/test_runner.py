@@ -330,3 +330,50 @@ def test_running_stats_guard_keeps_batch_norm_statistics_to_the_accepted_point()
         reference(x)
     for got, want in zip(model.buffers(), reference.buffers()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "reason"),
+    [
+        ("completed", "skip", "completed"),
+        ("diverged", "skip", "diverged"),  # rerunning a diverged run diverges again
+        ("failed", "rerun", "was failed"),
+        ("interrupted", "rerun", "was interrupted"),
+        ("running", "rerun", "was running"),
+    ],
+)
+def test_plan_for_every_recorded_status(tmp_path: Path, status: str, action: str, reason: str) -> None:
+    assert set(records.STATUSES) == {"completed", "diverged", "failed", "interrupted", "running"}
+    spec = tiny()
+    records.write_run(tmp_path / "t" / spec.run_id,
+                      records.RunRecord(suite="t", run_id=spec.run_id, spec=spec.to_dict(), status=status))  # fmt: skip
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert (planned.action, planned.reason) == (action, reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "unreadable record"),
+        ('["a list"]', "unreadable record"),
+        ('{"schema_version": 99, "suite": "t", "run_id": "x", "spec": {}, "status": "completed"}', "schema_version 99"),
+        ('{"schema_version": 2, "suite": "t", "run_id": "x", "spec": {}, "status": "done"}', "unknown status"),
+    ],
+)
+def test_plan_reruns_unreadable_records(tmp_path: Path, text: str, reason: str) -> None:
+    spec = tiny()
+    directory = tmp_path / "t" / spec.run_id
+    directory.mkdir(parents=True)
+    (directory / records.RUN_FILE).write_text(text)
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert planned.action == "rerun" and planned.reason.startswith("unreadable record") and reason in planned.reason
+
+
+def test_plan_reruns_a_finished_run_whose_recorded_spec_no_longer_parses(tmp_path: Path) -> None:
+    spec = tiny()
+    outdated = {**spec.to_dict(), "optimiser": "adam"}  # a key this version does not know
+    del outdated["optimizer"]
+    records.write_run(tmp_path / "t" / spec.run_id,
+                      records.RunRecord(suite="t", run_id=spec.run_id, spec=outdated, status="completed"))  # fmt: skip
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert (planned.action, planned.reason) == ("rerun", "the suite changed since this run")
