@@ -107,9 +107,12 @@ def test_a_rerun_reproduces_the_numbers(tmp_path: Path) -> None:
     spec = tiny(epochs=1)
     runner.train(spec, tmp_path / "a", "cpu")
     runner.train(spec, tmp_path / "b", "cpu")
+    for side in ("a", "b"):
+        assert records.read_run(tmp_path / side / "t" / spec.run_id).status == "completed"
     first = records.read_epochs(tmp_path / "a" / "t" / spec.run_id)
     second = records.read_epochs(tmp_path / "b" / "t" / spec.run_id)
-    for r1, r2 in zip(first, second):
+    assert len(first) == len(second) == 2
+    for r1, r2 in zip(first, second, strict=True):
         assert (r1["train_loss"], r1["test_error"]) == (r2["train_loss"], r2["test_error"])
 
 
