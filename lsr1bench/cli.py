@@ -566,7 +566,9 @@ def compare(
     if markdown_out is not None:
         try:
             markdown_out.parent.mkdir(parents=True, exist_ok=True)
-            markdown_out.write_text(text, encoding="utf-8")
+            from lsr1bench.records import atomic_write_text
+
+            atomic_write_text(markdown_out, text)
         except OSError as exc:
             raise _bad_input([f"--markdown-out: cannot write {markdown_out}: {exc}"]) from None
     _plain(_console(), text)

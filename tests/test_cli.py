@@ -131,11 +131,11 @@ def test_bad_input_exits_2_with_the_key_path(
     result = runner.invoke(app, ["run", str(suite), "--output", str(out), *args])
     assert result.exit_code == 2, result.output
     assert expected in result.output, result.output
-    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
     assert not out.exists(), "nothing may be written for a bad input"
     if text is not None and not args and name != "subset too large":  # data is checked at run time
         again = runner.invoke(app, ["validate", str(suite)])
-        assert again.exit_code == 2 and expected in again.output and "Traceback" not in again.output
+        assert again.exit_code == 2 and expected in again.output and isinstance(again.exception, SystemExit)
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     suite.write_text(OK)
     for args in (["--jobs", "0"], ["--no-such-option"]):
         result = runner.invoke(app, ["run", str(suite), "--output", str(tmp_path / "out"), *args])
-        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     output_file = tmp_path / "file"
     output_file.write_text("x")
     result = runner.invoke(app, ["run", str(suite), "--output", str(output_file)])

@@ -7,7 +7,7 @@ import torch
 
 from lsr1bench.optim import LSR1
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 
 def elementwise_problem(n: int, seed: int = 0):

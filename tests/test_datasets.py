@@ -211,12 +211,94 @@ def test_download_that_never_answers_does_not_hang(monkeypatch, tmp_path, silent
     assert socket.getdefaulttimeout() is None  # restored
 
 
-def test_download_without_network_is_a_helpful_error(tmp_path):
-    # No internet here: the real mirrors fail (fast, or after the socket timeout).
+@pytest.fixture
+def refused_url():
+    """A local port that refuses connections: bound, never listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
+
+
+def test_download_that_is_refused_is_a_helpful_error(monkeypatch, tmp_path, refused_url):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [refused_url])
     start = time.monotonic()
-    with pytest.raises(DatasetUnavailable, match="download failed"):
+    with pytest.raises(DatasetUnavailable) as info:
         load_dataset("mnist", root=tmp_path, download=True)
-    assert time.monotonic() - start < 4 * datasets.DOWNLOAD_TIMEOUT_S + 10
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "'mnist'" in message and "download failed" in message and str(tmp_path) in message
+    assert refused_url in message  # torchvision's report of the mirror it tried
+    assert "LSR1BENCH_DATA" in message and "--data-root" in message
+
+
+def _idx(array: np.ndarray, magic: int) -> bytes:
+    """MNIST's IDX format: big-endian magic, big-endian dimensions, then the uint8 data."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def mnist_server(tmp_path):
+    """A local HTTP server holding the embedded subset as MNIST's four gzipped IDX files.
+
+    Yields (url, resources) with ``resources`` in torchvision's (file name, md5) form."""
+    import gzip
+    import hashlib
+    import http.server
+    from functools import partial
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with np.load(datasets.embedded_mnist_path()) as npz:
+        files = {
+            "train-images-idx3-ubyte.gz": _idx(npz["train_images"], 0x803),
+            "train-labels-idx1-ubyte.gz": _idx(npz["train_labels"], 0x801),
+            "t10k-images-idx3-ubyte.gz": _idx(npz["test_images"], 0x803),
+            "t10k-labels-idx1-ubyte.gz": _idx(npz["test_labels"], 0x801),
+        }
+    resources_list = []
+    for name, raw in files.items():
+        packed = gzip.compress(raw, mtime=0)
+        (served / name).write_bytes(packed)
+        resources_list.append((name, hashlib.md5(packed).hexdigest()))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", resources_list
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_download_from_a_mirror_writes_files_that_load(monkeypatch, tmp_path, mnist_server):
+    import torchvision.datasets
+
+    url, resources_list = mnist_server
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [url])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources_list)
+    root = tmp_path / "data"
+    pair = load_dataset("mnist", root=root, download=True, train_subset=2000)
+    check_pair(pair, (1, 28, 28))
+    assert pair.family == "mnist" and pair.name == "mnist" and str(root) in pair.description
+    embedded = load_dataset("mnist-embedded")
+    assert len(pair.test_y) == len(embedded.test_y) == 1000
+    torch.testing.assert_close(pair.train_x, embedded.train_x[:2000], rtol=0, atol=0)
+    torch.testing.assert_close(pair.train_y, embedded.train_y[:2000], rtol=0, atol=0)
+    torch.testing.assert_close(pair.test_x, embedded.test_x, rtol=0, atol=0)
+    torch.testing.assert_close(pair.test_y, embedded.test_y, rtol=0, atol=0)
+    assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    # the files are now local: a second load needs no server
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    again = load_dataset("mnist", root=root, download=False, test_subset=10)
+    torch.testing.assert_close(again.test_y, embedded.test_y[:10], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- real MNIST
@@ -234,3 +316,50 @@ def test_full_mnist_loads_offline_from_shared_data():
         indices = torch.from_numpy(npz["train_indices"][:50].astype(np.int64))
     torch.testing.assert_close(pair.train_x[indices], embedded.train_x[:50], rtol=0, atol=0)
     torch.testing.assert_close(pair.train_y[indices], embedded.train_y[:50], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- CIFAR-10 through a stub
+
+
+def _cifar_pixel(n: np.ndarray, h: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """A known uint8 value for every (image, row, column, channel): no two axes interchangeable."""
+    return ((n * 11 + h * 7 + w * 3 + c * 101) % 256).astype(np.uint8)
+
+
+class _StubCIFAR10:
+    """torchvision's CIFAR10 as lsr1bench uses it: ``data`` uint8 (N, H, W, 3), ``targets`` list."""
+
+    calls: list[tuple[str, bool, bool]] = []
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        self.calls.append((root, train, download))
+        count = 6 if train else 4
+        n, h, w, c = np.meshgrid(np.arange(count) + (0 if train else 100), np.arange(32), np.arange(32),
+                                 np.arange(3), indexing="ij")  # fmt: skip
+        self.data = _cifar_pixel(n, h, w, c)
+        self.targets = [(i * 3 + (0 if train else 1)) % 10 for i in range(count)]
+
+
+def test_cifar10_is_nchw_with_each_channels_statistics(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    _StubCIFAR10.calls = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _StubCIFAR10)
+    pair = load_dataset("cifar10", root=tmp_path, download=False)
+    assert _StubCIFAR10.calls == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+    check_pair(pair, (3, 32, 32))
+    assert pair.family == "cifar10" and pair.name == "cifar10"
+    assert pair.train_x.shape == (6, 3, 32, 32) and pair.test_x.shape == (4, 3, 32, 32)
+    assert pair.train_y.tolist() == [0, 3, 6, 9, 2, 5] and pair.test_y.tolist() == [1, 4, 7, 0]
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    for x, offset in ((pair.train_x, 0), (pair.test_x, 100)):
+        # spot checks written out by hand: image 1, channel 2, row 5, column 30
+        value = ((1 + offset) * 11 + 5 * 7 + 30 * 3 + 2 * 101) % 256
+        assert x[1, 2, 5, 30].item() == pytest.approx((value / 255 - mean[2]) / std[2], abs=1e-6)
+        n, c, h, w = np.meshgrid(np.arange(len(x)) + offset, np.arange(3), np.arange(32), np.arange(32),
+                                 indexing="ij")  # fmt: skip
+        expected = _cifar_pixel(n, h, w, c).astype(np.float64) / 255.0
+        expected = (expected - np.array(mean).reshape(1, 3, 1, 1)) / np.array(std).reshape(1, 3, 1, 1)
+        np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-5)
+        assert x.is_contiguous()

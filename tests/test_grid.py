@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from lsr1bench.grid import RunSpec, expand, make_run_id, parse_shard, shard
-from lsr1bench.spec import SpecError, parse_suite
+from lsr1bench.spec import SpecError, load_suite, parse_suite
 
 FIGURE_1_AND_2 = """
 name: figures-1-2
@@ -224,3 +225,29 @@ def test_targets_on_any_metric_resolve_and_round_trip() -> None:
     # a record written before targets had metrics holds a list: test error
     old = dict(run.to_dict(), targets=[1.5, 1.2])
     assert RunSpec.from_dict(old).targets == {"test_error": (1.5, 1.2)}
+
+
+def test_shards_from_separate_processes_with_different_hash_seeds_partition_the_suite(tmp_path: Path) -> None:
+    """Each Slurm array task computes its own shard: in its own process, with its own
+    PYTHONHASHSEED. The union of ``--shard i/3`` over i must be every run exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    suite = Path(__file__).resolve().parents[1] / "suites" / "ci.yaml"
+    expected = {r.run_id for r in expand(load_suite(suite))}
+    processes = []
+    for i in range(3):
+        env = {**os.environ, "PYTHONHASHSEED": str(17 + 1000 * i)}
+        command = [sys.executable, "-m", "lsr1bench", "run", str(suite), "--dry-run", "--shard", f"{i}/3",
+                   "--output", str(tmp_path), "--devices", "cpu"]  # fmt: skip
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))  # fmt: skip
+    seen: list[str] = []
+    for process in processes:
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, out
+        ids = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+        assert ids, out
+        seen += ids
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))

@@ -12,7 +12,7 @@ from dense_reference import sr1_trust_region_dense
 from lsr1bench.optim import LSR1
 
 F64 = torch.float64
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def quartic_problem(n: int = 8, seed: int = 0):

@@ -13,7 +13,7 @@ from lsr1bench.optim._compact import CurvatureMemory
 from lsr1bench.optim._trust_region import solve_subproblem, spectral_form
 
 F64 = torch.float64
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def nonquadratic_pairs(n: int, k: int, seed: int = 0):

@@ -107,9 +107,12 @@ def test_a_rerun_reproduces_the_numbers(tmp_path: Path) -> None:
     spec = tiny(epochs=1)
     runner.train(spec, tmp_path / "a", "cpu")
     runner.train(spec, tmp_path / "b", "cpu")
+    for side in ("a", "b"):
+        assert records.read_run(tmp_path / side / "t" / spec.run_id).status == "completed"
     first = records.read_epochs(tmp_path / "a" / "t" / spec.run_id)
     second = records.read_epochs(tmp_path / "b" / "t" / spec.run_id)
-    for r1, r2 in zip(first, second):
+    assert len(first) == len(second) == 2
+    for r1, r2 in zip(first, second, strict=True):
         assert (r1["train_loss"], r1["test_error"]) == (r2["train_loss"], r2["test_error"])
 
 
@@ -330,3 +333,155 @@ def test_running_stats_guard_keeps_batch_norm_statistics_to_the_accepted_point()
         reference(x)
     for got, want in zip(model.buffers(), reference.buffers()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "reason"),
+    [
+        ("completed", "skip", "completed"),
+        ("diverged", "skip", "diverged"),  # rerunning a diverged run diverges again
+        ("failed", "rerun", "was failed"),
+        ("interrupted", "rerun", "was interrupted"),
+        ("running", "rerun", "was running"),
+    ],
+)
+def test_plan_for_every_recorded_status(tmp_path: Path, status: str, action: str, reason: str) -> None:
+    assert set(records.STATUSES) == {"completed", "diverged", "failed", "interrupted", "running"}
+    spec = tiny()
+    records.write_run(tmp_path / "t" / spec.run_id,
+                      records.RunRecord(suite="t", run_id=spec.run_id, spec=spec.to_dict(), status=status))  # fmt: skip
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert (planned.action, planned.reason) == (action, reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "unreadable record"),
+        ('["a list"]', "unreadable record"),
+        ('{"schema_version": 99, "suite": "t", "run_id": "x", "spec": {}, "status": "completed"}', "schema_version 99"),
+        ('{"schema_version": 2, "suite": "t", "run_id": "x", "spec": {}, "status": "done"}', "unknown status"),
+    ],
+)
+def test_plan_reruns_unreadable_records(tmp_path: Path, text: str, reason: str) -> None:
+    spec = tiny()
+    directory = tmp_path / "t" / spec.run_id
+    directory.mkdir(parents=True)
+    (directory / records.RUN_FILE).write_text(text)
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert planned.action == "rerun" and planned.reason.startswith("unreadable record") and reason in planned.reason
+
+
+def test_plan_reruns_a_finished_run_whose_recorded_spec_no_longer_parses(tmp_path: Path) -> None:
+    spec = tiny()
+    outdated = {**spec.to_dict(), "optimiser": "adam"}  # a key this version does not know
+    del outdated["optimizer"]
+    records.write_run(tmp_path / "t" / spec.run_id,
+                      records.RunRecord(suite="t", run_id=spec.run_id, spec=outdated, status="completed"))  # fmt: skip
+    (planned,) = scheduler.plan([spec], tmp_path)
+    assert (planned.action, planned.reason) == ("rerun", "the suite changed since this run")
+
+
+def _capture(monkeypatch) -> tuple[list, list]:
+    """Keep the run's model, and its parameters after every optimizer step."""
+    models: list[torch.nn.Module] = []
+    after_steps: list[list[torch.Tensor]] = []
+    real_build_model, real_build_optimizer = runner.build_model, runner.build_optimizer
+
+    def build_model(*args, **kwargs):
+        models.append(real_build_model(*args, **kwargs))
+        return models[-1]
+
+    def build_optimizer(*args, **kwargs):
+        optimizer = real_build_optimizer(*args, **kwargs)
+        real_step = optimizer.step
+
+        def step(closure):
+            loss = real_step(closure)
+            after_steps.append([p.detach().clone() for p in models[-1].parameters()])
+            return loss
+
+        optimizer.step = step
+        return optimizer
+
+    monkeypatch.setattr(runner, "build_model", build_model)
+    monkeypatch.setattr(runner, "build_optimizer", build_optimizer)
+    return models, after_steps
+
+
+@pytest.mark.parametrize("method", ["lsr1", "lbfgs"])
+def test_batch_norm_statistics_are_one_forward_per_accepted_step(tmp_path: Path, monkeypatch, method: str) -> None:
+    """The runner's second-order steps evaluate trial points; the running statistics must equal
+    a replay of one train-mode forward per step, at the parameters each step ended on."""
+    models, after_steps = _capture(monkeypatch)
+    spec = tiny(method, method, optimizer_params={}, batch_norm=True, epochs=1, train_subset=200, batch_size=50)
+    record = runner.train(spec, tmp_path, "cpu")
+    assert record.status == "completed", record.error
+    assert len(after_steps) == 4
+    rows = records.read_epochs(tmp_path / "t" / spec.run_id)
+    assert rows[-1]["grad_evals"] > rows[-1]["steps"]  # trial points were evaluated
+
+    data = runner.load_data(spec, "cpu")
+    runner.seed_everything(spec.seed)
+    from lsr1bench.registry.models import build_model
+
+    replica = build_model("mlp", batch_norm=True, input_shape=data.input_shape, num_classes=data.num_classes)
+    replica.train()
+    order = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for index, params in zip(runner._batches(len(data.train_y), 50, order, torch.device("cpu")), after_steps,
+                                 strict=True):  # fmt: skip
+            for p, value in zip(replica.parameters(), params):
+                p.copy_(value)
+            replica(data.train_x[index])
+    got = dict(models[0].named_buffers())
+    want = dict(replica.named_buffers())
+    assert got.keys() == want.keys() and any(k.endswith("num_batches_tracked") for k in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+        if name.endswith("num_batches_tracked"):
+            assert int(got[name]) == 4
+
+
+def test_epoch_0_is_the_train_objective_at_the_start_and_leaves_batch_norm_as_it_was(tmp_path: Path) -> None:
+    from lsr1bench.registry.models import build_model, l2_penalty
+
+    data = runner.load_data(tiny(train_subset=230), "cpu")
+    runner.seed_everything(0)
+    model = build_model("mlp", batch_norm=True, input_shape=data.input_shape, num_classes=data.num_classes)
+    model.train()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    value = runner._initial_objective(model, data, 50, 1e-4)
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(buffer, before[name], rtol=0, atol=0, msg=name)
+    # by hand: batches 0-50, ..., 150-230 (the remainder joins the last), batch statistics
+    reference = build_model("mlp", batch_norm=True, input_shape=data.input_shape, num_classes=data.num_classes)
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    total = 0.0
+    with torch.no_grad():
+        for lo, hi in ((0, 50), (50, 100), (100, 150), (150, 230)):
+            logits = reference(data.train_x[lo:hi])
+            total += torch.nn.functional.cross_entropy(logits, data.train_y[lo:hi], reduction="sum").item()
+        expected = total / 230 + l2_penalty(reference, 1e-4).item()
+    assert value == pytest.approx(expected, rel=1e-6)
+    # and the runner records exactly that value as epoch 0's train loss
+    record = runner.train(tiny(epochs=1, train_subset=230, batch_norm=True), tmp_path, "cpu")
+    assert record.status == "completed"
+    assert records.read_epochs(tmp_path / "t" / record.run_id)[0]["train_loss"] == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.slow  # resnet20 on CPU: a few seconds
+@pytest.mark.parametrize(("model", "optimizer"), [("cifar_lenet", "lsr1"), ("resnet20", "adam")])
+def test_one_epoch_on_synthetic_cifar10(tmp_path: Path, model: str, optimizer: str) -> None:
+    params = {} if optimizer == "lsr1" else {"lr": 1e-3}
+    spec = tiny(optimizer, optimizer, model=model, batch_norm=True, dataset="synthetic-cifar10", epochs=1,
+                train_subset=200, test_subset=100, batch_size=100, optimizer_params=params,
+                run_id=f"{model}-bn-synthetic-cifar10-{optimizer}")  # fmt: skip
+    record = runner.train(spec, tmp_path, "cpu")
+    assert record.status == "completed", record.error
+    assert record.extra["data"]["train_examples"] == 200 and record.extra["data"]["steps_per_epoch"] == 2
+    rows = records.read_epochs(tmp_path / "t" / spec.run_id)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["samples"] == 200 and rows[1]["steps"] == 2
+    for r in rows:
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"]) and 0 <= r["test_error"] <= 100

@@ -12,6 +12,7 @@ Uses matplotlib's Agg canvas directly (no pyplot, so no global backend state). N
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections import defaultdict
@@ -22,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lsr1bench.records import atomic_write_bytes
 from lsr1bench.reporting.runs import RunSummary
 
 Panel = tuple[str, str, bool, int]  # model, dataset, batch norm, batch size
@@ -94,8 +96,9 @@ def _safe_name(text: str) -> str:
 def plot_suite(runs: list[RunSummary], path: Path, use_time: bool) -> Path:
     """One PNG of test error against epochs (or training seconds) for one suite's runs."""
     figure = suite_figure(runs, use_time)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    atomic_write_bytes(path, png.getvalue())
     return path
 
 

@@ -14,6 +14,7 @@ Never imports torch: records are read with :mod:`lsr1bench.records`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Collection
@@ -228,10 +229,11 @@ def render_markdown(report: Report, plot_files: list[Path] | None = None, base: 
 
 
 def _write_csv(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_report(report: Report, out_dir: str | Path | None = None, plots: bool = True) -> WrittenReport:
@@ -258,7 +260,7 @@ def write_report(report: Report, out_dir: str | Path | None = None, plots: bool 
 
         plot_files = plot_results(report.results.runs, out / PLOTS_FOLDER)
     report_md = out / REPORT_FILE
-    report_md.write_text(render_markdown(report, plot_files, base=out), encoding="utf-8")
+    atomic_write_text(report_md, render_markdown(report, plot_files, base=out))
     return WrittenReport(report_md=report_md, csv_files=csv_files, plot_files=plot_files)
 
 
