@@ -7,7 +7,8 @@ bitwise equal after every step; for both methods, the memory sharded and replica
 parameter count (61) divisible by neither 2 nor 3, and a layer that gets no gradient.
 Also: a group of size 1 is bitwise the one-process optimizer; a NaN on one rank is a
 non-finite point on every rank (no hang); ranks whose states differ fail with an error
-naming the step; the collective budget per step; checkpoints moved 2 -> 1 and 2 -> 3.
+naming the step; the collective budget per step; checkpoints moved 2 -> 1 and 2 -> 3;
+the hard case on 3 ranks, one of which holds only padding (an empty shard).
 """
 
 from __future__ import annotations
@@ -97,6 +98,60 @@ def reference(method: str):
     return train(model, opt, batches())
 
 
+class Saddle(nn.Module):
+    """f(w) = mean_i [1/2 (-2 w_1^2 + w_2^2) + x_i w_2]: at w = 0, with B = diag(-2, 1) from
+    the pair below, g = (0, mean x) is orthogonal to the eigenvector of -2: the hard case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2, dtype=F64))
+
+    def forward(self, x):
+        return 0.5 * (-2.0 * self.w[0] ** 2 + self.w[1] ** 2) + x.mean() * self.w[1]
+
+
+def saddle_state(opt) -> dict:
+    """A one-process state holding one pair with B = gamma I + psi M psi^T = diag(-2, 1):
+    psi = e_1, s = (-1/3, 0), so M^{-1} = s^T psi = -1/3 (N&W's analytic hard case)."""
+    sd = opt.state_dict()
+    m = 2  # the memory is capped at the number of parameters
+    memory = torch.zeros(2 * m, 2, dtype=F64)
+    memory[0] = torch.tensor([-1.0 / 3.0, 0.0], dtype=F64)
+    memory[m] = torch.tensor([1.0, 0.0], dtype=F64)
+    grams = [torch.zeros(m, m, dtype=F64) for _ in range(3)]
+    grams[0][0, 0], grams[1][0, 0], grams[2][0, 0] = 1.0 / 9.0, -1.0 / 3.0, 1.0
+    sd["state"] = {0: {"memory": memory, "gram_ss": grams[0], "gram_sp": grams[1], "gram_pp": grams[2],
+                       "order": [0], "radius": 1.0, "last_step_length": 1.0,
+                       "layout": {"world_size": 1, "rank": 0, "sharded": False, "total": 2, "lo": 0, "hi": 2}}}
+    return sd
+
+
+SADDLE_X = torch.linspace(0.5, 1.5, 6, dtype=F64)  # mean 1; 6 rows split over 1, 2 or 3 ranks
+
+
+def saddle_run(rank=0, world=1, group=None):
+    model = Saddle()
+    forward = model
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        forward = DDP(model)
+    opt = LSR1(forward.parameters(), memory=4, process_group=group)
+    opt.load_full_state_dict(saddle_state(LSR1(Saddle().parameters(), memory=4)))
+    rows = slice(rank * 6 // world, (rank + 1) * 6 // world)
+    points = []
+    for _ in range(5):
+        def closure():
+            opt.zero_grad()
+            loss = forward(SADDLE_X[rows])
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        points.append(model.w.detach().clone())
+    return points, opt.statistics()["hard_cases"]
+
+
 def _ranks_main(rank: int, world: int, full_state=None, local_state=None):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -153,6 +208,8 @@ def _ranks_main(rank: int, world: int, full_state=None, local_state=None):
         except RuntimeError as exc:
             out["divergence"] = str(exc)
     if world == 3:
+        # 2 parameters on 3 ranks: rank 2's slice holds only padding (an empty shard)
+        out["saddle"] = saddle_run(rank, world, dist.group.WORLD)
         model = make_net()
         ddp = DDP(model, find_unused_parameters=True)
         set_flat(model, full_state["params10"])
@@ -254,12 +311,22 @@ def test_checkpoint_moves_from_two_ranks_to_one_and_to_three(two_ranks):
     three = run_ranks(_ranks_main, 3, {"state": full, "params10": two_ranks[0]["params10"]},
                       two_ranks[0]["local_state"])
     # three ranks from scratch equal one process too (61 parameters: shards of 21, 21, 19)
-    for method, shard in CONFIGS[:1]:
+    for method, shard in CONFIGS:
         ref = reference(method)
+        exact = STEPS if method == "trust_region" else 12
         for rank, out in enumerate(three):
             params, history, _, _ = out["runs"][(method, shard)]
-            assert_same_run(ref, (params, history), f"P=3 rank {rank}")
+            assert_same_run(ref, (params, history), f"P=3 rank {rank}, {method}, shard={shard}", exact)
 
     for rank, out in enumerate(three):
         assert out["refused"] is not None and "of 2" in out["refused"] and "of 3" in out["refused"]
         assert_same_run((ref_params[10:], ref_history[10:]), out["moved"], f"2 -> 3, rank {rank}")
+    # the hard case (lambda_min = -2 < 0, g orthogonal to its eigenvector) on 3 ranks, one of
+    # them with an empty shard, equals one process
+    ref_points, ref_hard = saddle_run()
+    assert ref_hard >= 1
+    for rank, out in enumerate(three):
+        points, hard = out["saddle"]
+        assert hard == ref_hard, f"rank {rank}"
+        for a, b in zip(points, ref_points):
+            assert float((a - b).norm()) <= 1e-9 * float(b.norm()), f"rank {rank}"
