@@ -20,7 +20,7 @@ import pytest
 
 SUITE = """
 name: sig
-epochs: 20
+epochs: {epochs}
 seeds: [0, 1]
 train_subset: 500
 test_subset: 100
@@ -33,9 +33,9 @@ grids:
 """
 
 
-def start(tmp_path: Path) -> subprocess.Popen:
+def start(tmp_path: Path, epochs: int = 20) -> subprocess.Popen:
     suite = tmp_path / "sig.yaml"
-    suite.write_text(SUITE)
+    suite.write_text(SUITE.format(epochs=epochs))
     cmd = [sys.executable, "-m", "lsr1bench", "run", str(suite), "--output", str(tmp_path / "out"),
            "--jobs", "2", "--shard", "0/1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -53,6 +53,19 @@ def wait_for_epochs(tmp_path: Path, rows: int, timeout: float = 120) -> None:
                 return
         time.sleep(0.2)
     raise AssertionError("no run reached the wanted epoch in time")
+
+
+def wait_for_both_busy(tmp_path: Path, timeout: float = 120) -> None:
+    """Until both workers are training (two runs recorded ``running``, each past epoch 1)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [k for k, v in statuses(tmp_path).items() if v == "running"]
+        rows = [len((tmp_path / "out" / "sig" / k / "epochs.csv").read_text().splitlines())
+                for k in busy if (tmp_path / "out" / "sig" / k / "epochs.csv").exists()]
+        if len(rows) == 2 and min(rows) >= 3:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the two workers were never busy at once")
 
 
 def workers_of(pid: int) -> list[int]:
@@ -100,8 +113,8 @@ def test_sigterm_marks_runs_interrupted_exits_130_and_prints_the_resume_command(
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_killed_worker_leaves_its_run_failed_and_the_others_complete(tmp_path: Path) -> None:
-    proc = start(tmp_path)
-    wait_for_epochs(tmp_path, 2)
+    proc = start(tmp_path, epochs=60)  # long enough that the kill lands mid-run
+    wait_for_both_busy(tmp_path)
     workers = workers_of(proc.pid)
     assert len(workers) == 2, workers
     running_before = {k for k, v in statuses(tmp_path).items() if v == "running"}
@@ -115,6 +128,6 @@ def test_a_killed_worker_leaves_its_run_failed_and_the_others_complete(tmp_path:
     assert error, "a lost worker's run says why it failed"
     assert sum(v == "completed" for v in found.values()) == 3, found
     # the same command reruns only the failed run
-    code, out, err = finish(start(tmp_path), timeout=300)
+    code, out, err = finish(start(tmp_path, epochs=60), timeout=300)
     assert code == 0, (out, err)
     assert set(statuses(tmp_path).values()) == {"completed"}
