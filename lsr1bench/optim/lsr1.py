@@ -625,6 +625,14 @@ class LSR1(Optimizer):
             s_products = p_products = torch.zeros(2 * slots, dtype=torch.float64)
         return f_t, dots, s_products, p_products, bool(torch.isfinite(second).all())
 
+    def _form_step(self, memory: CurvatureMemory, g: Tensor, beta: float, w: Tensor, out: Tensor) -> None:
+        """out = beta g + Psi w: one pass over the memory (none without pairs)."""
+        with exact_float32_matmul(g.device):
+            if memory.k > 0:
+                combine(memory.buffer, self._coefficients(memory.psi_combination(w), g), out, base=g, beta=beta)
+            else:
+                torch.mul(g, beta, out=out)
+
     def _drop_after_breakdown(self, memory: CurvatureMemory, stats: dict) -> None:
         """A k x k factorisation failed or gave non-finite values: drop the oldest pair."""
         stats["linalg_failures"] += 1
@@ -721,18 +729,10 @@ class LSR1(Optimizer):
                 stats["step_clamps"] += 1
             gs_model = beta * gg + g_w
             psi_s = beta * psi_g + gram_w if k > 0 else empty
-            with exact_float32_matmul(device):
-                if k > 0:
-                    combine(memory.buffer, self._coefficients(memory.psi_combination(w), g), s, base=g, beta=beta)
-                else:
-                    torch.mul(g, beta, out=s)
+            self._form_step(memory, g, beta, w, s)
         else:
             # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
-            with exact_float32_matmul(device):
-                if k > 0:
-                    combine(memory.buffer, self._coefficients(memory.psi_combination(w), g), s, base=g, beta=beta)
-                else:
-                    torch.mul(g, beta, out=s)
+            self._form_step(memory, g, beta, w, s)
             if solution.perp_unit != 0.0:
                 z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
                 s.add_(z, alpha=solution.perp_unit)

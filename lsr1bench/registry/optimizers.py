@@ -64,6 +64,9 @@ class TrainOptimizer:
         self.sharded = sharded
         self.closure_evaluations = 0
         self.steps = 0
+        # counters at the last ``epoch_curvature`` call (per-epoch differences)
+        self._curvature_steps = 0
+        self._negative_steps = 0
 
     def layout(self, world_size: int) -> str:
         """Where the optimizer's state lives: one process, or each of P ranks (all or a share)."""
@@ -106,8 +109,8 @@ class TrainOptimizer:
         if not hasattr(opt, "curvature"):
             return {}
         stats = opt.statistics()
-        steps = stats["steps"] - getattr(self, "_curvature_steps", 0)
-        negative_steps = stats["negative_curvature_steps"] - getattr(self, "_negative_steps", 0)
+        steps = stats["steps"] - self._curvature_steps
+        negative_steps = stats["negative_curvature_steps"] - self._negative_steps
         self._curvature_steps, self._negative_steps = stats["steps"], stats["negative_curvature_steps"]
         model = opt.curvature()
         try:
