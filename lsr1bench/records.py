@@ -36,6 +36,11 @@ STATUSES = (RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED)
 # Finished runs that a resumed suite skips: rerunning a diverged run diverges again.
 FINISHED = frozenset({COMPLETED, DIVERGED})
 
+# The skip-test thresholds r whose would-be skip rates every L-SR1 epoch records (issue 10):
+# the SR1 default 1e-8 skips almost nothing on MNIST; the paper reports 7% to over 60%.
+SKIP_RATE_THRESHOLDS = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+SKIP_RATE_COLUMNS = tuple(f"skip_rate_r{r:g}" for r in SKIP_RATE_THRESHOLDS)
+
 # Optimizer statistics recorded per epoch when the optimizer reports them (empty otherwise).
 OPTIMIZER_COLUMNS = (
     "accepted_steps",
@@ -50,6 +55,9 @@ OPTIMIZER_COLUMNS = (
     "negative_curvature_fraction",  # of this epoch's steps, those whose model had one
     "update_cosine_p10",  # 10th percentile of |s^T(y - Bs)| / (||s|| ||y - Bs||) this epoch
     "update_cosine_median",
+    # of this epoch's skip tests, the fraction that a threshold r would have failed
+    # (cosine < r): the skip rate at each r, counterfactual on the same trajectory
+    *SKIP_RATE_COLUMNS,
 )
 EPOCH_COLUMNS = (
     "epoch",
@@ -74,10 +82,10 @@ LATER_COLUMNS = (
     "negative_curvature_fraction",
     "update_cosine_p10",
     "update_cosine_median",
+    *SKIP_RATE_COLUMNS,
     "val_loss",
     "val_error",
 )
-_EARLIER_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c not in LATER_COLUMNS)
 _INT_COLUMNS = frozenset(
     {
         "epoch",
@@ -257,6 +265,12 @@ def _parse(column: str, text: str) -> int | float | None:
     return float(text)
 
 
+def _known_header(fields: tuple[str, ...]) -> bool:
+    """``EPOCH_COLUMNS`` in order, less any of the columns added later (older files)."""
+    missing = set(EPOCH_COLUMNS) - set(fields)
+    return missing <= set(LATER_COLUMNS) and fields == tuple(c for c in EPOCH_COLUMNS if c not in missing)
+
+
 def read_epochs(directory: str | Path) -> list[dict[str, int | float | None]]:
     """The rows of ``epochs.csv``: ints for counts, floats (nan/inf kept) else, None if empty."""
     path = Path(directory) / EPOCHS_FILE
@@ -269,7 +283,7 @@ def read_epochs(directory: str | Path) -> list[dict[str, int | float | None]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         return []
-    if tuple(reader.fieldnames) not in (EPOCH_COLUMNS, _EARLIER_COLUMNS):
+    if not _known_header(tuple(reader.fieldnames)):
         raise RecordError(f"{path}: unexpected columns {reader.fieldnames}")
     try:
         return [{col: _parse(col, row.get(col) or "") for col in EPOCH_COLUMNS} for row in reader]

@@ -25,8 +25,22 @@ def test_columns_are_the_documented_contract() -> None:
         "epoch", "train_loss", "test_loss", "test_error", "train_seconds", "total_seconds",
         "grad_evals", "samples", "steps", "accepted_steps", "rejected_steps",
         "skipped_updates", "dropped_pairs", "radius", "stored_pairs", "min_eigenvalue", "negative_eigenvalues",
-        "negative_curvature_fraction", "update_cosine_p10", "update_cosine_median", "lr", "val_loss", "val_error",
+        "negative_curvature_fraction", "update_cosine_p10", "update_cosine_median",
+        "skip_rate_r1e-08", "skip_rate_r1e-06", "skip_rate_r0.0001", "skip_rate_r0.001", "skip_rate_r0.01",
+        "skip_rate_r0.03", "skip_rate_r0.1", "skip_rate_r0.3", "lr", "val_loss", "val_error",
     )  # fmt: skip
+
+
+def test_epochs_files_from_before_later_columns_still_read(tmp_path) -> None:
+    # a file written before the skip-rate columns (issue 10) but with val_loss (issue 12)
+    older = [c for c in EPOCH_COLUMNS if not c.startswith("skip_rate_")]
+    (tmp_path / "epochs.csv").write_text(",".join(older) + "\n" + ",".join(["1"] + [""] * (len(older) - 1)) + "\n")
+    rows = records.read_epochs(tmp_path)
+    assert rows[0]["epoch"] == 1 and rows[0]["skip_rate_r0.1"] is None
+    # an unknown column, or known ones out of order, is still an error
+    (tmp_path / "epochs.csv").write_text(",".join(reversed(older)) + "\n")
+    with pytest.raises(records.RecordError, match="unexpected columns"):
+        records.read_epochs(tmp_path)
 
 
 def test_run_json_round_trip(tmp_path) -> None:

@@ -77,6 +77,15 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
         assert 0.0 <= r["negative_curvature_fraction"] <= 1.0
         assert 0.0 <= r["update_cosine_p10"] <= r["update_cosine_median"] <= 1.0
         assert (r["min_eigenvalue"] < 0) == (r["negative_eigenvalues"] > 0)
+        # would-be skip rates: non-decreasing in r, and on the right side of a half where
+        # r is past the median cosine
+        rates = [r[c] for c in records.SKIP_RATE_COLUMNS]
+        assert all(0.0 <= a <= b <= 1.0 for a, b in zip(rates, rates[1:]))
+        for threshold, rate in zip(records.SKIP_RATE_THRESHOLDS, rates):
+            if r["update_cosine_median"] < threshold:
+                assert rate >= 0.5
+            elif r["update_cosine_median"] > threshold:
+                assert rate <= 0.5
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[2]["train_loss"] < rows[0]["train_loss"]
     assert rows[2]["test_error"] < rows[0]["test_error"] - 20

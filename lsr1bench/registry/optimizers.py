@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsr1bench import records
 from lsr1bench.registry.names import LAYOUT_OPTIONS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
 from lsr1bench.registry.plugins import is_import_path, needs_closure, optimizer_class
 
@@ -134,6 +135,8 @@ class TrainOptimizer:
             values = torch.tensor(cosines, dtype=torch.float64)
             out["update_cosine_p10"] = float(torch.quantile(values, 0.1))
             out["update_cosine_median"] = float(torch.quantile(values, 0.5))
+            for r, column in zip(records.SKIP_RATE_THRESHOLDS, records.SKIP_RATE_COLUMNS):
+                out[column] = float((values < r).sum()) / len(cosines)
         return out
 
     def __repr__(self) -> str:
