@@ -186,3 +186,87 @@ def test_l2_penalty_is_half_decay_times_squared_norm():
     # its gradient is weight_decay * p: what Caffe/Torch7 weight decay adds
     torch.testing.assert_close(model.weight.grad, 1e-2 * model.weight.detach(), rtol=1e-6, atol=0)
     assert l2_penalty(model, 0.0).item() == 0.0
+
+
+# --------------------------------------------------------------------------- LeNet-5 init variants
+
+
+def _lenet5_layers(model: nn.Module) -> dict[str, nn.Module]:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return {"conv1": convs[0], "conv2": convs[1], "fc500": linears[0], "output": linears[1]}
+
+
+def _lenet5(seed: int, init: str | None = None, batch_norm: bool = True) -> dict[str, nn.Module]:
+    torch.manual_seed(seed)
+    kwargs = {} if init is None else {"init": init}
+    return _lenet5_layers(build_model("lenet5", batch_norm=batch_norm, input_shape=MNIST, **kwargs))
+
+
+def _torch_default_layers(seed: int) -> dict[str, nn.Module]:
+    """LeNet-5's four weighted layers as torch constructs them, in the builder's order."""
+    torch.manual_seed(seed)
+    return {
+        "conv1": nn.Conv2d(1, 20, 5),
+        "conv2": nn.Conv2d(20, 50, 5),
+        "fc500": nn.Linear(800, 500),
+        "output": nn.Linear(500, 10),
+    }
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_lenet5_default_init_is_the_appendix_draws_bit_for_bit(seed: int) -> None:
+    """The default is the explicit N(0, 0.1^2) draws, in layer order, after torch's construction
+    (which consumes the generator first), biases zero: unchanged by the init option."""
+    reference = _torch_default_layers(seed)  # consumes the RNG exactly as the builder's construction
+    for layer in reference.values():
+        with torch.no_grad():
+            layer.weight.copy_(torch.empty(layer.weight.shape).normal_(0.0, 0.1))
+            layer.bias.zero_()
+    for init in (None, "appendix"):
+        got = _lenet5(seed, init)
+        for name, layer in reference.items():
+            torch.testing.assert_close(got[name].weight, layer.weight, rtol=0, atol=0, msg=name)
+            assert torch.count_nonzero(got[name].bias) == 0, name
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_lenet5_torch_init_is_a_freshly_constructed_torch_module(batch_norm: bool) -> None:
+    got = _lenet5(3, "torch", batch_norm)
+    reference = _torch_default_layers(3)
+    for name, layer in reference.items():
+        assert _same(got[name], layer), name
+
+
+def test_lenet5_fc_torch_changes_only_the_fc500_layer() -> None:
+    appendix, fc_torch, reference = _lenet5(5, "appendix"), _lenet5(5, "fc-torch"), _torch_default_layers(5)
+    for name in ("conv1", "conv2", "output"):
+        assert _same(fc_torch[name], appendix[name]), name
+    assert not torch.equal(fc_torch["fc500"].weight, appendix["fc500"].weight)
+    assert _same(fc_torch["fc500"], reference["fc500"])
+
+
+def test_lenet5_init_weight_spreads() -> None:
+    """appendix: std 0.1 everywhere; torch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)."""
+    fan_in = {"conv1": 25, "conv2": 500, "fc500": 800, "output": 500}
+    appendix, torch_init = _lenet5(0, "appendix"), _lenet5(0, "torch")
+    for name, fan in fan_in.items():
+        # conv1 has the fewest weights (500): the sample std is within ~10% of the truth
+        assert abs(appendix[name].weight.std().item() - 0.1) < 0.01, name
+        bound = 1 / fan**0.5
+        weight = torch_init[name].weight
+        assert weight.abs().max().item() <= bound, name
+        assert abs(weight.std().item() - bound / 3**0.5) < 0.1 * bound / 3**0.5, name
+        assert 0 < torch_init[name].bias.abs().max().item() <= bound, name
+
+
+def test_init_other_than_appendix_is_for_lenet5_only() -> None:
+    with pytest.raises(ValueError, match="unknown init 'kaiming'"):
+        build_model("lenet5", batch_norm=False, input_shape=MNIST, init="kaiming")
+    with pytest.raises(ValueError, match="resnet20 takes only init 'appendix'"):
+        build_model("resnet20", batch_norm=True, input_shape=CIFAR, init="torch")
+    build_model("mlp", batch_norm=False, input_shape=MNIST, init="appendix")

@@ -8,13 +8,14 @@ definition; every batch-norm layer is removed in the "without" case, nothing els
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from lsr1bench.registry.names import MODELS
+from lsr1bench.registry.names import DEFAULT_MODEL_INIT, MODEL_INITS, MODELS, MODELS_WITH_INIT
 
 __all__ = ["build_model", "l2_penalty", "known_models"]
 
@@ -39,11 +40,16 @@ def build_model(
     batch_norm: bool,
     input_shape: tuple[int, int, int],
     num_classes: int = 10,
+    init: str = DEFAULT_MODEL_INIT,
 ) -> nn.Module:
     """Build the registered network ``name`` for inputs of shape ``(C, H, W)``.
 
+    ``init`` (``names.MODEL_INITS``): ``appendix``, the model's documented initialisation;
+    ``lenet5`` also takes ``torch`` and ``fc-torch`` (see :func:`_lenet5`).
+
     Raises ``ValueError`` for an unknown name (listing the known ones), for an input too
-    small for the network, and for ``resnet20`` with ``batch_norm=False``.
+    small for the network, for ``resnet20`` with ``batch_norm=False``, and for an ``init``
+    the model does not take.
     """
     builder = _BUILDERS.get(name)
     if builder is None or name not in MODELS:
@@ -52,7 +58,14 @@ def build_model(
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if init not in MODEL_INITS:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(MODEL_INITS)}")
     shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    if name in MODELS_WITH_INIT:
+        return builder(batch_norm, shape, int(num_classes), init=init)
+    if init != DEFAULT_MODEL_INIT:
+        takers = ", ".join(sorted(MODELS_WITH_INIT))
+        raise ValueError(f"{name} takes only init {DEFAULT_MODEL_INIT!r}; other inits are for {takers}")
     return builder(batch_norm, shape, int(num_classes))
 
 
@@ -115,7 +128,9 @@ def _check_spatial(name: str, size: int, input_shape: tuple[int, int, int]) -> N
 # --------------------------------------------------------------------------- LeNet-5
 
 
-def _lenet5(batch_norm: bool, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _lenet5(
+    batch_norm: bool, input_shape: tuple[int, int, int], num_classes: int, init: str = DEFAULT_MODEL_INIT
+) -> nn.Module:
     """The paper's MNIST LeNet-5 (appendix, "MNIST").
 
     Layers, in the appendix's order::
@@ -139,6 +154,14 @@ def _lenet5(batch_norm: bool, input_shape: tuple[int, int, int], num_classes: in
     N(0, 0.1^2), bias 0. The FC-500 layer's initialisation is not stated; it gets the same
     N(0, 0.1^2) / bias 0 as the other layers. Batch-norm layers start at scale 1, shift 0.
     Max pooling is 2x2 with stride 2.
+
+    ``init`` tests the readings the appendix leaves open: ``torch`` keeps PyTorch's default
+    for every conv and FC layer (weights kaiming_uniform with a = sqrt(5), i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), biases likewise), ``fc-torch`` for the FC-500 layer
+    only. The appendix draws are made whatever ``init`` says and the kept layers then get
+    their constructed values back, so for one seed every variant consumes the global RNG
+    alike: ``fc-torch`` differs from ``appendix`` in the FC-500 layer only, and ``torch``
+    equals a freshly constructed torch module's initialisation.
     """
     channels, height, width = input_shape
     out_h = ((height - 4) // 2 - 4) // 2
@@ -149,9 +172,13 @@ def _lenet5(batch_norm: bool, input_shape: tuple[int, int, int], num_classes: in
     conv2 = nn.Conv2d(20, 50, kernel_size=5, stride=1, padding=0)
     fc = nn.Linear(50 * out_h * out_w, 500)
     output = nn.Linear(500, num_classes)
+    torch_default = {"appendix": (), "torch": (conv1, conv2, fc, output), "fc-torch": (fc,)}[init]
+    constructed = [(layer, copy.deepcopy(layer.state_dict())) for layer in torch_default]
     for layer in (conv1, conv2, fc):
         _gaussian_(layer, LENET5_WEIGHT_STD)
     _gaussian_(output, OUTPUT_WEIGHT_STD)
+    for layer, state in constructed:
+        layer.load_state_dict(state)
 
     layers: list[nn.Module] = [conv1, nn.ReLU()]
     if batch_norm:

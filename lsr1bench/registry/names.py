@@ -26,6 +26,20 @@ MODELS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# How a model's weights start (a suite's ``models: [{name: lenet5, init: ...}]``). The
+# appendix states N(0, 0.1^2) for LeNet-5's conv and output layers and nothing for its
+# FC-500 layer; these readings let a suite test what the unstated choices do.
+MODEL_INITS: Mapping[str, str] = MappingProxyType(
+    {
+        "appendix": "the model's documented initialisation (lenet5: N(0, 0.1^2) weights, zero biases, every layer)",
+        "torch": "PyTorch's default initialisation for every layer (kaiming_uniform a=sqrt(5), fan-in bias)",
+        "fc-torch": "the appendix for the conv and output layers, PyTorch's default for the FC-500 layer",
+    }
+)
+DEFAULT_MODEL_INIT = "appendix"
+# the models that take an init other than their documented one
+MODELS_WITH_INIT = frozenset({"lenet5"})
+
 # dataset name -> family; the family picks the paper's L2 coefficient and learning rates.
 DATASETS: Mapping[str, str] = MappingProxyType(
     {
