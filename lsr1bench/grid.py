@@ -51,6 +51,10 @@ class RunSpec:
     sweep_of: str | None = None  # the entry's own label when this run is one point of a sweep
     sweep: dict[str, Any] = field(default_factory=dict)  # the swept hyperparameters' values here
     validation_split: int | None = None  # training examples held out and evaluated every epoch
+    # Issue 10's first-order ablation; a value other than the default also marks the label
+    # (variant_label), so such runs never merge with the default's as seeds of one cell.
+    model_init: str = names.DEFAULT_MODEL_INIT  # names.MODEL_INITS (lenet5 only)
+    loss_reduction: str = names.DEFAULT_LOSS_REDUCTION  # names.LOSS_REDUCTIONS
 
     def __post_init__(self) -> None:
         # a bare sequence of thresholds (the list form of a suite, records before
@@ -100,7 +104,24 @@ _LATER_FIELDS: dict[str, Any] = {
     "sweep_of": None,
     "sweep": {},
     "validation_split": None,
+    "model_init": names.DEFAULT_MODEL_INIT,
+    "loss_reduction": names.DEFAULT_LOSS_REDUCTION,
 }
+
+
+def variant_label(label: str, model_init: str, loss_reduction: str) -> str:
+    """``nag`` -> ``nag-init_torch-loss_sum``: settings off their defaults, named in the label.
+
+    The label is what tells cells apart (reports, baselines, compare) and is part of the run
+    id; two runs that differ only by their initialisation or loss reduction must not read as
+    seeds of one cell, whatever labels the suite gave.
+    """
+    parts = [label]
+    if model_init != names.DEFAULT_MODEL_INIT:
+        parts.append(f"init_{model_init}")
+    if loss_reduction != names.DEFAULT_LOSS_REDUCTION:
+        parts.append(f"loss_{loss_reduction}")
+    return "-".join(parts)
 
 
 def sweep_label(label: str, point: dict[str, Any]) -> str:
@@ -197,6 +218,7 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
         )
     epochs = _pick("epochs", *layers) or DEFAULT_EPOCHS
     validation_split = _pick("validation_split", *layers)
+    loss_reduction = _pick("loss_reduction", *layers) or names.DEFAULT_LOSS_REDUCTION
     axes = sweep_axes(entry.name, entry.params)
     fixed = {k: v for k, v in entry.params.items() if k not in dict(axes)}
     points = plugins.sweep_points(axes, fixed)
@@ -208,6 +230,8 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
     if problems:
         raise SpecError(problems)
     for model in grid.models:
+        model_init = model.init or names.DEFAULT_MODEL_INIT
+        entry_label = variant_label(entry.resolved_label, model_init, loss_reduction)
         for batch_norm in model.batch_norm_values():
             for d, dataset_entry in enumerate(grid.datasets):
                 dataset = dataset_entry.run_name
@@ -220,7 +244,7 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
                 for point, batch, ranks in combos:
                     params = _resolved_params(entry, dataset_entry.name, family, point, where, g, d)
                     swept = {k: point[k] for k in swept_keys}
-                    label = sweep_label(entry.resolved_label, swept) if axes else entry.resolved_label
+                    label = sweep_label(entry_label, swept) if axes else entry_label
                     for seed in _seeds(*layers):
                         run_id = make_run_id(model.run_name, batch_norm, dataset, label, batch, seed, ranks)
                         yield (
@@ -249,9 +273,11 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
                                 model_params=dict(model.params),
                                 dataset_path=dataset_path,
                                 dataset_params=dict(dataset_entry.params),
-                                sweep_of=entry.resolved_label if axes else None,
+                                sweep_of=entry_label if axes else None,
                                 sweep=swept,
                                 validation_split=validation_split,
+                                model_init=model_init,
+                                loss_reduction=loss_reduction,
                             ),
                         )
 

@@ -2,7 +2,9 @@
 
 What every run shares, whatever the optimizer:
 
-* the objective: cross-entropy + ``l2_penalty(model, weight_decay)`` (the paper's L2);
+* the objective: cross-entropy + ``l2_penalty(model, weight_decay)`` (the paper's L2),
+  the cross-entropy averaged over the minibatch, or summed with ``loss_reduction: sum``
+  (:func:`minibatch_objective`); recorded losses are per-example means either way;
 * for a given seed, the same initial weights (``torch.manual_seed(seed)`` right before
   the model is built) and the same minibatch order (a separate ``torch.Generator``
   seeded with the seed draws each epoch's permutation, so nothing an optimizer does with
@@ -283,6 +285,60 @@ def _initial_objective(
     return float(parallel.sum(total)[0]) / n + float(l2_penalty(model, weight_decay))
 
 
+def minibatch_objective(
+    logits: Tensor, targets: Tensor, model: torch.nn.Module, spec: RunSpec, world_size: int = 1
+) -> Tensor:
+    """The function the optimizer minimises on this rank's rows of one minibatch of b examples.
+
+    ``loss_reduction: mean`` (the paper's objective): mean cross-entropy + L2.
+    ``loss_reduction: sum``: the cross-entropy summed over the minibatch + L2. Only the data
+    term is b times larger; the L2 term is the same ``l2_penalty`` as with mean, so the
+    weight decay is relatively b times weaker. A first-order method's step on the data
+    term is then b times that of the mean at the same learning rate (what a framework whose
+    loss sums over the batch does). With P ranks each holds b / P rows and DDP averages the
+    gradients, so each rank's sum is multiplied by P: the average is the global sum.
+    """
+    if spec.loss_reduction == "sum":
+        data = F.cross_entropy(logits, targets, reduction="sum") * world_size
+    else:
+        data = F.cross_entropy(logits, targets)
+    return data + l2_penalty(model, spec.weight_decay)
+
+
+class _MeanLoss:
+    """An epoch's ``train_loss``: the per-example mean cross-entropy + L2 at each step's
+    start point, averaged over the steps, whatever ``loss_reduction`` the optimizer saw.
+
+    A step reports the objective it minimised; with ``sum`` that is b * mean + L2, so the
+    L2 term at the start point is taken before the step (``start``) and the mean recovered
+    as (loss - L2) / b + L2, summed on the device (no host transfer per step).
+    """
+
+    def __init__(self, loss_reduction: str, weight_decay: float) -> None:
+        self.summed = loss_reduction == "sum"
+        self.weight_decay = weight_decay
+        self.total = 0.0
+        self.l2_total: Tensor | float = 0.0
+        self.steps = 0
+
+    def start(self, model: torch.nn.Module) -> Tensor | None:
+        if not self.summed:
+            return None
+        with torch.no_grad():
+            return l2_penalty(model, self.weight_decay)
+
+    def add(self, loss: float, batch: int, l2_at_start: Tensor | None) -> None:
+        self.steps += 1
+        if l2_at_start is None:
+            self.total += loss
+        else:
+            self.total += loss / batch
+            self.l2_total = self.l2_total + l2_at_start * (1.0 - 1.0 / batch)
+
+    def mean(self) -> float:
+        return (self.total + float(self.l2_total)) / max(self.steps, 1)
+
+
 class RunningStatsGuard:
     """Keeps batch-norm running statistics to one update per step, at the accepted point.
 
@@ -450,7 +506,11 @@ class _Run:
             ).to(device)
         else:
             model = build_model(
-                spec.model, batch_norm=spec.batch_norm, input_shape=data.input_shape, num_classes=data.num_classes
+                spec.model,
+                batch_norm=spec.batch_norm,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                init=spec.model_init,
             ).to(device)
         model.train()
         net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
@@ -506,25 +566,25 @@ class _Run:
             _sync(device)
             epoch_start = time.perf_counter()
             lr = _current_lr(optimizer.optimizer)
-            loss_sum, steps, bad_loss = 0.0, 0, None
+            recorded, bad_loss = _MeanLoss(spec.loss_reduction, spec.weight_decay), None
             for index in _batches(n, spec.batch_size, order, device):
                 rows = parallel.shard(index)  # this rank's rows of the global minibatch
                 xb, yb = data.train_x[rows], data.train_y[rows]
 
                 def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
                     model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
-                    loss = F.cross_entropy(net(xb), yb) + l2_penalty(model, spec.weight_decay)
+                    loss = minibatch_objective(net(xb), yb, model, spec, parallel.world_size)
                     loss.backward()  # DDP averages the gradients over the ranks here
                     return reduce_loss(loss)
 
+                start_point = recorded.start(model)
                 if guard is None:
                     loss = optimizer.step(closure)
                 else:
                     loss = optimizer.step(guard.protect(closure))
                     guard.update(xb)
                 samples += len(index)
-                steps += 1
-                loss_sum += loss
+                recorded.add(loss, len(index), start_point)
                 if not math.isfinite(loss):
                     bad_loss = loss
                     break
@@ -532,7 +592,7 @@ class _Run:
             train_seconds += time.perf_counter() - epoch_start
             if schedule is not None:
                 schedule.step()
-            train_loss = bad_loss if bad_loss is not None else loss_sum / max(steps, 1)
+            train_loss = bad_loss if bad_loss is not None else recorded.mean()
             current = row(epoch, train_loss, lr)
             self.add_row(current)
             if bad_loss is not None or not math.isfinite(current["test_loss"]):

@@ -125,9 +125,14 @@ class Settings(_Strict):
     ranks: list[int] | None = Field(default=None, min_length=1)
     # hold out this many training examples, evaluated every epoch (val_error, val_loss)
     validation_split: int | None = Field(default=None, ge=1)
+    # mean (the paper's objective) or sum: the minibatch's cross-entropy the optimizer sees
+    loss_reduction: str | None = None
 
     _as_lists = field_validator("batch_sizes", "seeds", "ranks", mode="before")(
         classmethod(lambda cls, v: _as_list(v))
+    )
+    _loss_reduction = field_validator("loss_reduction")(
+        classmethod(lambda cls, v: v if v is None else _check_name(v, names.LOSS_REDUCTIONS, "loss reduction"))
     )
 
     @field_validator("batch_sizes")
@@ -291,12 +296,15 @@ class ModelEntry(_Strict):
 
     ``name`` may be an import path to a factory returning an ``nn.Module`` (see
     :mod:`lsr1bench.registry.plugins`); then ``label`` is required and ``params`` go to it.
+    ``init`` (lenet5 only): ``appendix`` (the default), ``torch`` or ``fc-torch``
+    (``names.MODEL_INITS``).
     """
 
     name: str
     batch_norm: list[bool] | None = Field(default=None, min_length=1)
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +313,16 @@ class ModelEntry(_Strict):
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name_or_path(v, names.MODELS, "model")))
     _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
+    _init = field_validator("init")(
+        classmethod(lambda cls, v: v if v is None else _check_name(v, names.MODEL_INITS, "model init"))
+    )
+
+    @model_validator(mode="after")
+    def _init_takers(self) -> ModelEntry:
+        if self.init is not None and self.name not in names.MODELS_WITH_INIT:
+            takers = ", ".join(sorted(names.MODELS_WITH_INIT))
+            raise _problem("init", f"init is for {takers}; {self.name} has its own initialisation only")
+        return self
 
     @model_validator(mode="after")
     def _plugin(self) -> ModelEntry:

@@ -155,6 +155,16 @@ def resolved_optimizer_params(
     return params
 
 
+# How the cross-entropy of a minibatch enters the objective the optimizer sees; the L2 term
+# is added once either way, and the recorded losses are per-example means either way.
+LOSS_REDUCTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "mean": "cross-entropy averaged over the minibatch + L2 (the paper's objective)",
+        "sum": "cross-entropy summed over the minibatch + L2 (a first-order step b times larger)",
+    }
+)
+DEFAULT_LOSS_REDUCTION = "mean"
+
 # Recorded metrics a suite may set targets on; each is reached at the first epoch >= 1
 # whose value falls below the threshold. The list form of ``targets:`` means test_error.
 TARGET_METRICS: Mapping[str, str] = MappingProxyType(
