@@ -1,0 +1,114 @@
+"""Issue 10's first-order ablation (suites/repro/ablation_first_order.yaml) as one table.
+
+One row per variant (the runs' label). For each of Table 1's MNIST cells (1.1% test error
+at minibatch 500, 1.2% at 1000, 1.5% at 10000): our epochs to that cell's target, median
+[min–max] over the seeds that reached it with (k/n); the paper's epochs for the variant's
+optimizer (Adam or NAG); and a verdict:
+
+* ``matches the paper``: the median over *all* seeds, a seed that never reached the target
+  counting as slower than any number, is at most the paper's epochs;
+* ``slower``: it is above, though some seed reached the target;
+* ``never reached``: no seed did; ``not finished``: not decided while runs are incomplete;
+* ``no paper number`` (Adam at 500 is unreadable in the text we have), ``not run``.
+
+The results are read from ``FOLDER/runs/repro-ablation-first-order/``, where
+``lsr1bench run suites/repro/ablation_first_order.yaml --output FOLDER/runs`` puts them::
+
+    python -m lsr1bench.reporting.ablation FOLDER
+
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from lsr1bench.reporting.cells import CellSummary, TargetSummary, summarize_cells
+from lsr1bench.reporting.reproduction import PAPER_CELLS, PAPER_TABLE1
+from lsr1bench.reporting.runs import INCOMPLETE, ReportError, Target, load_results
+from lsr1bench.reporting.tables import NO_TARGET, NOT_RUN, fmt_count, markdown, target_text
+
+__all__ = ["SUITE", "ablation_table"]
+
+SUITE = "repro-ablation-first-order"
+
+MATCHES = "matches the paper"
+SLOWER = "slower"
+NEVER_REACHED = "never reached"
+NOT_FINISHED = "not finished"
+NO_PAPER_NUMBER = "no paper number"
+
+
+def verdict(summary: TargetSummary | None, paper: int | None) -> str:
+    """Our epochs to one cell's target against the paper's (see the module docstring)."""
+    if summary is None:
+        return NO_TARGET
+    if paper is None:
+        return NO_PAPER_NUMBER
+    every_seed = [math.inf if epochs is None else epochs for epochs in summary.epochs_by_seed]
+    if every_seed and statistics.median(every_seed) <= paper:
+        return MATCHES
+    if summary.outcomes.get(INCOMPLETE):
+        return NOT_FINISHED
+    return SLOWER if summary.reached else NEVER_REACHED
+
+
+def ablation_table(folder: Path) -> str:
+    """The Markdown table of the ablation's runs under ``folder / "runs" / SUITE``."""
+    results_dir = Path(folder) / "runs" / SUITE
+    if not results_dir.is_dir():
+        raise ReportError(
+            f"{results_dir}: no such folder; the ablation's results go there with "
+            f"lsr1bench run suites/repro/ablation_first_order.yaml --output {Path(folder) / 'runs'}"
+        )
+    results = load_results(results_dir)
+    optimizers: dict[str, set[str]] = {}
+    for run in results.runs:
+        optimizers.setdefault(run.key.label, set()).add(str(run.spec.get("optimizer")))
+    cells: dict[str, dict[int, CellSummary]] = {}
+    for cell in summarize_cells(results.runs):
+        cells.setdefault(cell.key.label, {})[cell.key.batch_size] = cell
+
+    headers = ["variant"]
+    for target, batch in PAPER_CELLS:
+        headers += [f"< {target}% · b{batch}", f"paper · b{batch}", f"verdict · b{batch}"]
+    rows = []
+    for label in sorted(cells):
+        # the paper's row is the optimizer's; a label used with two optimizers has none
+        found = optimizers[label]
+        paper_row = PAPER_TABLE1.get(next(iter(found)), {}) if len(found) == 1 else {}
+        row = [label]
+        for target, batch in PAPER_CELLS:
+            cell = cells[label].get(int(batch))
+            paper = paper_row.get(batch)
+            if cell is None:
+                row += [NOT_RUN, _paper_text(paper), NOT_RUN]
+                continue
+            summary = cell.targets.get(Target("test_error", float(target)))
+            row += [target_text(summary, "epochs", fmt_count), _paper_text(paper), verdict(summary, paper)]
+        rows.append(row)
+    return markdown(headers, rows)
+
+
+def _paper_text(paper: int | None) -> str:
+    return NO_TARGET if paper is None else str(paper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m lsr1bench.reporting.ablation FOLDER  (reads FOLDER/runs/" + SUITE + ")")
+        return 2
+    try:
+        print(ablation_table(Path(args[0])))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
