@@ -56,9 +56,10 @@ def verdict(summary: TargetSummary | None, paper: int | None) -> str:
     return SLOWER if summary.reached else NEVER_REACHED
 
 
-def ablation_table(folder: Path) -> str:
-    """The Markdown table of the ablation's runs under ``folder / "runs" / SUITE``."""
-    results_dir = Path(folder) / "runs" / SUITE
+def ablation_table(folder: Path, suite: str = SUITE) -> str:
+    """The Markdown table of the ablation's runs under ``folder / "runs" / suite`` (the
+    whole suite's, or a subset suite's such as the CPU one)."""
+    results_dir = Path(folder) / "runs" / suite
     if not results_dir.is_dir():
         raise ReportError(
             f"{results_dir}: no such folder; the ablation's results go there with "
