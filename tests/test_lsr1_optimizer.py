@@ -442,6 +442,76 @@ def test_linear_algebra_failure_drops_pairs_and_the_step_goes_on(monkeypatch):
     assert stats["linalg_failures"] == 1 and stats["dropped_pairs"] >= 1
 
 
+def _uphill(real):
+    """solve_subproblem, but returning the negated minimiser -p* while pairs are stored:
+    a model whose step goes uphill, as a k x k breakdown the pair policy missed gives."""
+    from dataclasses import replace
+
+    def solve(spectral, *args, **kw):
+        solution = real(spectral, *args, **kw)
+        if spectral.k == 0:
+            return solution
+        return replace(solution, par=-solution.par, perp_scale=-solution.perp_scale)
+
+    return solve
+
+
+def test_a_model_predicting_no_decrease_drops_its_oldest_pair_and_solves_again(monkeypatch):
+    """Table 1's batch-10000 run (issue 10) froze: with 4 pairs stored, every step's model
+    predicted no decrease, the step ended with no trial point, and nothing in the state
+    changed, for epochs. A trust-region minimiser with g != 0 always predicts a decrease,
+    so such a step now drops the oldest pair and solves again."""
+    from lsr1bench.optim import lsr1 as module
+
+    f, x0 = quartic_problem(n=15, seed=2)
+    _, opt = run_lsr1(f, x0, 10, memory=4)
+    before = opt.statistics()
+    assert before["stored_pairs"] >= 2
+    monkeypatch.setattr(module, "solve_subproblem", _uphill(module.solve_subproblem))
+    params = opt.param_groups[0]["params"]
+
+    def closure():
+        opt.zero_grad()
+        loss = f(params[0])
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    after = opt.statistics()
+    # every stored pair gave an uphill step, so all were dropped and the step was taken
+    # with B = gamma I, whose minimiser the injection leaves alone
+    assert after["inconsistent_models"] == before["stored_pairs"]
+    assert after["nonpositive_pred"] == before["nonpositive_pred"] == 0
+    trials = after["accepted_steps"] + after["rejected_steps"]
+    assert trials == before["accepted_steps"] + before["rejected_steps"] + 1
+    assert after["last_pred"] > 0.0
+
+
+def test_a_model_that_never_predicts_decrease_does_not_freeze_the_optimizer(monkeypatch):
+    """With the breakdown on every step, the old rule (no trial point, state unchanged)
+    left x where it was for ever; dropping pairs keeps the loss going down."""
+    from lsr1bench.optim import lsr1 as module
+
+    f, x0 = quartic_problem(n=15, seed=2)
+    x, opt = run_lsr1(f, x0, 10, memory=4)
+    monkeypatch.setattr(module, "solve_subproblem", _uphill(module.solve_subproblem))
+    params = opt.param_groups[0]["params"]
+    start = float(f(params[0].detach()))
+
+    def closure():
+        opt.zero_grad()
+        loss = f(params[0])
+        loss.backward()
+        return loss
+
+    for _ in range(20):
+        opt.step(closure)
+    stats = opt.statistics()
+    assert stats["nonpositive_pred"] == 0 and stats["inconsistent_models"] >= 19
+    assert sum(stats[k] for k in module.OUTCOMES) == stats["steps"]
+    assert float(f(params[0].detach())) < start
+
+
 def test_unconverged_newton_is_counted_and_never_longer_than_the_radius(monkeypatch):
     from lsr1bench.optim import _trust_region
 
@@ -462,3 +532,78 @@ def test_unconverged_newton_is_counted_and_never_longer_than_the_radius(monkeypa
     g_perp = float((g - (Psi.T @ spectral.psi_coefficients(g_par))).norm())
     sol = _trust_region.solve_subproblem(spectral, g_par, g_perp, 0.05)
     assert not sol.converged and sol.step_norm <= 0.05 * (1 + 1e-12)
+
+
+# The state at which Table 1's batch-10000 L-SR1 run froze (issue 10): its 4 stored pairs
+# and the gradient, as coordinates in an orthonormal basis of their span (s_1..s_4,
+# psi_1..psi_4, g; float64 from the float32 run), at radius 1.7982479762585655. The pairs
+# saw almost no curvature (psi ~ -s), so B is nearly singular on range(S).
+FROZEN_COORDINATES = [
+    [0.787587250611808, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [1.0383600326125675, -0.44150134668884145, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.19414514338919217, 0.1505623600218124, 0.049888749944008125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.9234766913886882, -0.008367217214087931, 0.09861592683088752, 0.07034678860870539, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [-0.7860261929602419, -0.00044218440816567653, -0.005635193945696867, -0.0033503433288670894, 0.016599611214880287, 0.0, 0.0, 0.0, 0.0],
+    [-1.0355782584173514, 0.41769909386869425, -0.005541655841825646, -0.02842505964686904, 0.0017549631044323426, -0.041513482450925746, 0.0, 0.0, 0.0],
+    [-0.1948685824898183, -0.1433633843756445, -0.03282565370534695, -0.0027120999199631733, 0.0034426176320825983, 0.013734235244567527, 0.011170522496115363, 0.0, 0.0],
+    [-0.9231333163779011, 0.009619210281785156, -0.09444463202539444, -0.06448386645669686, 0.0017794202605209072, 0.0039180534650442135, 0.005270409205755033, -0.016738969355059793, 0.0],
+    [0.0008094866035896392, 2.4991932414350515e-05, -0.006297059899771501, -0.01063492427547526, 0.006279200456321147, -0.005292644092646932, -0.00019587116869471648, -0.006592195736908955, 0.04280588572040362]
+]
+FROZEN_RADIUS = 1.7982479762585655
+
+
+def test_the_frozen_batch_10000_state_takes_a_step():
+    """Embedded in n = 4096 float32 coordinates (the chunk size, so the rounding margin
+    of ||s|| is the real run's), the old code clamped s into the radius with a margin of
+    a few % of ||s||^2, counted ||s||^2 as radius^2, found pred < 0 and evaluated no trial
+    point, at every later step. The pre-trial pred must agree with the model decrease of
+    the applied step, computed here in float64 from the vectors."""
+    from lsr1bench.optim._compact import CurvatureMemory
+
+    n = 4096
+    coords = torch.tensor(FROZEN_COORDINATES, dtype=F64)
+    basis, _ = torch.linalg.qr(torch.randn(n, 9, generator=torch.Generator().manual_seed(0), dtype=F64))
+    vectors = (coords @ basis.T).float()
+    s_rows, psi_rows, g = vectors[:4], vectors[4:8], vectors[8]
+    x = torch.nn.Parameter(torch.zeros(n))
+    opt = LSR1([x], memory=5)
+
+    def closure():  # a linear loss with gradient g, so that the step is accepted
+        opt.zero_grad()
+        x.grad = g.clone()
+        return 0.2255 + (g * x.detach()).sum()
+
+    opt.step(closure)  # builds the state; then replace its pairs with the frozen ones
+    state = opt.state[x]
+    for key in ("gram_ss", "gram_sp", "gram_pp"):
+        state[key].zero_()
+    state["order"].clear()
+    width = state["memory"].shape[1]
+    memory = CurvatureMemory(state, 5, width, state["memory"])
+    for s_i, psi_i in zip(s_rows, psi_rows):
+        s_pad, psi_pad = torch.zeros(width), torch.zeros(width)
+        s_pad[:n], psi_pad[:n] = s_i, psi_i
+        memory.push(s_pad, psi_pad + s_pad, 1.0)  # y = psi + gamma s, gamma = 1
+    state["radius"] = FROZEN_RADIUS
+    state["stats"] = dict.fromkeys(state["stats"], 0)
+    x.data.zero_()
+
+    opt.step(closure)
+    stats = opt.statistics()
+    assert stats["nonpositive_pred"] == 0 and stats["inconsistent_models"] == 0
+    assert stats["accepted_steps"] == 1  # a trial point was evaluated, and taken
+    # the model decrease of the applied step s = x, in float64 from the vectors: B = I +
+    # Psi M Psi^T with M^{-1} = D + L + L^T of S^T Psi (the paper's rule for gamma = 1)
+    s = x.detach().double()
+    S, P, gd = s_rows.double(), psi_rows.double(), g.double()
+    sp = S @ P.T
+    m_inv = torch.diag(torch.diagonal(sp)) + torch.tril(sp, -1) + torch.tril(sp, -1).T
+    ps = P @ s
+    terms = (float(gd @ s), float(s @ s), float(ps @ torch.linalg.solve(m_inv, ps)))
+    pred = -(terms[0] + 0.5 * (terms[1] + terms[2]))
+    assert pred > 0.0
+    # to 1e-3 of the terms pred is the difference of (they nearly cancel here); the old
+    # pre-trial pred was off by more than its own size
+    size = abs(terms[0]) + 0.5 * (abs(terms[1]) + abs(terms[2]))
+    assert abs(stats["last_pred"] - pred) <= 1e-3 * size
+    assert float(s.norm()) <= FROZEN_RADIUS * (1 + 1e-5)

@@ -55,6 +55,7 @@ _STAT_KEYS = (
     "skipped_updates",
     "dropped_pairs",  # by the pair policy or after a k x k linear-algebra failure
     "linalg_failures",  # k x k factorisations that failed; each dropped the oldest pair
+    "inconsistent_models",  # steps whose model with g != 0 predicted no decrease; each dropped the oldest pair
     "closure_evaluations",
     "hard_cases",
     "newton_iterations",
@@ -662,107 +663,124 @@ class LSR1(Optimizer):
         s, psi, y = rows[0], rows[1], rows[2]
         eps = torch.finfo(g.dtype).eps
 
-        # The k x k algebra; a factorisation that fails drops the oldest pair and tries again.
-        while True:
-            k = memory.k
-            try:
-                psi_gram, m_inv = memory.b_factors(gamma)
-                spectral = spectral_form(psi_gram, m_inv, gamma)
-                psi_g = memory.split(g_products)[1] if k > 0 else empty
-                g_par = spectral.parallel_coordinates(psi_g)
-                u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
-                if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
-                    raise _Breakdown
-                par_sq = float((g_par**2).sum())
-                # gg - par_sq loses to cancellation only the digits the products lack
-                # (chunked float64 sums); form g_perp explicitly when that leaves too few.
-                explicit_perp = par_sq > (1.0 - CANCELLATION_GUARD * eps) * gg
-                if not explicit_perp:
-                    g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
-                else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
-                    with exact_float32_matmul(device):
-                        combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
-                        g_perp_sq = float(reducer.dots([(s, s)])[0])
-                    stats["explicit_passes"] += 1
-                solution = solve_subproblem(
-                    spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
-                    zero_tol=100.0 * eps * math.sqrt(gg),
-                )
-                if not (math.isfinite(solution.model_value) and math.isfinite(solution.perp_scale)):
-                    raise _Breakdown
-                break
-            except (torch.linalg.LinAlgError, _Breakdown):
-                if k == 0:
-                    raise
-                self._drop_after_breakdown(memory, stats)
+        while True:  # until the model predicts a decrease (or no pair is left)
+            # The k x k algebra; a factorisation that fails drops the oldest pair and tries again.
+            while True:
+                k = memory.k
+                try:
+                    psi_gram, m_inv = memory.b_factors(gamma)
+                    spectral = spectral_form(psi_gram, m_inv, gamma)
+                    psi_g = memory.split(g_products)[1] if k > 0 else empty
+                    g_par = spectral.parallel_coordinates(psi_g)
+                    u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
+                    if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
+                        raise _Breakdown
+                    par_sq = float((g_par**2).sum())
+                    # gg - par_sq loses to cancellation only the digits the products lack
+                    # (chunked float64 sums); form g_perp explicitly when that leaves too few.
+                    explicit_perp = par_sq > (1.0 - CANCELLATION_GUARD * eps) * gg
+                    if not explicit_perp:
+                        g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
+                    else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
+                        with exact_float32_matmul(device):
+                            combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
+                            g_perp_sq = float(reducer.dots([(s, s)])[0])
+                        stats["explicit_passes"] += 1
+                    solution = solve_subproblem(
+                        spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
+                        zero_tol=100.0 * eps * math.sqrt(gg),
+                    )
+                    if not (math.isfinite(solution.model_value) and math.isfinite(solution.perp_scale)):
+                        raise _Breakdown
+                    break
+                except (torch.linalg.LinAlgError, _Breakdown):
+                    if k == 0:
+                        raise
+                    self._drop_after_breakdown(memory, stats)
 
-        stats["newton_iterations"] += solution.newton_iterations
-        stats["newton_unconverged"] += int(not solution.converged)
-        stats["hard_cases"] += int(solution.hard_case)
-        stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
-        state["last_solve_radius"] = radius
-        # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
-        beta = solution.perp_scale
-        w = spectral.psi_coefficients(solution.par) - beta * u
-        # the saved x: full length, or this rank's slice when sharded (a rejected step then
-        # all-gathers it back; rare, and every rank rejects together)
-        x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
-        if not (explicit_perp or solution.perp_unit != 0.0):
-            # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
-            # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
-            # products even when Psi is ill-conditioned and the solver's eigenbasis is not
-            # exactly orthonormal in float32.
-            g_w = float(w @ psi_g) if k > 0 else 0.0
-            gram_w = psi_gram @ w if k > 0 else empty
-            ss_model = beta * beta * gg + 2.0 * beta * g_w + (float(w @ gram_w) if k > 0 else 0.0)
-            # Rounding bound of ss_model: each product over n carries a relative error of
-            # about sqrt(n) eps of its own size, and the terms may cancel.
-            size = beta * beta * gg
-            if k > 0:
-                size += 2.0 * abs(beta) * float((w.abs() * psi_g.abs()).sum())
-                size += float(w.abs() @ psi_gram.abs() @ w.abs())
-            margin = 4.0 * math.sqrt(min(self._n, CHUNK)) * eps * size
-            if ss_model + margin > radius * radius:  # keep s inside the trust region
-                factor = radius / math.sqrt(ss_model + margin)
-                beta, w, gram_w, g_w = beta * factor, w * factor, gram_w * factor, g_w * factor
-                ss_model = radius * radius
-                stats["step_clamps"] += 1
-            gs_model = beta * gg + g_w
-            psi_s = beta * psi_g + gram_w if k > 0 else empty
-            self._form_step(memory, g, beta, w, s)
-        else:
-            # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
-            self._form_step(memory, g, beta, w, s)
-            if solution.perp_unit != 0.0:
-                z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
-                s.add_(z, alpha=solution.perp_unit)
-            with exact_float32_matmul(device):
-                parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
+            stats["newton_iterations"] += solution.newton_iterations
+            stats["newton_unconverged"] += int(not solution.converged)
+            stats["hard_cases"] += int(solution.hard_case)
+            stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
+            state["last_solve_radius"] = radius
+            # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
+            beta = solution.perp_scale
+            w = spectral.psi_coefficients(solution.par) - beta * u
+            # the saved x: full length, or this rank's slice when sharded (a rejected step then
+            # all-gathers it back; rare, and every rank rejects together)
+            x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
+            if not (explicit_perp or solution.perp_unit != 0.0):
+                # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
+                # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
+                # products even when Psi is ill-conditioned and the solver's eigenbasis is not
+                # exactly orthonormal in float32.
+                g_w = float(w @ psi_g) if k > 0 else 0.0
+                gram_w = psi_gram @ w if k > 0 else empty
+                ss_model = beta * beta * gg + 2.0 * beta * g_w + (float(w @ gram_w) if k > 0 else 0.0)
+                # Rounding bound of ss_model: each product over n carries a relative error of
+                # about sqrt(n) eps of its own size, and the terms may cancel.
+                size = beta * beta * gg
                 if k > 0:
-                    parts.append(products(memory.buffer, s.unsqueeze(0)).reshape(-1))
-                measured = reducer.gather(parts)
-            stats["explicit_passes"] += 1
-            ss_model, gs_model = float(measured[0]), float(measured[1])
-            if k > 0:
-                psi_s = memory.split(measured[2:])[1]
+                    size += 2.0 * abs(beta) * float((w.abs() * psi_g.abs()).sum())
+                    size += float(w.abs() @ psi_gram.abs() @ w.abs())
+                margin = 4.0 * math.sqrt(min(self._n, CHUNK)) * eps * size
+                if ss_model + margin > radius * radius:  # keep s inside the trust region
+                    factor = radius / math.sqrt(ss_model + margin)
+                    beta, w, gram_w, g_w = beta * factor, w * factor, gram_w * factor, g_w * factor
+                    # ||s||^2 of the scaled step, not radius^2: the margin may be a sizable
+                    # part of ||s||^2 (large w over an ill-conditioned Psi), and pred's
+                    # gamma ||s||^2 can nearly cancel against (Psi^T s)^T M (Psi^T s)
+                    # where the pairs saw almost no curvature (y ~ 0): counting radius^2
+                    # there turned pred negative and froze issue 10's batch-10000 run.
+                    ss_model = ss_model * factor * factor
+                    stats["step_clamps"] += 1
+                gs_model = beta * gg + g_w
+                psi_s = beta * psi_g + gram_w if k > 0 else empty
+                self._form_step(memory, g, beta, w, s)
             else:
-                psi_s = empty
-            if ss_model > radius * radius:
-                factor = radius / math.sqrt(ss_model)
-                s.mul_(factor)
-                ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
-                stats["step_clamps"] += 1
-        # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
-        curvature_term = gamma * ss_model
-        if k > 0:
-            curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-        pred = -(gs_model + 0.5 * curvature_term)
-        state["last_pred"] = pred
-        if not (pred > 0.0 and math.isfinite(pred)):
-            # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
-            stats["nonpositive_pred"] += 1
-            state["last_rho"] = None
-            return
+                # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
+                self._form_step(memory, g, beta, w, s)
+                if solution.perp_unit != 0.0:
+                    z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
+                    s.add_(z, alpha=solution.perp_unit)
+                with exact_float32_matmul(device):
+                    parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
+                    if k > 0:
+                        parts.append(products(memory.buffer, s.unsqueeze(0)).reshape(-1))
+                    measured = reducer.gather(parts)
+                stats["explicit_passes"] += 1
+                ss_model, gs_model = float(measured[0]), float(measured[1])
+                if k > 0:
+                    psi_s = memory.split(measured[2:])[1]
+                else:
+                    psi_s = empty
+                if ss_model > radius * radius:
+                    factor = radius / math.sqrt(ss_model)
+                    s.mul_(factor)
+                    ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
+                    stats["step_clamps"] += 1
+            # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
+            curvature_term = gamma * ss_model
+            if k > 0:
+                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+            pred = -(gs_model + 0.5 * curvature_term)
+            state["last_pred"] = pred
+            if not (pred > 0.0 and math.isfinite(pred)):
+                if memory.k > 0 and gg > 0.0:
+                    # The trust-region minimiser of a consistent model decreases it whenever
+                    # g != 0; a step that does not means the pairs' k x k algebra has broken
+                    # down (near-singular M^{-1} or Psi^T Psi that the pair policy let
+                    # through). Keeping the pairs would repeat this at every step (the state
+                    # would never change), so drop the oldest and solve again.
+                    stats["inconsistent_models"] += 1
+                    memory.drop_oldest()
+                    stats["dropped_pairs"] += 1
+                    continue
+                # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
+                stats["nonpositive_pred"] += 1
+                state["last_rho"] = None
+                return
+            break
 
         # Trial point x + s on the same minibatch.
         if self._layout.sharded:
