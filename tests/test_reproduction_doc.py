@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from lsr1bench.cli import app
 from lsr1bench.reporting import ReportError
-from lsr1bench.reporting.reproduction import FRAGMENTS, lsr1_cpu, render_doc, update_doc
+from lsr1bench.reporting.reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, render_doc, update_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "REPRODUCTION.md"
@@ -89,3 +90,98 @@ def test_cli_reports_up_to_date(tmp_path: Path) -> None:
     second = runner.invoke(app, ["report", str(CSV_FOLDER), "--update-doc", str(doc)])
     assert second.exit_code == 0, second.output
     assert "already up to date" in second.output
+
+
+# --- prose: numbers come from the records or the paper ---
+
+PAPER = ROOT.parent / "shared" / "paper" / "lsr1-iclr2017.txt"
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?(?![\w])")
+# Numbers the prose may state that are neither results nor the paper's: settings the
+# suites and the tool define (the default skip threshold, the CPU core count, MNIST's
+# sizes from the data README), and section numbers of this doc's own list.
+SETTINGS = {"1e-8", "1e-4", "2", "60,000", "10,000", "10"}
+
+
+def _prose_and_generated(text: str) -> tuple[str, str]:
+    generated: list[str] = []
+    prose: list[str] = []
+    position = 0
+    for match in BEGIN.finditer(text):
+        end = text.index(END_TEMPLATE.format(name=match.group(1)), match.end())
+        prose.append(text[position : match.start()])
+        generated.append(text[match.end() : end])
+        position = end
+    prose.append(text[position:])
+    kept = []
+    for line in "".join(prose).splitlines():
+        if line.startswith("    ") or line.lstrip().startswith("|") or line.startswith("!["):
+            continue  # commands, the hand-made table of what ran (names only), images
+        kept.append(re.sub(r"`[^`]*`", "", line))  # file names, commit ids and code
+    return "\n".join(kept), "".join(generated)
+
+
+def _numbers(text: str) -> set[str]:
+    return set(NUMBER.findall(text.replace(",000", "000")))
+
+
+@pytest.mark.skipif(not PAPER.is_file(), reason="../shared/paper is not beside the repo")
+def test_prose_numbers_come_from_the_records_or_the_paper() -> None:
+    prose, generated = _prose_and_generated(DOC.read_text(encoding="utf-8"))
+    allowed = _numbers(generated) | _numbers(PAPER.read_text(encoding="utf-8")) | _numbers(" ".join(SETTINGS))
+    stray = sorted(_numbers(prose) - allowed)
+    assert not stray, f"numbers in docs/REPRODUCTION.md's prose that no record or the paper holds: {stray}"
+
+
+def test_the_prose_check_catches_a_typed_number() -> None:
+    text = "intro\n<!-- lsr1bench:begin skips -->\n| 0.76 |\n<!-- lsr1bench:end skips -->\nit took 0.80 s\n"
+    prose, generated = _prose_and_generated(text)
+    assert _numbers(prose) - _numbers(generated) == {"0.80"}
+
+
+# --- the run-record fragments on synthetic records, against hand-computed values ---
+
+
+def _lsr1_run(folder: Path, batch: int, rows: list[dict]) -> None:
+    from lsr1bench import records
+    from lsr1bench.grid import RunSpec
+    from lsr1bench.reporting.reproduction import CPU_SUITE
+
+    spec = RunSpec(
+        suite=CPU_SUITE, run_id=f"lenet5-bn-mnist-lsr1-b{batch}-s0", model="lenet5", batch_norm=True,
+        dataset="mnist", optimizer="lsr1", label="lsr1", optimizer_params={"memory": 5}, lr_schedule=None,
+        batch_size=batch, seed=0, epochs=len(rows) - 1, targets=(1.1, 1.2, 1.5), stop_at_targets=True,
+    )  # fmt: skip
+    directory = records.run_dir(folder / "runs", CPU_SUITE, spec.run_id)
+    directory.mkdir(parents=True)
+    records.write_epochs(directory, rows)
+    records.write_run(directory, records.RunRecord(CPU_SUITE, spec.run_id, spec.to_dict(), status="completed",
+                                                   epochs_completed=len(rows) - 1))
+
+
+def test_skip_fragments_by_hand(tmp_path: Path) -> None:
+    from lsr1bench.reporting.reproduction import cpu_skip_rates, cpu_skip_study
+
+    base = {"train_loss": 0.5, "test_loss": 0.1, "test_error": 2.0, "train_seconds": 1.0, "total_seconds": 1.0,
+            "grad_evals": 0, "samples": 0, "skipped_updates": 0, "dropped_pairs": 0, "stored_pairs": 5}
+    rows = [
+        {**base, "epoch": 0, "steps": 0, "accepted_steps": 0, "rejected_steps": 0},
+        # 10 steps, 2 rejected, 1 with no trial point; a tenth would skip at r = 0.1
+        {**base, "epoch": 1, "steps": 10, "accepted_steps": 7, "rejected_steps": 2,
+         "negative_curvature_fraction": 0.5, "skip_rate_r0.1": 0.1, "skip_rate_r0.3": 0.2},
+        # 30 more steps, none rejected; half would skip at r = 0.1
+        {**base, "epoch": 2, "steps": 40, "accepted_steps": 37, "rejected_steps": 2,
+         "negative_curvature_fraction": 0.0, "skip_rate_r0.1": 0.5, "skip_rate_r0.3": 1.0},
+    ]  # fmt: skip
+    _lsr1_run(tmp_path, 500, rows)
+    rates = cpu_skip_rates(tmp_path).splitlines()
+    header = [c.strip() for c in rates[0].strip("|").split("|")]
+    values = dict(zip(header, (c.strip() for c in rates[2].strip("|").split("|"))))
+    # weighted by the epochs' steps: (0.1 * 10 + 0.5 * 30) / 40 and (0.2 * 10 + 1.0 * 30) / 40
+    assert values["r = 0.1"] == "40.0" and values["r = 0.3"] == "80.0"
+    assert values["r = 1e-08"] == "n/a"  # never recorded
+    study = cpu_skip_study(tmp_path).splitlines()
+    header = [c.strip() for c in study[0].strip("|").split("|")]
+    values = dict(zip(header, (c.strip() for c in study[2].strip("|").split("|"))))
+    assert values["steps"] == "40" and values["steps with no trial point"] == "1"
+    assert values["rejected steps (%)"] == "5.0"  # 2 of 40
+    assert values["steps with B indefinite (%)"] == "12.5"  # (0.5 * 10 + 0 * 30) / 40

@@ -1,4 +1,4 @@
-"""Generated regions of docs/REPRODUCTION.md, from the summary CSVs committed beside it.
+"""Generated regions of docs/REPRODUCTION.md, from the records committed beside it.
 
 A Markdown file marks each generated region::
 
@@ -7,10 +7,16 @@ A Markdown file marks each generated region::
     <!-- lsr1bench:end table1 -->
 
 and :func:`update_doc` rewrites every such region with the fragment of that name, built
-from the CSVs in ``docs/reproduction/`` (the ``report_{targets,cells,runs}.csv`` files that
-``lsr1bench report`` wrote for each reproduction run, renamed). The text between regions
-is left alone. The per-run records (run.json, epochs.csv) of those runs were never
-committed, so these CSVs are the whole record; a number the doc needs that they do not
+from ``docs/reproduction/``:
+
+* ``runs/<suite>/<run id>/{run.json, epochs.csv}``: the whole record of every run made
+  since issue 10 (the files ``lsr1bench run --output docs/reproduction/runs`` writes);
+  the ``cpu-*``, ``skip-rate-runs``, ``frozen-run`` and ``provenance`` fragments read them
+  the way ``lsr1bench report`` does;
+* ``*_{targets,cells,runs}.csv``: the summaries ``lsr1bench report`` wrote for the older
+  runs, whose per-run records were never committed; the other fragments read those.
+
+The text between regions is left alone. A number the doc needs that these files do not
 hold cannot be generated, and does not belong in the doc.
 
 Regenerate with either of::
@@ -29,9 +35,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lsr1bench.records import atomic_write_text
-from lsr1bench.reporting.runs import ReportError
-from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, markdown
+from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text, read_run
+from lsr1bench.reporting.cells import CellSummary, summarize_cells
+from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results
+from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, fmt_stat, markdown, target_text
 
 __all__ = ["FRAGMENTS", "render_doc", "update_doc"]
 
@@ -270,7 +277,264 @@ def figure1(folder: Path) -> str:
     return markdown(headers, rows)
 
 
+# --- fragments from committed run records (run.json + epochs.csv) ---
+#
+# Runs made since issue 10 commit their whole record under ``runs/<suite>/<run id>/``, so
+# these fragments read the same files ``lsr1bench report`` does, not a summary of them.
+
+RUNS = "runs"
+CPU_SUITE = "repro-table1-mnist-cpu"
+SKIP_SUITE = "repro-skip-rate-mnist-cpu"
+CPU_ORDER = ["lsr1", "adam", "adam-defaults", "nag"]
+CPU_NAMES = {**OPTIMIZER_NAMES, "adam": "Adam (lr 0.003)", "adam-defaults": "Adam (defaults, lr 0.001)"}
+
+
+def suite_runs(folder: Path, suite: str) -> list[RunSummary]:
+    """Every run record of ``suite`` under ``folder/runs``; ReportError if the folder is
+    missing or holds a record that does not read (a committed record must)."""
+    path = folder / RUNS / suite
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such folder (a generated region reads its run records)")
+    results = load_results(path)
+    if results.unreadable:
+        raise ReportError(f"{path}: unreadable run records: {'; '.join(results.unreadable)}")
+    return results.runs
+
+
+def _target(runs: list[RunSummary], value: str) -> Target:
+    for run in runs:
+        for target in run.targets:
+            if target.metric == "test_error" and f"{target.value:g}" == value:
+                return target
+    raise ReportError(f"no run targets a test error of {value}%")
+
+
+def _cell(runs: list[RunSummary], label: str, batch: str) -> CellSummary | None:
+    chosen = [r for r in runs if r.key.label == label and str(r.key.batch_size) == batch]
+    return summarize_cells(chosen)[0] if chosen else None
+
+
+def _steps_weighted(run: RunSummary, column: str) -> float | None:
+    """The mean over the run's epochs of a per-epoch fraction, weighted by each epoch's steps."""
+    weighted = counted = 0.0
+    previous = 0.0
+    for row in run.rows:
+        steps = row.get("steps") or 0.0
+        value = row.get(column)
+        if (row["epoch"] or 0) >= 1 and value is not None and steps > previous:
+            weighted += value * (steps - previous)
+            counted += steps - previous
+        previous = steps
+    return weighted / counted if counted else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.1f}"
+
+
+def cpu_table1(folder: Path) -> str:
+    """The paper's three Table 1 cells against the CPU rerun with the current optimizer."""
+    runs = suite_runs(folder, CPU_SUITE)
+    labels = [label for label in CPU_ORDER if any(r.key.label == label for r in runs)]
+    headers = ["optimizer"]
+    for target, batch in PAPER_CELLS:
+        headers += [f"{target}% @ {batch}: paper", "ours (CPU)"]
+    rows = []
+    for label in [*labels, *(["nag"] if "nag" not in labels else [])]:
+        paper_label = "adam" if label.startswith("adam") else label
+        row = [CPU_NAMES[label]]
+        for target, batch in PAPER_CELLS:
+            paper = PAPER_TABLE1[paper_label][batch]
+            cell = _cell(runs, label, batch)
+            if cell is None:
+                ours = "not run"
+            else:
+                summary = cell.targets[_target(runs, target)]
+                ours = target_text(summary, "epochs", fmt_count)
+                if not summary.reached and cell.final_test_error is not None:
+                    ours += f", final test error {fmt_stat(cell.final_test_error, fmt_percent)}%"
+            row += ["unreadable" if paper is None else str(paper), ours]
+        rows.append(row)
+    return markdown(headers, rows)
+
+
+def cpu_runs(folder: Path) -> str:
+    """Every CPU run: how far it went, its errors, and epochs / gradient evaluations /
+    training seconds to each target."""
+    runs = suite_runs(folder, CPU_SUITE)
+    headers = ["optimizer", "batch", "seed", "status", "epochs run (cap)", "test error after epoch 1 (%)",
+               "final test error (%)", "best test error (%)"]
+    headers += [f"< {t}%: epochs · grad evals · s" for t in TARGETS]
+    headers += ["s / epoch"]
+    rows = []
+    for label in CPU_ORDER:
+        for batch in BATCHES:
+            for run in sorted(
+                (r for r in runs if r.key.label == label and str(r.key.batch_size) == batch),
+                key=lambda r: r.seed or 0,
+            ):
+                row = [CPU_NAMES[label], batch, str(run.seed), run.status,
+                       f"{run.epochs_present} ({run.epochs_planned})", _fmt_or(_error_at(run, 1), fmt_percent),
+                       _fmt_or(run.final_test_error, fmt_percent), _fmt_or(run.best_test_error, fmt_percent)]
+                for value in TARGETS:
+                    target = _target(runs, value)
+                    hit = run.hits.get(target)
+                    if hit is None:  # not reached, or the run did not get that far
+                        row.append(run.outcome(target))
+                    else:
+                        row.append(f"{hit.epoch} · {fmt_count(hit.grad_evals or 0)} · "
+                                   f"{_fmt_or(hit.train_seconds, fmt_seconds)}")
+                per_epoch = (run.final_train_seconds / run.epochs_present
+                             if run.final_train_seconds and run.epochs_present else None)
+                row.append(_fmt_or(per_epoch, fmt_seconds))
+                rows.append(row)
+    return markdown(headers, rows)
+
+
+def _error_at(run: RunSummary, epoch: int) -> float | None:
+    return next((row["test_error"] for row in run.rows if row["epoch"] == epoch), None)
+
+
+def _fmt_or(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "n/a" if value is None else fmt(value)
+
+
+def _lsr1_runs(folder: Path) -> list[RunSummary]:
+    runs = [r for r in suite_runs(folder, CPU_SUITE) if r.key.label == "lsr1"]
+    return sorted(runs, key=lambda r: (r.key.batch_size, r.seed or 0))
+
+
+def _share(count: float | None, steps: float | None) -> str:
+    return _pct(count / steps) if count is not None and steps else "n/a"
+
+
+def cpu_skip_study(folder: Path) -> str:
+    """L-SR1 on the CPU runs: what its skip test skipped at r = 1e-8, the steps it rejected,
+    the pairs it dropped, and how often its model B had negative curvature."""
+    headers = ["batch", "seed", "steps", "steps with no trial point", "skipped updates (%)", "rejected steps (%)",
+               "dropped pairs", "steps with B indefinite (%)", "min eigenvalue of B",
+               "cosine p10 / median (last epoch)"]
+    rows = []
+    for run in _lsr1_runs(folder):
+        cosines = "n/a"
+        if run.update_cosine_p10 is not None and run.update_cosine_median is not None:
+            cosines = f"{run.update_cosine_p10:.3g} / {run.update_cosine_median:.3g}"
+        rows.append([
+            str(run.key.batch_size), str(run.seed), fmt_count(run.steps or 0), fmt_count(_no_trial(run.rows[-1])),
+            _share(run.skipped_updates, run.steps),
+            _share(run.rejected_steps, run.steps), fmt_count(run.dropped_pairs or 0),
+            _fmt_or(run.negative_curvature_percent, percent), _fmt_or(run.min_eigenvalue, lambda x: f"{x:.3g}"),
+            cosines,
+        ])
+    return markdown(headers, rows)
+
+
+def _no_trial(row: dict) -> float:
+    """Steps that ended with no trial point (the model predicted no decrease, or the point
+    was not finite): steps - accepted - rejected."""
+    return (row.get("steps") or 0) - (row.get("accepted_steps") or 0) - (row.get("rejected_steps") or 0)
+
+
+FROZEN_SUITE = "repro-table1-mnist-cpu-frozen"
+
+
+def frozen_run(folder: Path) -> str:
+    """The batch-10000 L-SR1 run that froze before the fix (kept as its own record), epoch by epoch."""
+    runs = suite_runs(folder, FROZEN_SUITE)
+    headers = ["epoch", "train loss", "test error (%)", "steps", "accepted", "rejected", "no trial point",
+               "dropped pairs", "stored pairs", "radius"]
+    rows = []
+    for run in runs:
+        for row in run.rows:
+            if (row["epoch"] or 0) < 1:
+                continue
+            rows.append([
+                str(row["epoch"]), f"{row['train_loss']:.4f}", fmt_percent(row["test_error"]), fmt_count(row["steps"]),
+                fmt_count(row["accepted_steps"]), fmt_count(row["rejected_steps"]), fmt_count(_no_trial(row)),
+                fmt_count(row["dropped_pairs"]), fmt_count(row["stored_pairs"]), radius(row["radius"]),
+            ])
+    return markdown(headers, rows)
+
+
+def cpu_skip_rates(folder: Path) -> str:
+    """The skip rate each threshold r would have given on the same trajectories: of every
+    skip test, the % whose cosine |s^T(y - Bs)| / (||s|| ||y - Bs||) is below r."""
+    headers = ["batch", "seed"] + [f"r = {r:g}" for r in SKIP_RATE_THRESHOLDS]
+    rows = [
+        [str(run.key.batch_size), str(run.seed), *(_pct(_steps_weighted(run, c)) for c in SKIP_RATE_COLUMNS)]
+        for run in _lsr1_runs(folder)
+    ]
+    return markdown(headers, rows)
+
+
+def skip_rate_runs(folder: Path) -> str:
+    """L-SR1 at a larger skip threshold against the default r = 1e-8, same seed and cells."""
+    base = {r.key.batch_size: r for r in suite_runs(folder, CPU_SUITE) if r.key.label == "lsr1"}
+    runs = suite_runs(folder, SKIP_SUITE)
+    headers = ["batch", "r", "status", "epochs run (cap)", "skipped updates (%)", "rejected steps (%)",
+               "final test error (%)"]
+    headers += [f"< {t}% (epochs)" for t in TARGETS]
+    rows = []
+    for batch in sorted({r.key.batch_size for r in runs}):
+        pair = [base.get(batch)] + [r for r in runs if r.key.batch_size == batch]
+        for run in pair:
+            if run is None:
+                continue
+            steps = run.steps or 0
+            r = run.spec.get("optimizer_params", {}).get("skip_tol", 1e-8)
+            row = [str(batch), f"{r:g}", run.status, f"{run.epochs_present} ({run.epochs_planned})",
+                   _pct(run.skipped_updates / steps if steps else None),
+                   _pct(run.rejected_steps / steps if steps else None), _fmt_or(run.final_test_error, fmt_percent)]
+            for value in TARGETS:
+                target = _target(runs, value)
+                hit = run.hits.get(target)
+                row.append(str(hit.epoch) if hit else run.outcome(target))
+            rows.append(row)
+    return markdown(headers, rows)
+
+
+def provenance(folder: Path) -> str:
+    """Where and with what each committed suite of run records was made, from its run.json files."""
+    base = folder / RUNS
+    if not base.is_dir():
+        raise ReportError(f"{base}: no such folder (a generated region reads its run records)")
+    headers = ["suite", "runs (completed)", "seeds", "device", "torch threads", "torch", "commit", "made"]
+    rows = []
+    for suite_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        runs = suite_runs(folder, suite_dir.name)
+        completed = sum(r.status == "completed" for r in runs)
+        seeds = sorted({r.seed for r in runs if r.seed is not None})
+        commits = sorted({(r.git_commit or "unknown")[:7] for r in runs})
+        days = sorted({(read_run(r.path).started_at or "")[:10] for r in runs} - {""})
+        rows.append([
+            f"`{suite_dir.name}`", f"{len(runs)} ({completed})", ", ".join(map(str, seeds)),
+            ", ".join(sorted({r.device or "unknown" for r in runs})),
+            ", ".join(sorted({str(r.environment.get("torch_threads", "?")) for r in runs})),
+            ", ".join(sorted({str(r.versions.get("torch", "?")) for r in runs})),
+            ", ".join(commits), ", ".join(days),
+        ])
+    return markdown(headers, rows)
+
+
+ABLATION_CPU_SUITE = "repro-ablation-first-order-cpu"
+
+
+def cpu_ablation(folder: Path) -> str:
+    """The first-order ablation's cells that were run on the CPU (reporting/ablation.py)."""
+    from lsr1bench.reporting.ablation import ablation_table  # it imports this module
+
+    return ablation_table(folder, ABLATION_CPU_SUITE)
+
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
+    "provenance": provenance,
+    "cpu-table1": cpu_table1,
+    "cpu-runs": cpu_runs,
+    "cpu-skip-study": cpu_skip_study,
+    "cpu-skip-rates": cpu_skip_rates,
+    "frozen-run": frozen_run,
+    "skip-rate-runs": skip_rate_runs,
+    "cpu-ablation": cpu_ablation,
     "table1": table1,
     "table1-seeds": table1_seeds,
     "table1-epochs": table1_epochs,
