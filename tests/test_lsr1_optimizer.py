@@ -429,6 +429,13 @@ def test_linear_algebra_failure_drops_pairs_and_the_step_goes_on(monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(module, "spectral_form", failing_once)
+    opt.step(_closure(opt, f))
+    stats = opt.statistics()
+    assert stats["linalg_failures"] == 1 and stats["dropped_pairs"] >= 1
+
+
+def _closure(opt, f):
+    """The usual closure of a one-tensor problem ``f``."""
     params = opt.param_groups[0]["params"]
 
     def closure():
@@ -437,9 +444,7 @@ def test_linear_algebra_failure_drops_pairs_and_the_step_goes_on(monkeypatch):
         loss.backward()
         return loss
 
-    opt.step(closure)
-    stats = opt.statistics()
-    assert stats["linalg_failures"] == 1 and stats["dropped_pairs"] >= 1
+    return closure
 
 
 def _uphill(real):
@@ -468,15 +473,7 @@ def test_a_model_predicting_no_decrease_drops_its_oldest_pair_and_solves_again(m
     before = opt.statistics()
     assert before["stored_pairs"] >= 2
     monkeypatch.setattr(module, "solve_subproblem", _uphill(module.solve_subproblem))
-    params = opt.param_groups[0]["params"]
-
-    def closure():
-        opt.zero_grad()
-        loss = f(params[0])
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    opt.step(_closure(opt, f))
     after = opt.statistics()
     # every stored pair gave an uphill step, so all were dropped and the step was taken
     # with B = gamma I, whose minimiser the injection leaves alone
