@@ -37,7 +37,7 @@ from pathlib import Path
 
 from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text, read_run
 from lsr1bench.reporting.cells import CellSummary, summarize_cells
-from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results
+from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results, steps_weighted_mean
 from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, fmt_stat, markdown, target_text
 
 __all__ = ["FRAGMENTS", "render_doc", "update_doc"]
@@ -314,20 +314,6 @@ def _cell(runs: list[RunSummary], label: str, batch: str) -> CellSummary | None:
     return summarize_cells(chosen)[0] if chosen else None
 
 
-def _steps_weighted(run: RunSummary, column: str) -> float | None:
-    """The mean over the run's epochs of a per-epoch fraction, weighted by each epoch's steps."""
-    weighted = counted = 0.0
-    previous = 0.0
-    for row in run.rows:
-        steps = row.get("steps") or 0.0
-        value = row.get(column)
-        if (row["epoch"] or 0) >= 1 and value is not None and steps > previous:
-            weighted += value * (steps - previous)
-            counted += steps - previous
-        previous = steps
-    return weighted / counted if counted else None
-
-
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100.0 * x:.1f}"
 
@@ -404,10 +390,6 @@ def _lsr1_runs(folder: Path) -> list[RunSummary]:
     return sorted(runs, key=lambda r: (r.key.batch_size, r.seed or 0))
 
 
-def _share(count: float | None, steps: float | None) -> str:
-    return _pct(count / steps) if count is not None and steps else "n/a"
-
-
 def cpu_skip_study(folder: Path) -> str:
     """L-SR1 on the CPU runs: what its skip test skipped at r = 1e-8, the steps it rejected,
     the pairs it dropped, and how often its model B had negative curvature."""
@@ -421,8 +403,8 @@ def cpu_skip_study(folder: Path) -> str:
             cosines = f"{run.update_cosine_p10:.3g} / {run.update_cosine_median:.3g}"
         rows.append([
             str(run.key.batch_size), str(run.seed), fmt_count(run.steps or 0), fmt_count(_no_trial(run.rows[-1])),
-            _share(run.skipped_updates, run.steps),
-            _share(run.rejected_steps, run.steps), fmt_count(run.dropped_pairs or 0),
+            _fmt_or(run.skip_percent, percent), _fmt_or(run.rejected_percent, percent),
+            fmt_count(run.dropped_pairs or 0),
             _fmt_or(run.negative_curvature_percent, percent), _fmt_or(run.min_eigenvalue, lambda x: f"{x:.3g}"),
             cosines,
         ])
@@ -461,7 +443,7 @@ def cpu_skip_rates(folder: Path) -> str:
     skip test, the % whose cosine |s^T(y - Bs)| / (||s|| ||y - Bs||) is below r."""
     headers = ["batch", "seed"] + [f"r = {r:g}" for r in SKIP_RATE_THRESHOLDS]
     rows = [
-        [str(run.key.batch_size), str(run.seed), *(_pct(_steps_weighted(run, c)) for c in SKIP_RATE_COLUMNS)]
+        [str(run.key.batch_size), str(run.seed), *(_pct(steps_weighted_mean(run.rows, c)) for c in SKIP_RATE_COLUMNS)]
         for run in _lsr1_runs(folder)
     ]
     return markdown(headers, rows)
@@ -480,11 +462,10 @@ def skip_rate_runs(folder: Path) -> str:
         for run in pair:
             if run is None:
                 continue
-            steps = run.steps or 0
             r = run.spec.get("optimizer_params", {}).get("skip_tol", 1e-8)
             row = [str(batch), f"{r:g}", run.status, f"{run.epochs_present} ({run.epochs_planned})",
-                   _pct(run.skipped_updates / steps if steps else None),
-                   _pct(run.rejected_steps / steps if steps else None), _fmt_or(run.final_test_error, fmt_percent)]
+                   _fmt_or(run.skip_percent, percent), _fmt_or(run.rejected_percent, percent),
+                   _fmt_or(run.final_test_error, fmt_percent)]
             for value in TARGETS:
                 target = _target(runs, value)
                 hit = run.hits.get(target)

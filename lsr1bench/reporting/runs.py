@@ -300,21 +300,28 @@ def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
     run.rejected_steps = last.get("rejected_steps")
     run.dropped_pairs = last.get("dropped_pairs")
     run.radius = last.get("radius")
-    weighted = counted = 0.0
-    previous_steps = 0.0
-    for row in rows:
-        steps = row.get("steps") or 0.0
-        fraction = row.get("negative_curvature_fraction")
-        if (row["epoch"] or 0) >= 1 and fraction is not None and steps > previous_steps:
-            weighted += fraction * (steps - previous_steps)
-            counted += steps - previous_steps
-        previous_steps = steps
-    if counted:
-        run.negative_curvature_percent = 100.0 * weighted / counted
+    fraction = steps_weighted_mean(rows, "negative_curvature_fraction")
+    if fraction is not None:
+        run.negative_curvature_percent = 100.0 * fraction
     eigenvalues = [r["min_eigenvalue"] for r in trained if _finite(r.get("min_eigenvalue"))]
     run.min_eigenvalue = min(eigenvalues) if eigenvalues else None
     run.update_cosine_p10 = last.get("update_cosine_p10")
     run.update_cosine_median = last.get("update_cosine_median")
+
+
+def steps_weighted_mean(rows: list[dict[str, float | None]], column: str) -> float | None:
+    """The mean over the trained epochs of a per-epoch fraction (``column``), each epoch
+    weighted by its steps (the difference of the cumulative ``steps``); None if none has it."""
+    weighted = counted = 0.0
+    previous_steps = 0.0
+    for row in rows:
+        steps = row.get("steps") or 0.0
+        value = row.get(column)
+        if (row["epoch"] or 0) >= 1 and value is not None and steps > previous_steps:
+            weighted += value * (steps - previous_steps)
+            counted += steps - previous_steps
+        previous_steps = steps
+    return weighted / counted if counted else None
 
 
 def _check_completeness(run: RunSummary, rows: list[dict[str, float | None]], epochs_completed: int) -> None:
