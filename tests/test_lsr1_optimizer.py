@@ -613,12 +613,14 @@ def test_the_frozen_batch_10000_state_takes_a_step():
     stats = opt.statistics()
     assert stats["nonpositive_pred"] == 0 and stats["inconsistent_models"] == 0
     assert stats["accepted_steps"] == 1  # a trial point was evaluated, and taken
-    # the model decrease of the applied step s = x, in float64 from the vectors: B = I +
-    # Psi M Psi^T with M^{-1} = D + L + L^T of S^T Psi (the paper's rule for gamma = 1)
+    # the model decrease of the applied step s = x, in float64 from the vectors: the
+    # compact SR1 form (Byrd, Nocedal & Schnabel 1994) with B0 = gamma I, gamma = 1:
+    # B = B0 + Psi M Psi^T, Psi = Y - B0 S, M^{-1} = D + L + L^T - gamma S^T S with
+    # S^T Y = L + D + U
     s = x.detach().double()
     S, P, gd = s_rows.double(), psi_rows.double(), g.double()
-    sp = S @ P.T
-    m_inv = torch.diag(torch.diagonal(sp)) + torch.tril(sp, -1) + torch.tril(sp, -1).T
+    sy = S @ (P + S).T
+    m_inv = torch.diag(torch.diagonal(sy)) + torch.tril(sy, -1) + torch.tril(sy, -1).T - S @ S.T
     ps = P @ s
     terms = (float(gd @ s), float(s @ s), float(ps @ torch.linalg.solve(m_inv, ps)))
     pred = -(terms[0] + 0.5 * (terms[1] + terms[2]))
