@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lsr1bench.grid import RunSpec, expand, parse_shard, ranks_in_use, shard
+from lsr1bench.grid import RunSpec, expand, parse_shard, ranks_in_use, select, shard
 from lsr1bench.spec import SpecError, Suite, load_suite
 
 app = typer.Typer(
@@ -86,8 +86,9 @@ def _resume_command(suite_path: Path, options: dict[str, Any]) -> str:
     """The command that resumes this run: the same suite and options, without --force."""
     words = ["lsr1bench", "run", str(suite_path)]
     for flag, value in options.items():
-        if value is not None:
-            words += [flag, str(value)]
+        for one in value if isinstance(value, list) else [value]:
+            if one is not None:
+                words += [flag, str(one)]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -110,6 +111,14 @@ def run(
         str | None,
         typer.Option("--shard", metavar="i/N", help="run only shard i (0-based) of N, e.g. $SLURM_ARRAY_TASK_ID/4"),
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            metavar="PATTERN",
+            help="run only the runs whose id matches this shell pattern, e.g. '*-s1'; repeatable",
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", help="results tree: OUTPUT/<suite>/<run id>/")] = Path("outputs"),
     data_root: Annotated[
         str | None,
@@ -129,6 +138,12 @@ def run(
             problems.append(f"--devices: expected auto, cpu or cuda:0,cuda:1,..., got {devices!r}")
     if data_root is not None and not data_root.strip():
         problems.append("--data-root: must not be empty")
+    runs_in_suite = len(runs)
+    if only:
+        try:
+            runs = select(runs, only)
+        except ValueError as exc:
+            problems.append(f"--only: {exc}")
     if problems:
         raise _bad_input(problems)
     if data_root is not None:
@@ -159,6 +174,8 @@ def run(
     planned = scheduler.plan(runs, output, force=force)
     out = _console()
     shard_note = f" (shard {shard_spec[0]}/{shard_spec[1]} of {total_in_suite})" if shard_spec else ""
+    if only:
+        shard_note += f" (--only: {total_in_suite} of the suite's {runs_in_suite})"
     todo = [p for p in planned if p.action != "skip"]
     out.print(
         f"suite '{escape(suite.name or '')}': {len(planned)} runs{shard_note}, "
@@ -204,6 +221,7 @@ def run(
                         "--devices": devices,
                         "--jobs": jobs,
                         "--shard": shard_text,
+                        "--only": only,
                         "--output": output if output != Path("outputs") else None,
                         "--data-root": data_root,
                     },

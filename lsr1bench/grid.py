@@ -8,6 +8,7 @@ default), so a RunSpec alone says everything a run needs.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -337,6 +338,22 @@ def shard(runs: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= i < N")
     return list(runs[index::count])
+
+
+def select(runs: Sequence[RunSpec], patterns: Sequence[str]) -> list[RunSpec]:
+    """The runs whose id matches any of the shell-style ``patterns`` (``*-s1``,
+    ``lenet5-bn-mnist-lsr1-b500-s[12]``), in expansion order.
+
+    ``ValueError`` names every pattern that matches no run of the suite, since a typo
+    would otherwise train nothing without a word.
+    """
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(r.run_id, p) for r in runs)]
+    if unmatched:
+        raise ValueError(
+            "matches no run of this suite: " + ", ".join(repr(p) for p in unmatched)
+            + " (see the run ids with `lsr1bench validate SUITE`)"
+        )  # fmt: skip
+    return [r for r in runs if any(fnmatch.fnmatchcase(r.run_id, p) for p in patterns)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -106,6 +106,7 @@ BAD_INPUTS = [
     ("seeds and repeats", "seeds: [0]\nrepeats: 2\n" + GRID, [], "repeats: give either seeds or repeats, not both"),
     ("bad shard", OK, ["--shard", "4/4"], "--shard: i counts from 0"),
     ("bad shard text", OK, ["--shard", "first"], "--shard: expected i/N"),
+    ("--only matching nothing", OK, ["--only", "*-sgd-*", "--only", "*-lsr1-*"], "--only: matches no run of this suite: '*-lsr1-*'"),
     ("bad devices", OK, ["--devices", "tpu"], "--devices: expected auto, cpu or cuda:0,cuda:1"),
     (
         "subset too large",
@@ -168,6 +169,21 @@ def test_dry_run_plans_without_writing(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "1 runs (shard 1/2 of 3)" in result.output
     assert "mlp-mnist-embedded-sgd-b20-s0  run" in result.output
+    assert not out.exists()
+
+
+def test_only_keeps_the_runs_whose_id_matches_a_pattern(tmp_path: Path) -> None:
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(OK)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["run", str(suite), "--dry-run", "--output", str(out), "--only", "*-b50-*", "--only", "*-sgd-b40-s?"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 runs (--only: 2 of the suite's 3)" in result.output
+    assert "mlp-mnist-embedded-adam-b50-s0  run" in result.output
+    assert "mlp-mnist-embedded-sgd-b40-s0  run" in result.output
+    assert "mlp-mnist-embedded-sgd-b20-s0" not in result.output
     assert not out.exists()
 
 
