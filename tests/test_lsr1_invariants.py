@@ -8,7 +8,9 @@ derived quantities:
 
 1. the Gram matrices the optimizer keeps equal the products of its stored vectors;
 2. every trial step lies inside the trust region it was solved in;
-3. pred recomputed from the applied step and the model in use equals the solver's;
+3. pred recomputed from the applied step and the model in use equals the solver's, both
+   the pred the trial was decided on (before it) and the one rho divides by (after);
+   no step with g != 0 ends without a trial point;
 4. the newest stored pair satisfies the secant equation of the optimizer's new B;
 5. the pair policy drops under 1% of steps; every step has exactly one outcome; the
    common path makes two blocking host transfers per step.
@@ -77,7 +79,7 @@ def check_invariants(model: nn.Module, opt: LSR1, batches, *, gram_tol: float, p
                      secant_tol: float = 1e-2) -> dict:
     """Run ``opt`` over ``batches`` (callables returning a loss) checking every step."""
     params = [p for p in model.parameters()]
-    worst = {"gram": 0.0, "radius_ratio": 0.0, "pred": 0.0, "secant": 0.0}
+    worst = {"gram": 0.0, "radius_ratio": 0.0, "pred": 0.0, "model_pred": 0.0, "secant": 0.0}
     checked = {"pred": 0, "secant": 0}
     for step, loss_fn in enumerate(batches, start=1):
         before = opt.statistics()
@@ -98,6 +100,9 @@ def check_invariants(model: nn.Module, opt: LSR1, batches, *, gram_tol: float, p
         opt.step(recorder)
         after = opt.statistics()
         if after["nonpositive_pred"] > before["nonpositive_pred"] or len(recorder.points) < 2:
+            # only a zero gradient may leave a step without a trial point (issue 10's frozen
+            # run ended every step here with g != 0)
+            assert float(recorder.grads[0].norm()) == 0.0, f"step {step}: no trial point with g != 0"
             continue
         x0, g0 = recorder.points[0], recorder.grads[0]
         x_trial, g_trial = recorder.points[1], recorder.grads[1]
@@ -126,6 +131,14 @@ def check_invariants(model: nn.Module, opt: LSR1, batches, *, gram_tol: float, p
         worst["pred"] = max(worst["pred"], rel)
         checked["pred"] += 1
         assert rel <= pred_rtol, f"step {step}: pred {after['last_pred']:.6g} vs recomputed {pred:.6g}"
+        # ... and the pred the trial was decided on, from the solver's products before it
+        # (a step whose model broke down dropped pairs first: it was solved with fewer).
+        if after["inconsistent_models"] == before["inconsistent_models"]:
+            rel = abs(pred - after["last_model_pred"]) / abs(pred)
+            worst["model_pred"] = max(worst["model_pred"], rel)
+            assert rel <= pred_rtol, (
+                f"step {step}: pred before the trial {after['last_model_pred']:.6g} vs recomputed {pred:.6g}"
+            )
         # 4. secant equation of the optimizer's new B for the newest pair.
         if stored:
             s_new, y_new = S1[-1], Y1[-1]

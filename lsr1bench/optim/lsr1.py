@@ -68,7 +68,9 @@ _STAT_KEYS = (
     "descent_fallbacks",
     "line_search_evaluations",
 )
-_LAST_KEYS = ("last_rho", "last_pred", "last_step_norm", "last_solve_radius", "last_update_cosine")
+# last_model_pred: the pred the step was decided on, from the solver's products before the
+# trial; last_pred: recomputed from the applied s after it (what rho divides by).
+_LAST_KEYS = ("last_rho", "last_pred", "last_model_pred", "last_step_norm", "last_solve_radius", "last_update_cosine")
 
 
 class LSR1(Optimizer):
@@ -764,7 +766,7 @@ class LSR1(Optimizer):
             if k > 0:
                 curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
             pred = -(gs_model + 0.5 * curvature_term)
-            state["last_pred"] = pred
+            state["last_pred"] = state["last_model_pred"] = pred
             if not (pred > 0.0 and math.isfinite(pred)):
                 if memory.k > 0 and gg > 0.0:
                     # The trust-region minimiser of a consistent model decreases it whenever
