@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -665,41 +665,98 @@ class LSR1(Optimizer):
         s, psi, y = rows[0], rows[1], rows[2]
         eps = torch.finfo(g.dtype).eps
 
-        while True:  # until the model predicts a decrease (or no pair is left)
-            # The k x k algebra; a factorisation that fails drops the oldest pair and tries again.
-            while True:
-                k = memory.k
-                try:
-                    psi_gram, m_inv = memory.b_factors(gamma)
-                    spectral = spectral_form(psi_gram, m_inv, gamma)
-                    psi_g = memory.split(g_products)[1] if k > 0 else empty
-                    g_par = spectral.parallel_coordinates(psi_g)
-                    u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
-                    if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
-                        raise _Breakdown
-                    par_sq = float((g_par**2).sum())
-                    # gg - par_sq loses to cancellation only the digits the products lack
-                    # (chunked float64 sums); form g_perp explicitly when that leaves too few.
-                    explicit_perp = par_sq > (1.0 - CANCELLATION_GUARD * eps) * gg
-                    if not explicit_perp:
-                        g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
-                    else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
-                        with exact_float32_matmul(device):
-                            combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
-                            g_perp_sq = float(reducer.dots([(s, s)])[0])
-                        stats["explicit_passes"] += 1
-                    solution = solve_subproblem(
-                        spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
-                        zero_tol=100.0 * eps * math.sqrt(gg),
-                    )
-                    if not (math.isfinite(solution.model_value) and math.isfinite(solution.perp_scale)):
-                        raise _Breakdown
-                    break
-                except (torch.linalg.LinAlgError, _Breakdown):
-                    if k == 0:
-                        raise
-                    self._drop_after_breakdown(memory, stats)
+        # the saved x: full length, or this rank's slice when sharded (a rejected step then
+        # all-gathers it back; rare, and every rank rejects together)
+        x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
+        solved = self._solve_for_step(state, memory, g, gg, g_products, radius, s)
+        if solved is None:
+            return
+        k, psi_gram, m_inv, ss_model = solved
 
+        # Trial point x + s on the same minibatch.
+        if self._layout.sharded:
+            self._save_local_params(x_saved)
+        else:
+            self._save_params(x_saved)
+        self._add_to_params(self._full(s, "step"))
+        _, f_trial = evaluate(y)
+        y.sub_(g)
+        torch.add(y, s, alpha=-gamma, out=psi)
+        f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
+        finite = finite and math.isfinite(f_t)
+        ss = dots["ss"]
+        psi_s = memory.split(s_products)[1] if k > 0 else empty
+        if finite:
+            # pred of the s that was applied, from its own products (no cancellation between
+            # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
+            curvature_term = gamma * ss
+            if k > 0:
+                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+            pred = -(dots["gs"] + 0.5 * curvature_term)
+            state["last_pred"] = pred
+            if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
+                stats["pred_sign_changes"] += 1
+                finite_pred = False
+            else:
+                finite_pred = True
+        rho = (f - f_t) / pred if finite and finite_pred else -math.inf
+        state["last_rho"] = rho if finite else None
+        state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
+        if rho > d["eta"]:
+            stats["accepted_steps"] += 1
+        else:
+            stats["rejected_steps"] += 1
+            self._load_params(self._full(x_saved, "step"))
+        step_norm = state["last_step_norm"]
+        if rho > d["increase_threshold"]:
+            if step_norm > d["boundary_fraction"] * radius:
+                radius *= d["radius_increase"]
+        elif rho < d["decrease_threshold"]:
+            radius *= d["radius_decrease"]
+        if d["max_radius"] is not None:
+            radius = min(radius, d["max_radius"])
+        state["radius"] = radius
+        if not finite:
+            stats["nonfinite_trials"] += 1
+            rows.zero_()  # never leave inf/nan in the work rows
+            return
+
+        # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
+        # y - B s = psi - Psi M Psi^T s.
+        psi_psi = memory.split(p_products)[1] if k > 0 else empty
+        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
+        if r_sq <= CANCELLATION_GUARD * eps * size:
+            # y - B s is small next to psi: form it explicitly (cancellation).
+            r = self._local("r")
+            w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
+            with exact_float32_matmul(device):
+                combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
+                sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
+            s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
+            stats["explicit_passes"] += 1
+        self._maybe_store_pair(
+            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
+            math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
+            lambda: memory.b_policy_inputs(gamma),
+        )
+
+    def _solve_for_step(self, state: dict, memory: CurvatureMemory, g: Tensor, gg: float, g_products: Tensor,
+                        radius: float, s: Tensor) -> _StepModel | None:
+        """Solve this step's trust-region subproblem and form its s (in ``s``); return the
+        model it was solved with and ||s||^2 as the solve measured it, or None when the model
+        predicts no decrease (no trial point).
+
+        A model that predicts no decrease while g != 0 is inconsistent: it drops its oldest
+        pair and is solved again, so the optimizer cannot stall on the same pairs."""
+        stats = state["stats"]
+        gamma = self.defaults["gamma"]
+        eps = torch.finfo(g.dtype).eps
+        device = g.device
+        reducer = self._reducer
+        empty = torch.zeros(0, dtype=torch.float64)
+        while True:  # until the model predicts a decrease (or no pair is left)
+            solved = self._solve_subproblem(memory, stats, g, gg, g_products, radius, s)
+            k, psi_gram, m_inv, spectral, psi_g, u, solution, explicit_perp = solved
             stats["newton_iterations"] += solution.newton_iterations
             stats["newton_unconverged"] += int(not solution.converged)
             stats["hard_cases"] += int(solution.hard_case)
@@ -708,9 +765,6 @@ class LSR1(Optimizer):
             # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
             beta = solution.perp_scale
             w = spectral.psi_coefficients(solution.par) - beta * u
-            # the saved x: full length, or this rank's slice when sharded (a rejected step then
-            # all-gathers it back; rare, and every rank rejects together)
-            x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
             if not (explicit_perp or solution.perp_unit != 0.0):
                 # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
                 # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
@@ -781,75 +835,51 @@ class LSR1(Optimizer):
                 # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
                 stats["nonpositive_pred"] += 1
                 state["last_rho"] = None
-                return
-            break
+                return None
+            return _StepModel(k, psi_gram, m_inv, ss_model)
 
-        # Trial point x + s on the same minibatch.
-        if self._layout.sharded:
-            self._save_local_params(x_saved)
-        else:
-            self._save_params(x_saved)
-        self._add_to_params(self._full(s, "step"))
-        _, f_trial = evaluate(y)
-        y.sub_(g)
-        torch.add(y, s, alpha=-gamma, out=psi)
-        f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
-        finite = finite and math.isfinite(f_t)
-        ss = dots["ss"]
-        psi_s = memory.split(s_products)[1] if k > 0 else empty
-        if finite:
-            # pred of the s that was applied, from its own products (no cancellation between
-            # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
-            curvature_term = gamma * ss
-            if k > 0:
-                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-            pred = -(dots["gs"] + 0.5 * curvature_term)
-            state["last_pred"] = pred
-            if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
-                stats["pred_sign_changes"] += 1
-                finite_pred = False
-            else:
-                finite_pred = True
-        rho = (f - f_t) / pred if finite and finite_pred else -math.inf
-        state["last_rho"] = rho if finite else None
-        state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
-        if rho > d["eta"]:
-            stats["accepted_steps"] += 1
-        else:
-            stats["rejected_steps"] += 1
-            self._load_params(self._full(x_saved, "step"))
-        step_norm = state["last_step_norm"]
-        if rho > d["increase_threshold"]:
-            if step_norm > d["boundary_fraction"] * radius:
-                radius *= d["radius_increase"]
-        elif rho < d["decrease_threshold"]:
-            radius *= d["radius_decrease"]
-        if d["max_radius"] is not None:
-            radius = min(radius, d["max_radius"])
-        state["radius"] = radius
-        if not finite:
-            stats["nonfinite_trials"] += 1
-            rows.zero_()  # never leave inf/nan in the work rows
-            return
-
-        # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
-        # y - B s = psi - Psi M Psi^T s.
-        psi_psi = memory.split(p_products)[1] if k > 0 else empty
-        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
-        if r_sq <= CANCELLATION_GUARD * eps * size:
-            # y - B s is small next to psi: form it explicitly (cancellation).
-            r = self._local("r")
-            w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
-            with exact_float32_matmul(device):
-                combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
-                sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
-            s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
-            stats["explicit_passes"] += 1
-        self._maybe_store_pair(
-            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
-            math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
-            lambda: memory.b_policy_inputs(gamma),
-        )
+    def _solve_subproblem(self, memory: CurvatureMemory, stats: dict, g: Tensor, gg: float, g_products: Tensor,
+                          radius: float, s: Tensor) -> _Solved:
+        """The k x k algebra of this step's model and its trust-region subproblem's solution;
+        a factorisation that fails (or gives non-finite values) drops the oldest pair and tries
+        again. ``s`` may be used as work space (g_perp formed explicitly)."""
+        gamma = self.defaults["gamma"]
+        eps = torch.finfo(g.dtype).eps
+        device = g.device
+        reducer = self._reducer
+        empty = torch.zeros(0, dtype=torch.float64)
+        while True:
+            k = memory.k
+            try:
+                psi_gram, m_inv = memory.b_factors(gamma)
+                spectral = spectral_form(psi_gram, m_inv, gamma)
+                psi_g = memory.split(g_products)[1] if k > 0 else empty
+                g_par = spectral.parallel_coordinates(psi_g)
+                u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
+                if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
+                    raise _Breakdown
+                par_sq = float((g_par**2).sum())
+                # gg - par_sq loses to cancellation only the digits the products lack
+                # (chunked float64 sums); form g_perp explicitly when that leaves too few.
+                explicit_perp = par_sq > (1.0 - CANCELLATION_GUARD * eps) * gg
+                if not explicit_perp:
+                    g_perp_sq = gg - par_sq  # at most one bit lost to cancellation
+                else:  # g lies mostly in range(Psi): form g_perp = g - Psi u explicitly
+                    with exact_float32_matmul(device):
+                        combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
+                        g_perp_sq = float(reducer.dots([(s, s)])[0])
+                    stats["explicit_passes"] += 1
+                solution = solve_subproblem(
+                    spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
+                    zero_tol=100.0 * eps * math.sqrt(gg),
+                )
+                if not (math.isfinite(solution.model_value) and math.isfinite(solution.perp_scale)):
+                    raise _Breakdown
+                return _Solved(k, psi_gram, m_inv, spectral, psi_g, u, solution, explicit_perp)
+            except (torch.linalg.LinAlgError, _Breakdown):
+                if k == 0:
+                    raise
+                self._drop_after_breakdown(memory, stats)
 
     def _maybe_store_pair(
         self, state, memory, s, psi, s_products, p_products, diag, numerator, residual_norm,
@@ -1014,6 +1044,28 @@ class LSR1(Optimizer):
             math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
             lambda: memory.h_policy_inputs(delta),
         )
+
+
+class _Solved(NamedTuple):
+    """One step's model and the solution of its trust-region subproblem."""
+
+    k: int
+    psi_gram: Tensor
+    m_inv: Tensor
+    spectral: Any
+    psi_g: Tensor
+    u: Tensor
+    solution: Any
+    explicit_perp: bool
+
+
+class _StepModel(NamedTuple):
+    """The model a step was solved with (k pairs, Psi^T Psi, M^{-1}) and its ||s||^2."""
+
+    k: int
+    psi_gram: Tensor
+    m_inv: Tensor
+    ss_model: float
 
 
 class _Breakdown(Exception):
