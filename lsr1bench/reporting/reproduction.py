@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text, read_run
+from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text
 from lsr1bench.reporting.cells import CellSummary, summarize_cells
 from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results, steps_weighted_mean
 from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, fmt_stat, markdown, target_text
@@ -486,7 +486,7 @@ def provenance(folder: Path) -> str:
         completed = sum(r.status == "completed" for r in runs)
         seeds = sorted({r.seed for r in runs if r.seed is not None})
         commits = sorted({(r.git_commit or "unknown")[:7] for r in runs})
-        days = sorted({(read_run(r.path).started_at or "")[:10] for r in runs} - {""})
+        days = sorted({(r.started_at or "")[:10] for r in runs} - {""})
         rows.append([
             f"`{suite_dir.name}`", f"{len(runs)} ({completed})", ", ".join(map(str, seeds)),
             ", ".join(sorted({r.device or "unknown" for r in runs})),

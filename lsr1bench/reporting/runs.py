@@ -121,6 +121,7 @@ class RunSummary:
     git_commit: str | None
     versions: dict[str, Any]
     environment: dict[str, Any]
+    started_at: str | None
     epochs_planned: int | None
     epochs_present: int
     targets: tuple[Target, ...]
@@ -256,6 +257,7 @@ def summarize_run(run_dir: Path) -> RunSummary | str:
         git_commit=record.git_commit,
         versions=dict(record.versions or {}),
         environment=dict(record.extra.get("environment") or {}),
+        started_at=record.started_at,
         epochs_planned=int(epochs_planned) if epochs_planned is not None else None,
         epochs_present=int(rows[-1]["epoch"] or 0) if rows else 0,
         targets=targets,
