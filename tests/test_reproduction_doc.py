@@ -141,20 +141,23 @@ def test_the_prose_check_catches_a_typed_number() -> None:
 # --- the run-record fragments on synthetic records, against hand-computed values ---
 
 
-def _lsr1_run(folder: Path, batch: int, rows: list[dict]) -> None:
+def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: str | None = None,
+              params: dict | None = None) -> None:
     from lsr1bench import records
     from lsr1bench.grid import RunSpec
     from lsr1bench.reporting.reproduction import CPU_SUITE
 
+    suite = suite or CPU_SUITE
     spec = RunSpec(
-        suite=CPU_SUITE, run_id=f"lenet5-bn-mnist-lsr1-b{batch}-s0", model="lenet5", batch_norm=True,
-        dataset="mnist", optimizer="lsr1", label="lsr1", optimizer_params={"memory": 5}, lr_schedule=None,
-        batch_size=batch, seed=0, epochs=len(rows) - 1, targets=(1.1, 1.2, 1.5), stop_at_targets=True,
+        suite=suite, run_id=f"lenet5-bn-mnist-lsr1-b{batch}-s{seed}", model="lenet5", batch_norm=True,
+        dataset="mnist", optimizer="lsr1", label="lsr1", optimizer_params={"memory": 5, **(params or {})},
+        lr_schedule=None, batch_size=batch, seed=seed, epochs=len(rows) - 1, targets=(1.1, 1.2, 1.5),
+        stop_at_targets=True,
     )  # fmt: skip
-    directory = records.run_dir(folder / "runs", CPU_SUITE, spec.run_id)
+    directory = records.run_dir(folder / "runs", suite, spec.run_id)
     directory.mkdir(parents=True)
     records.write_epochs(directory, rows)
-    records.write_run(directory, records.RunRecord(CPU_SUITE, spec.run_id, spec.to_dict(), status="completed",
+    records.write_run(directory, records.RunRecord(suite, spec.run_id, spec.to_dict(), status="completed",
                                                    epochs_completed=len(rows) - 1))
 
 
@@ -185,3 +188,25 @@ def test_skip_fragments_by_hand(tmp_path: Path) -> None:
     assert values["steps"] == "40" and values["steps with no trial point"] == "1"
     assert values["rejected steps (%)"] == "5.0"  # 2 of 40
     assert values["steps with B indefinite (%)"] == "12.5"  # (0.5 * 10 + 0 * 30) / 40
+
+
+def test_skip_rate_runs_pair_each_run_with_the_default_run_of_its_own_seed(tmp_path: Path) -> None:
+    from lsr1bench.reporting.reproduction import SKIP_SUITE, skip_rate_runs
+
+    base = {"train_loss": 0.5, "test_loss": 0.1, "train_seconds": 1.0, "total_seconds": 1.0, "grad_evals": 0,
+            "samples": 0, "skipped_updates": 0, "dropped_pairs": 0, "stored_pairs": 5, "accepted_steps": 0,
+            "rejected_steps": 0, "steps": 0}
+
+    def rows(final_error: float) -> list[dict]:
+        return [{**base, "epoch": 0, "test_error": 90.0}, {**base, "epoch": 1, "test_error": final_error}]
+
+    _lsr1_run(tmp_path, 500, rows(1.4), seed=0)  # the default r, seed 0
+    _lsr1_run(tmp_path, 500, rows(1.3), seed=1)  # the default r, seed 1: not this pair's
+    _lsr1_run(tmp_path, 500, rows(1.0), seed=0, suite=SKIP_SUITE, params={"skip_tol": 0.3})
+    table = skip_rate_runs(tmp_path).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    found = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
+    pairs = [(r["seed"], r["r"], r["final test error (%)"]) for r in found]
+    assert pairs == [("0", "1e-08", "1.40"), ("0", "0.3", "1.00")]
+    assert [r["< 1.5% (epochs)"] for r in found] == ["1", "1"]
+    assert [r["< 1.2% (epochs)"] for r in found] == ["never reached", "1"]

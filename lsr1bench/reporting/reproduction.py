@@ -450,20 +450,20 @@ def cpu_skip_rates(folder: Path) -> str:
 
 
 def skip_rate_runs(folder: Path) -> str:
-    """L-SR1 at a larger skip threshold against the default r = 1e-8, same seed and cells."""
-    base = {r.key.batch_size: r for r in suite_runs(folder, CPU_SUITE) if r.key.label == "lsr1"}
+    """L-SR1 at a larger skip threshold against the default r = 1e-8 run of the same cell and seed."""
+    base = {(r.key.batch_size, r.seed or 0): r for r in suite_runs(folder, CPU_SUITE) if r.key.label == "lsr1"}
     runs = suite_runs(folder, SKIP_SUITE)
-    headers = ["batch", "r", "status", "epochs run (cap)", "skipped updates (%)", "rejected steps (%)",
+    headers = ["batch", "seed", "r", "status", "epochs run (cap)", "skipped updates (%)", "rejected steps (%)",
                "final test error (%)"]
     headers += [f"< {t}% (epochs)" for t in TARGETS]
     rows = []
-    for batch in sorted({r.key.batch_size for r in runs}):
-        pair = [base.get(batch)] + [r for r in runs if r.key.batch_size == batch]
+    for batch, seed in sorted({(r.key.batch_size, r.seed or 0) for r in runs}):
+        pair = [base.get((batch, seed))] + [r for r in runs if r.key.batch_size == batch and (r.seed or 0) == seed]
         for run in pair:
             if run is None:
                 continue
             r = run.spec.get("optimizer_params", {}).get("skip_tol", 1e-8)
-            row = [str(batch), f"{r:g}", run.status, f"{run.epochs_present} ({run.epochs_planned})",
+            row = [str(batch), str(seed), f"{r:g}", run.status, f"{run.epochs_present} ({run.epochs_planned})",
                    _fmt_or(run.skip_percent, percent), _fmt_or(run.rejected_percent, percent),
                    _fmt_or(run.final_test_error, fmt_percent)]
             for value in TARGETS:
