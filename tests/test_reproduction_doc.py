@@ -210,3 +210,30 @@ def test_skip_rate_runs_pair_each_run_with_the_default_run_of_its_own_seed(tmp_p
     assert pairs == [("0", "1e-08", "1.40"), ("0", "0.3", "1.00")]
     assert [r["< 1.5% (epochs)"] for r in found] == ["1", "1"]
     assert [r["< 1.2% (epochs)"] for r in found] == ["never reached", "1"]
+
+
+def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
+    from lsr1bench.reporting.reproduction import cpu_table1_cost
+
+    base = {"train_loss": 0.5, "test_loss": 0.1, "samples": 0}
+    start = {**base, "epoch": 0, "test_error": 90.0, "train_seconds": 0.0, "total_seconds": 0.0, "grad_evals": 0}
+    # seed 0 passes 1.2% in its second epoch, seed 1 in its first
+    _lsr1_run(tmp_path, 1000, [
+        start,
+        {**base, "epoch": 1, "test_error": 1.5, "train_seconds": 10.0, "total_seconds": 11.0, "grad_evals": 120},
+        {**base, "epoch": 2, "test_error": 1.15, "train_seconds": 20.0, "total_seconds": 22.0, "grad_evals": 240},
+    ], seed=0)  # fmt: skip
+    _lsr1_run(tmp_path, 1000, [
+        start,
+        {**base, "epoch": 1, "test_error": 1.1, "train_seconds": 30.0, "total_seconds": 31.0, "grad_evals": 120},
+    ], seed=1)  # fmt: skip
+    table = cpu_table1_cost(tmp_path).splitlines()
+    assert len(table) == 3  # one cell: L-SR1 at batch 1000
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert row["target"] == "1.2%" and row["seeds (completed)"] == "2 (2)"
+    assert row["epochs"] == "1.5 [1–2] (2/2)"
+    assert row["grad evals"] == "180 [120–240]"
+    assert row["training s"] == "25.0 [20.0–30.0]"
+    assert row["s / epoch"] == "20.0 [10.0–30.0]"  # 20 s over 2 epochs, 30 s over 1
+    assert row["test error after epoch 1 (%)"] == "1.30 [1.10–1.50]"

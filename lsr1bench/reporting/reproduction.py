@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text
-from lsr1bench.reporting.cells import CellSummary, summarize_cells
+from lsr1bench.reporting.cells import CellSummary, Stat, summarize_cells
 from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results, steps_weighted_mean
 from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, fmt_stat, markdown, target_text
 
@@ -377,6 +377,32 @@ def cpu_runs(folder: Path) -> str:
     return markdown(headers, rows)
 
 
+def cpu_table1_cost(folder: Path) -> str:
+    """Each Table 1 cell over its seeds (median [min–max]): epochs to the cell's target
+    (with how many seeds reached it), the gradient evaluations and training seconds of the
+    seeds that reached it, the seconds per epoch, and the test error after the first epoch."""
+    runs = suite_runs(folder, CPU_SUITE)
+    headers = ["optimizer", "batch", "target", "seeds (completed)", "epochs", "grad evals", "training s",
+               "s / epoch", "test error after epoch 1 (%)"]
+    rows = []
+    for label in CPU_ORDER:
+        for target_text_value, batch in PAPER_CELLS:
+            chosen = [r for r in runs if r.key.label == label and str(r.key.batch_size) == batch]
+            if not chosen:
+                continue
+            summary = summarize_cells(chosen)[0].targets[_target(runs, target_text_value)]
+            per_epoch = Stat.of(r.final_train_seconds / r.epochs_present
+                                if r.final_train_seconds and r.epochs_present else None for r in chosen)
+            rows.append([
+                CPU_NAMES[label], batch, f"{target_text_value}%",
+                f"{len(chosen)} ({sum(r.status == 'completed' for r in chosen)})",
+                target_text(summary, "epochs", fmt_count), fmt_stat(summary.grad_evals, fmt_count, "—"),
+                fmt_stat(summary.train_seconds, fmt_seconds, "—"), fmt_stat(per_epoch, fmt_seconds),
+                fmt_stat(Stat.of(_error_at(r, 1) for r in chosen), fmt_percent),
+            ])
+    return markdown(headers, rows)
+
+
 def _error_at(run: RunSummary, epoch: int) -> float | None:
     return next((row["test_error"] for row in run.rows if row["epoch"] == epoch), None)
 
@@ -511,6 +537,7 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "provenance": provenance,
     "cpu-table1": cpu_table1,
     "cpu-runs": cpu_runs,
+    "cpu-table1-cost": cpu_table1_cost,
     "cpu-skip-study": cpu_skip_study,
     "cpu-skip-rates": cpu_skip_rates,
     "frozen-run": frozen_run,
