@@ -65,13 +65,16 @@ def test_ablation_table_by_hand(tmp_path: Path) -> None:
         write(tmp_path, "adam-lr0.003", "adam", 1000, seed, epoch)
     for seed, epoch in enumerate((12, 15, None)):
         write(tmp_path, "adam-lr0.003", "adam", 10000, seed, epoch, epochs=20)
+    # adam-lr0.01: b1000 at 2, 3, 4 (median 3 = the paper's, one seed slower): matches
+    for seed, epoch in enumerate((2, 3, 4)):
+        write(tmp_path, "adam-lr0.01", "adam", 1000, seed, epoch)
     # nag-lr0.003: b500 never; b1000 one seed at 30, two still running at epoch 5; b10000 not run
     for seed in range(3):
         write(tmp_path, "nag-lr0.003", "nag", 500, seed, None)
     write(tmp_path, "nag-lr0.003", "nag", 1000, 0, 30)
     for seed in (1, 2):
         write(tmp_path, "nag-lr0.003", "nag", 1000, seed, None, status="running", present=5)
-    # nag-lr-linear: b500 at 20, 25, 30 (median 25 <= the paper's 35); b1000 at 37, 40, 38
+    # nag-lr-linear: b500 at 20, 25, 30 (all below the paper's 35); b1000 at 37, 40, 38
     for seed, epoch in enumerate((20, 30, 25)):
         write(tmp_path, "nag-lr-linear", "nag", 500, seed, epoch)
     for seed, epoch in enumerate((37, 40, 38)):
@@ -86,8 +89,12 @@ def test_ablation_table_by_hand(tmp_path: Path) -> None:
          "5 [4–6] (3/3)", "—", "no paper number",
          "3 [2–3] (3/3)", "3", "matches the paper",
          "13.5 [12–15] (2/3)", "10", "slower"],
+        ["adam-lr0.01",
+         "not run", "—", "not run",
+         "3 [2–4] (3/3)", "3", "matches the paper",
+         "not run", "10", "not run"],
         ["nag-lr-linear",
-         "25 [20–30] (3/3)", "35", "matches the paper",
+         "25 [20–30] (3/3)", "35", "faster than the paper",
          "38 [37–40] (3/3)", "37", "slower",
          "not run", "194", "not run"],
         ["nag-lr0.003",

@@ -5,8 +5,10 @@ at minibatch 500, 1.2% at 1000, 1.5% at 10000): our epochs to that cell's target
 [min–max] over the seeds that reached it with (k/n); the paper's epochs for the variant's
 optimizer (Adam or NAG); and a verdict:
 
-* ``matches the paper``: the median over *all* seeds, a seed that never reached the target
-  counting as slower than any number, is at most the paper's epochs;
+* ``faster than the paper``: every seed reached the target in fewer epochs than the
+  paper's (a setting that overshoots the paper's speed does not explain it either);
+* ``matches the paper``: otherwise, the median over *all* seeds, a seed that never reached
+  the target counting as slower than any number, is at most the paper's epochs;
 * ``slower``: it is above, though some seed reached the target;
 * ``never reached``: no seed did; ``not finished``: not decided while runs are incomplete;
 * ``no paper number`` (Adam at 500 is unreadable in the text we have), ``not run``.
@@ -35,6 +37,7 @@ __all__ = ["SUITE", "ablation_table"]
 
 SUITE = "repro-ablation-first-order"
 
+FASTER = "faster than the paper"
 MATCHES = "matches the paper"
 SLOWER = "slower"
 NEVER_REACHED = "never reached"
@@ -49,6 +52,8 @@ def verdict(summary: TargetSummary | None, paper: int | None) -> str:
     if paper is None:
         return NO_PAPER_NUMBER
     every_seed = [math.inf if epochs is None else epochs for epochs in summary.epochs_by_seed]
+    if every_seed and max(every_seed) < paper:
+        return FASTER
     if every_seed and statistics.median(every_seed) <= paper:
         return MATCHES
     if summary.outcomes.get(INCOMPLETE):
