@@ -68,6 +68,8 @@ _STAT_KEYS = (
     "descent_fallbacks",
     "line_search_evaluations",
 )
+# The k-vectors of a model without pairs; shared (never written), so the step allocates nothing for it.
+_NO_PAIRS = torch.zeros(0, dtype=torch.float64)
 # last_model_pred: the pred the step was decided on, from the solver's products before the
 # trial; last_pred: recomputed from the applied s after it (what rho divides by).
 _LAST_KEYS = ("last_rho", "last_pred", "last_model_pred", "last_step_norm", "last_solve_radius", "last_update_cosine")
@@ -660,7 +662,7 @@ class LSR1(Optimizer):
             if not state["radius"] > 0:
                 state["radius"] = 1.0
         radius = state["radius"]
-        empty = torch.zeros(0, dtype=torch.float64)
+        empty = _NO_PAIRS
         rows = self._pair_rows()
         s, psi, y = rows[0], rows[1], rows[2]
         eps = torch.finfo(g.dtype).eps
@@ -753,7 +755,7 @@ class LSR1(Optimizer):
         eps = torch.finfo(g.dtype).eps
         device = g.device
         reducer = self._reducer
-        empty = torch.zeros(0, dtype=torch.float64)
+        empty = _NO_PAIRS
         while True:  # until the model predicts a decrease (or no pair is left)
             solved = self._solve_subproblem(memory, stats, g, gg, g_products, radius, s)
             k, psi_gram, m_inv, spectral, psi_g, u, solution, explicit_perp = solved
@@ -847,7 +849,7 @@ class LSR1(Optimizer):
         eps = torch.finfo(g.dtype).eps
         device = g.device
         reducer = self._reducer
-        empty = torch.zeros(0, dtype=torch.float64)
+        empty = _NO_PAIRS
         while True:
             k = memory.k
             try:
@@ -948,7 +950,7 @@ class LSR1(Optimizer):
             stats["nonpositive_pred"] += 1
             state["last_pred"] = 0.0
             return
-        empty = torch.zeros(0, dtype=torch.float64)
+        empty = _NO_PAIRS
         rows = self._pair_rows()
         direction, psi, y = rows[0], rows[1], rows[2]
         gamma = d["gamma"]
