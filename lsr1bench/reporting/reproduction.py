@@ -309,9 +309,21 @@ def _target(runs: list[RunSummary], value: str) -> Target:
     raise ReportError(f"no run targets a test error of {value}%")
 
 
-def _cell(runs: list[RunSummary], label: str, batch: str) -> CellSummary | None:
+def _runs_of(runs: list[RunSummary], label: str, batch: str) -> list[RunSummary]:
+    """The runs of one cell (optimizer label, batch size), by seed."""
     chosen = [r for r in runs if r.key.label == label and str(r.key.batch_size) == batch]
+    return sorted(chosen, key=lambda r: r.seed or 0)
+
+
+def _cell(runs: list[RunSummary], label: str, batch: str) -> CellSummary | None:
+    chosen = _runs_of(runs, label, batch)
     return summarize_cells(chosen)[0] if chosen else None
+
+
+def _seconds_per_epoch(run: RunSummary) -> float | None:
+    if not (run.final_train_seconds and run.epochs_present):
+        return None
+    return run.final_train_seconds / run.epochs_present
 
 
 def _pct(x: float | None) -> str:
@@ -321,12 +333,13 @@ def _pct(x: float | None) -> str:
 def cpu_table1(folder: Path) -> str:
     """The paper's three Table 1 cells against the CPU rerun with the current optimizer."""
     runs = suite_runs(folder, CPU_SUITE)
-    labels = [label for label in CPU_ORDER if any(r.key.label == label for r in runs)]
+    # every label that ran, and NAG's row always (the paper has it)
+    labels = [label for label in CPU_ORDER if label == "nag" or any(r.key.label == label for r in runs)]
     headers = ["optimizer"]
     for target, batch in PAPER_CELLS:
         headers += [f"{target}% @ {batch}: paper", "ours (CPU)"]
     rows = []
-    for label in [*labels, *(["nag"] if "nag" not in labels else [])]:
+    for label in labels:
         paper_label = "adam" if label.startswith("adam") else label
         row = [CPU_NAMES[label]]
         for target, batch in PAPER_CELLS:
@@ -355,10 +368,7 @@ def cpu_runs(folder: Path) -> str:
     rows = []
     for label in CPU_ORDER:
         for batch in BATCHES:
-            for run in sorted(
-                (r for r in runs if r.key.label == label and str(r.key.batch_size) == batch),
-                key=lambda r: r.seed or 0,
-            ):
+            for run in _runs_of(runs, label, batch):
                 row = [CPU_NAMES[label], batch, str(run.seed), run.status,
                        f"{run.epochs_present} ({run.epochs_planned})", _fmt_or(_error_at(run, 1), fmt_percent),
                        _fmt_or(run.final_test_error, fmt_percent), _fmt_or(run.best_test_error, fmt_percent)]
@@ -370,9 +380,7 @@ def cpu_runs(folder: Path) -> str:
                     else:
                         row.append(f"{hit.epoch} · {fmt_count(hit.grad_evals or 0)} · "
                                    f"{_fmt_or(hit.train_seconds, fmt_seconds)}")
-                per_epoch = (run.final_train_seconds / run.epochs_present
-                             if run.final_train_seconds and run.epochs_present else None)
-                row.append(_fmt_or(per_epoch, fmt_seconds))
+                row.append(_fmt_or(_seconds_per_epoch(run), fmt_seconds))
                 rows.append(row)
     return markdown(headers, rows)
 
@@ -387,12 +395,11 @@ def cpu_table1_cost(folder: Path) -> str:
     rows = []
     for label in CPU_ORDER:
         for target_text_value, batch in PAPER_CELLS:
-            chosen = [r for r in runs if r.key.label == label and str(r.key.batch_size) == batch]
+            chosen = _runs_of(runs, label, batch)
             if not chosen:
                 continue
             summary = summarize_cells(chosen)[0].targets[_target(runs, target_text_value)]
-            per_epoch = Stat.of(r.final_train_seconds / r.epochs_present
-                                if r.final_train_seconds and r.epochs_present else None for r in chosen)
+            per_epoch = Stat.of(_seconds_per_epoch(r) for r in chosen)
             rows.append([
                 CPU_NAMES[label], batch, f"{target_text_value}%",
                 f"{len(chosen)} ({sum(r.status == 'completed' for r in chosen)})",
