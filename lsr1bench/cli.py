@@ -148,7 +148,7 @@ def run(
         raise _bad_input(problems)
     if data_root is not None:
         runs = [replace(r, data_root=data_root) for r in runs]
-    total_in_suite = len(runs)
+    selected = len(runs)  # the suite's runs, or those --only kept
     if shard_spec is not None:
         runs = shard(runs, *shard_spec)
 
@@ -173,12 +173,12 @@ def run(
         raise _bad_input(too_many, str(suite_path))
     planned = scheduler.plan(runs, output, force=force)
     out = _console()
-    shard_note = f" (shard {shard_spec[0]}/{shard_spec[1]} of {total_in_suite})" if shard_spec else ""
+    subset_note = f" (shard {shard_spec[0]}/{shard_spec[1]} of {selected})" if shard_spec else ""
     if only:
-        shard_note += f" (--only: {total_in_suite} of the suite's {runs_in_suite})"
+        subset_note += f" (--only: {selected} of the suite's {runs_in_suite})"
     todo = [p for p in planned if p.action != "skip"]
     out.print(
-        f"suite '{escape(suite.name or '')}': {len(planned)} runs{shard_note}, "
+        f"suite '{escape(suite.name or '')}': {len(planned)} runs{subset_note}, "
         f"{len(planned) - len(todo)} already done, {len(todo)} to run on {', '.join(device_list)}"
         f" -> {escape(str(output / (suite.name or '')))}"
     )
