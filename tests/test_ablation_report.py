@@ -10,7 +10,7 @@ import pytest
 from lsr1bench import records
 from lsr1bench.grid import RunSpec, expand
 from lsr1bench.reporting.ablation import SUITE, ablation_table, main
-from lsr1bench.reporting.runs import ReportError
+from lsr1bench.reporting.runs import ReportError, load_results
 from lsr1bench.spec import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,11 @@ def test_ablation_table_by_hand(tmp_path: Path) -> None:
         write(tmp_path, "nag-lr-linear", "nag", 500, seed, epoch)
     for seed, epoch in enumerate((37, 40, 38)):
         write(tmp_path, "nag-lr-linear", "nag", 1000, seed, epoch)
+    # nag-lr-linear b10000: both seeds diverged; adam-lr0.01 b10000: one diverged, one never reached
+    for seed in (0, 1):
+        write(tmp_path, "nag-lr-linear", "nag", 10000, seed, None, status="diverged", present=3)
+    write(tmp_path, "adam-lr0.01", "adam", 10000, 0, None, status="diverged", present=2)
+    write(tmp_path, "adam-lr0.01", "adam", 10000, 1, None, epochs=20)
 
     assert parse(ablation_table(tmp_path)) == [
         ["variant",
@@ -92,16 +97,46 @@ def test_ablation_table_by_hand(tmp_path: Path) -> None:
         ["adam-lr0.01",
          "not run", "—", "not run",
          "3 [2–4] (3/3)", "3", "matches the paper",
-         "not run", "10", "not run"],
+         "never reached (0/2, 1 diverged)", "10", "never reached"],
         ["nag-lr-linear",
          "25 [20–30] (3/3)", "35", "faster than the paper",
          "38 [37–40] (3/3)", "37", "slower",
-         "not run", "194", "not run"],
+         "diverged (0/2)", "194", "diverged"],
         ["nag-lr0.003",
          "never reached (0/3)", "35", "never reached",
          "30 (1/3, 2 incomplete)", "37", "not finished",
          "not run", "194", "not run"],
     ]  # fmt: skip
+
+
+def test_reference_rows_come_first_under_their_own_names(tmp_path: Path) -> None:
+    # the reference: Table 1's appendix-setting runs, in another folder (another suite)
+    for seed, epoch in enumerate((5, 6)):
+        write(tmp_path / "table1", "adam", "adam", 1000, seed, epoch)
+    write(tmp_path / "table1", "adam", "adam", 500, 0, 4)
+    reference = load_results(tmp_path / "table1" / "runs" / SUITE).runs
+    write(tmp_path, "adam-lr0.01", "adam", 1000, 0, 2)
+
+    rows = parse(ablation_table(tmp_path, reference={"appendix (Table 1)": reference}))[1:]
+    assert rows == [
+        ["appendix (Table 1)",
+         "4 (1/1)", "—", "no paper number",
+         "5.5 [5–6] (2/2)", "3", "slower",
+         "not run", "10", "not run"],
+        ["adam-lr0.01",
+         "not run", "—", "not run",
+         "2 (1/1)", "3", "faster than the paper",
+         "not run", "10", "not run"],
+    ]  # fmt: skip
+
+
+def test_a_reference_row_with_two_cells_at_one_batch_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "a", "adam", "adam", 1000, 0, 5)
+    write(tmp_path / "a", "adam-lr0.01", "adam", 1000, 0, 5)
+    write(tmp_path, "adam-lr0.01", "adam", 1000, 0, 2)
+    mixed = load_results(tmp_path / "a" / "runs" / SUITE).runs
+    with pytest.raises(ReportError, match="ablation row 'mixed': two cells at batch 1000"):
+        ablation_table(tmp_path, reference={"mixed": mixed})
 
 
 def test_a_missing_folder_is_a_report_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,11 +10,14 @@ optimizer (Adam or NAG); and a verdict:
 * ``matches the paper``: otherwise, the median over *all* seeds, a seed that never reached
   the target counting as slower than any number, is at most the paper's epochs;
 * ``slower``: it is above, though some seed reached the target;
-* ``never reached``: no seed did; ``not finished``: not decided while runs are incomplete;
+* ``never reached``: no seed did; ``diverged``: no seed did because every one diverged
+  (NaN or inf loss); ``not finished``: not decided while runs are incomplete;
 * ``no paper number`` (Adam at 500 is unreadable in the text we have), ``not run``.
 
 The results are read from ``FOLDER/runs/repro-ablation-first-order/``, where
-``lsr1bench run suites/repro/ablation_first_order.yaml --output FOLDER/runs`` puts them::
+``lsr1bench run suites/repro/ablation_first_order.yaml --output FOLDER/runs`` puts them.
+``reference`` rows, named by the caller, come first: runs of another suite (the CPU Table 1's
+appendix setting, for one) shown for comparison under the same verdicts::
 
     python -m lsr1bench.reporting.ablation FOLDER
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from lsr1bench.reporting.cells import CellSummary, TargetSummary, summarize_cells
 from lsr1bench.reporting.reproduction import PAPER_CELLS, PAPER_TABLE1
-from lsr1bench.reporting.runs import INCOMPLETE, ReportError, Target, load_results
+from lsr1bench.reporting.runs import DIVERGED, INCOMPLETE, ReportError, RunSummary, Target, load_results
 from lsr1bench.reporting.tables import NO_TARGET, NOT_RUN, fmt_count, markdown, target_text
 
 __all__ = ["SUITE", "ablation_table"]
@@ -41,6 +44,7 @@ FASTER = "faster than the paper"
 MATCHES = "matches the paper"
 SLOWER = "slower"
 NEVER_REACHED = "never reached"
+ALL_DIVERGED = "diverged"
 NOT_FINISHED = "not finished"
 NO_PAPER_NUMBER = "no paper number"
 
@@ -58,12 +62,17 @@ def verdict(summary: TargetSummary | None, paper: int | None) -> str:
         return MATCHES
     if summary.outcomes.get(INCOMPLETE):
         return NOT_FINISHED
-    return SLOWER if summary.reached else NEVER_REACHED
+    if summary.reached:
+        return SLOWER
+    return ALL_DIVERGED if summary.outcomes.get(DIVERGED, 0) == summary.n else NEVER_REACHED
 
 
-def ablation_table(folder: Path, suite: str = SUITE) -> str:
+def ablation_table(
+    folder: Path, suite: str = SUITE, reference: dict[str, list[RunSummary]] | None = None
+) -> str:
     """The Markdown table of the ablation's runs under ``folder / "runs" / suite`` (the
-    whole suite's, or a subset suite's such as the CPU one)."""
+    whole suite's, or a subset suite's such as the CPU one), after the ``reference`` rows
+    (row name -> that row's runs, of one optimizer and label) in their given order."""
     results_dir = Path(folder) / "runs" / suite
     if not results_dir.is_dir():
         raise ReportError(
@@ -71,32 +80,37 @@ def ablation_table(folder: Path, suite: str = SUITE) -> str:
             f"lsr1bench run suites/repro/ablation_first_order.yaml --output {Path(folder) / 'runs'}"
         )
     results = load_results(results_dir)
-    optimizers: dict[str, set[str]] = {}
+    by_label: dict[str, list[RunSummary]] = {}
     for run in results.runs:
-        optimizers.setdefault(run.key.label, set()).add(str(run.spec.get("optimizer")))
-    cells: dict[str, dict[int, CellSummary]] = {}
-    for cell in summarize_cells(results.runs):
-        cells.setdefault(cell.key.label, {})[cell.key.batch_size] = cell
+        by_label.setdefault(run.key.label, []).append(run)
+    named = {**(reference or {}), **{label: by_label[label] for label in sorted(by_label)}}
 
     headers = ["variant"]
     for target, batch in PAPER_CELLS:
         headers += [f"< {target}% · b{batch}", f"paper · b{batch}", f"verdict · b{batch}"]
-    rows = []
-    for label in sorted(cells):
-        # the paper's row is the optimizer's; a label used with two optimizers has none
-        found = optimizers[label]
-        paper_row = PAPER_TABLE1.get(next(iter(found)), {}) if len(found) == 1 else {}
-        row = [label]
-        for target, batch in PAPER_CELLS:
-            cell = cells[label].get(int(batch))
-            paper = paper_row.get(batch)
-            if cell is None:
-                row += [NOT_RUN, _paper_text(paper), NOT_RUN]
-                continue
-            summary = cell.targets.get(Target("test_error", float(target)))
-            row += [target_text(summary, "epochs", fmt_count), _paper_text(paper), verdict(summary, paper)]
-        rows.append(row)
-    return markdown(headers, rows)
+    return markdown(headers, [_row(name, runs) for name, runs in named.items()])
+
+
+def _row(name: str, runs: list[RunSummary]) -> list[str]:
+    """One variant's row: its epochs to each Table 1 cell's target against the paper's."""
+    cells: dict[int, CellSummary] = {}
+    for cell in summarize_cells(runs):
+        if cell.key.batch_size in cells:
+            raise ReportError(f"ablation row {name!r}: two cells at batch {cell.key.batch_size}")
+        cells[cell.key.batch_size] = cell
+    # the paper's row is the optimizer's; a row of two optimizers has none
+    found = {str(run.spec.get("optimizer")) for run in runs}
+    paper_row = PAPER_TABLE1.get(next(iter(found)), {}) if len(found) == 1 else {}
+    row = [name]
+    for target, batch in PAPER_CELLS:
+        cell = cells.get(int(batch))
+        paper = paper_row.get(batch)
+        if cell is None:
+            row += [NOT_RUN, _paper_text(paper), NOT_RUN]
+            continue
+        summary = cell.targets.get(Target("test_error", float(target)))
+        row += [target_text(summary, "epochs", fmt_count), _paper_text(paper), verdict(summary, paper)]
+    return row
 
 
 def _paper_text(paper: int | None) -> str:

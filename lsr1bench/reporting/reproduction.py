@@ -286,7 +286,12 @@ RUNS = "runs"
 CPU_SUITE = "repro-table1-mnist-cpu"
 SKIP_SUITE = "repro-skip-rate-mnist-cpu"
 CPU_ORDER = ["lsr1", "adam", "adam-defaults", "nag"]
-CPU_NAMES = {**OPTIMIZER_NAMES, "adam": "Adam (lr 0.003)", "adam-defaults": "Adam (defaults, lr 0.001)"}
+CPU_NAMES = {
+    **OPTIMIZER_NAMES,
+    "adam": "Adam (lr 0.003)",
+    "nag": "NAG (lr 0.003)",
+    "adam-defaults": "Adam (defaults, lr 0.001)",
+}
 
 
 def suite_runs(folder: Path, suite: str) -> list[RunSummary]:
@@ -531,13 +536,26 @@ def provenance(folder: Path) -> str:
 
 
 ABLATION_CPU_SUITE = "repro-ablation-first-order-cpu"
+# The CPU Table 1's labels for the appendix setting, as the ablation's variant names.
+ABLATION_REFERENCE = {
+    "lsr1": "lsr1 (Table 1)",
+    "adam": "adam-lr0.003 (Table 1)",
+    "nag": "nag-lr0.003 (Table 1)",
+}
 
 
 def cpu_ablation(folder: Path) -> str:
-    """The first-order ablation's cells that were run on the CPU (reporting/ablation.py)."""
+    """The first-order ablation's cells that were run on the CPU (reporting/ablation.py),
+    after the appendix setting's rows from the CPU Table 1 (those that ran)."""
     from lsr1bench.reporting.ablation import ablation_table  # it imports this module
 
-    return ablation_table(folder, ABLATION_CPU_SUITE)
+    table1 = suite_runs(folder, CPU_SUITE)
+    reference = {}
+    for label, name in ABLATION_REFERENCE.items():
+        runs = [run for run in table1 if run.key.label == label]
+        if runs:
+            reference[name] = runs
+    return ablation_table(folder, ABLATION_CPU_SUITE, reference)
 
 
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
