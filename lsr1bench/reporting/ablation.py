@@ -3,7 +3,7 @@
 One row per variant (the runs' label). For each of Table 1's MNIST cells (1.1% test error
 at minibatch 500, 1.2% at 1000, 1.5% at 10000): our epochs to that cell's target, median
 [min–max] over the seeds that reached it with (k/n); the paper's epochs for the variant's
-optimizer (Adam or NAG); and a verdict:
+optimizer (L-SR1, Adam or NAG); and a verdict:
 
 * ``faster than the paper``: every seed reached the target in fewer epochs than the
   paper's (a setting that overshoots the paper's speed does not explain it either);

@@ -550,7 +550,7 @@ def cpu_ablation(folder: Path) -> str:
     from lsr1bench.reporting.ablation import ablation_table  # it imports this module
 
     table1 = suite_runs(folder, CPU_SUITE)
-    reference = {}
+    reference: dict[str, list[RunSummary]] = {}
     for label, name in ABLATION_REFERENCE.items():
         runs = [run for run in table1 if run.key.label == label]
         if runs:
