@@ -142,15 +142,15 @@ def test_the_prose_check_catches_a_typed_number() -> None:
 
 
 def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: str | None = None,
-              params: dict | None = None) -> None:
+              params: dict | None = None, label: str = "lsr1") -> None:
     from lsr1bench import records
     from lsr1bench.grid import RunSpec
     from lsr1bench.reporting.reproduction import CPU_SUITE
 
     suite = suite or CPU_SUITE
     spec = RunSpec(
-        suite=suite, run_id=f"lenet5-bn-mnist-lsr1-b{batch}-s{seed}", model="lenet5", batch_norm=True,
-        dataset="mnist", optimizer="lsr1", label="lsr1", optimizer_params={"memory": 5, **(params or {})},
+        suite=suite, run_id=f"lenet5-bn-mnist-{label}-b{batch}-s{seed}", model="lenet5", batch_norm=True,
+        dataset="mnist", optimizer="lsr1", label=label, optimizer_params={"memory": 5, **(params or {})},
         lr_schedule=None, batch_size=batch, seed=seed, epochs=len(rows) - 1, targets=(1.1, 1.2, 1.5),
         stop_at_targets=True,
     )  # fmt: skip
@@ -237,3 +237,26 @@ def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
     assert row["training s"] == "25.0 [20.0–30.0]"
     assert row["s / epoch"] == "20.0 [10.0–30.0]"  # 20 s over 2 epochs, 30 s over 1
     assert row["test error after epoch 1 (%)"] == "1.30 [1.10–1.50]"
+
+
+def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: Path) -> None:
+    from lsr1bench.reporting.reproduction import ABLATION_CPU_SUITE, cpu_table1_fc_torch
+
+    base = {"train_loss": 0.5, "test_loss": 0.1, "samples": 0, "train_seconds": 1.0, "total_seconds": 1.0,
+            "grad_evals": 0}
+    start = {**base, "epoch": 0, "test_error": 90.0}
+    # under fc-torch L-SR1 passes 1.2% at batch 1000 in epoch 2
+    _lsr1_run(tmp_path, 1000, [start, {**base, "epoch": 1, "test_error": 1.3},
+                               {**base, "epoch": 2, "test_error": 1.1}],
+              suite=ABLATION_CPU_SUITE, label="lsr1-init_fc-torch")
+    # another variant of the ablation, faster, and not the fc-torch reading: left out
+    _lsr1_run(tmp_path, 1000, [start, {**base, "epoch": 1, "test_error": 1.0}],
+              suite=ABLATION_CPU_SUITE, label="lsr1-init_torch")
+    table = cpu_table1_fc_torch(tmp_path).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    # the paper's L-SR1 row is 5 / 6 / 8 epochs; Adam's and NAG's rows show though not run
+    assert cells == [
+        ["L-SR1", "5", "not run", "6", "2 (1/1)", "8", "not run"],
+        ["Adam (lr 0.003)", "unreadable", "not run", "3", "not run", "10", "not run"],
+        ["NAG (lr 0.003)", "35", "not run", "37", "not run", "194", "not run"],
+    ]

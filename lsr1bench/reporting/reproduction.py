@@ -335,20 +335,20 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100.0 * x:.1f}"
 
 
-def cpu_table1(folder: Path) -> str:
-    """The paper's three Table 1 cells against the CPU rerun with the current optimizer."""
-    runs = suite_runs(folder, CPU_SUITE)
-    # every label that ran, and NAG's row always (the paper has it)
-    labels = [label for label in CPU_ORDER if label == "nag" or any(r.key.label == label for r in runs)]
+def _paper_cells(runs: list[RunSummary], names: dict[str, str], always: tuple[str, ...] = ()) -> str:
+    """The paper's three Table 1 cells against ``runs``: a row for each label of ``names``
+    (label -> row name, in order) that ran, and for those in ``always`` even if not."""
+    labels = [label for label in names if label in always or any(r.key.label == label for r in runs)]
     headers = ["optimizer"]
     for target, batch in PAPER_CELLS:
         headers += [f"{target}% @ {batch}: paper", "ours (CPU)"]
     rows = []
     for label in labels:
-        paper_label = "adam" if label.startswith("adam") else label
-        row = [CPU_NAMES[label]]
+        # the paper's row is the optimizer's (a label without runs is named after its optimizer)
+        optimizer = next((str(r.spec.get("optimizer")) for r in runs if r.key.label == label), label.split("-")[0])
+        row = [names[label]]
         for target, batch in PAPER_CELLS:
-            paper = PAPER_TABLE1[paper_label][batch]
+            paper = PAPER_TABLE1[optimizer][batch]
             cell = _cell(runs, label, batch)
             if cell is None:
                 ours = "not run"
@@ -360,6 +360,13 @@ def cpu_table1(folder: Path) -> str:
             row += ["unreadable" if paper is None else str(paper), ours]
         rows.append(row)
     return markdown(headers, rows)
+
+
+def cpu_table1(folder: Path) -> str:
+    """The paper's three Table 1 cells against the CPU rerun with the current optimizer
+    (NAG's row always: the paper has it)."""
+    return _paper_cells(suite_runs(folder, CPU_SUITE), {label: CPU_NAMES[label] for label in CPU_ORDER},
+                        always=("nag",))
 
 
 def cpu_runs(folder: Path) -> str:
@@ -390,15 +397,15 @@ def cpu_runs(folder: Path) -> str:
     return markdown(headers, rows)
 
 
-def cpu_table1_cost(folder: Path) -> str:
-    """Each Table 1 cell over its seeds (median [min–max]): epochs to the cell's target
-    (with how many seeds reached it), the gradient evaluations and training seconds of the
-    seeds that reached it, the seconds per epoch, and the test error after the first epoch."""
-    runs = suite_runs(folder, CPU_SUITE)
+def _paper_cells_cost(runs: list[RunSummary], names: dict[str, str]) -> str:
+    """Each Table 1 cell of ``runs`` over its seeds (median [min–max]), a row per label of
+    ``names`` (label -> row name) and batch size that ran: epochs to the cell's target (with
+    how many seeds reached it), the gradient evaluations and training seconds of the seeds
+    that reached it, the seconds per epoch, and the test error after the first epoch."""
     headers = ["optimizer", "batch", "target", "seeds (completed)", "epochs", "grad evals", "training s",
                "s / epoch", "test error after epoch 1 (%)"]
     rows = []
-    for label in CPU_ORDER:
+    for label, name in names.items():
         for target_text_value, batch in PAPER_CELLS:
             chosen = _runs_of(runs, label, batch)
             if not chosen:
@@ -406,13 +413,18 @@ def cpu_table1_cost(folder: Path) -> str:
             summary = summarize_cells(chosen)[0].targets[_target(runs, target_text_value)]
             per_epoch = Stat.of(_seconds_per_epoch(r) for r in chosen)
             rows.append([
-                CPU_NAMES[label], batch, f"{target_text_value}%",
+                name, batch, f"{target_text_value}%",
                 f"{len(chosen)} ({sum(r.status == 'completed' for r in chosen)})",
                 target_text(summary, "epochs", fmt_count), fmt_stat(summary.grad_evals, fmt_count, "—"),
                 fmt_stat(summary.train_seconds, fmt_seconds, "—"), fmt_stat(per_epoch, fmt_seconds),
                 fmt_stat(Stat.of(_error_at(r, 1) for r in chosen), fmt_percent),
             ])
     return markdown(headers, rows)
+
+
+def cpu_table1_cost(folder: Path) -> str:
+    """What reaching each CPU Table 1 cell's target cost (see :func:`_paper_cells_cost`)."""
+    return _paper_cells_cost(suite_runs(folder, CPU_SUITE), {label: CPU_NAMES[label] for label in CPU_ORDER})
 
 
 def _error_at(run: RunSummary, epoch: int) -> float | None:
@@ -558,6 +570,29 @@ def cpu_ablation(folder: Path) -> str:
     return ablation_table(folder, ABLATION_CPU_SUITE, reference)
 
 
+# Table 1 under the reading the paper suites adopted (init: fc-torch), from the ablation's
+# CPU runs: their labels, and the row names of the CPU Table 1.
+FC_TORCH_NAMES = {
+    "lsr1-init_fc-torch": CPU_NAMES["lsr1"],
+    "adam-lr0.003-init_fc-torch": CPU_NAMES["adam"],
+    "nag-lr0.003-init_fc-torch": CPU_NAMES["nag"],
+}
+
+
+def _fc_torch_runs(folder: Path) -> list[RunSummary]:
+    return [run for run in suite_runs(folder, ABLATION_CPU_SUITE) if run.key.label in FC_TORCH_NAMES]
+
+
+def cpu_table1_fc_torch(folder: Path) -> str:
+    """The paper's Table 1 cells against the ablation's ``-init_fc-torch`` runs."""
+    return _paper_cells(_fc_torch_runs(folder), FC_TORCH_NAMES, always=tuple(FC_TORCH_NAMES))
+
+
+def cpu_table1_fc_torch_cost(folder: Path) -> str:
+    """What reaching each cell's target cost under ``init: fc-torch``."""
+    return _paper_cells_cost(_fc_torch_runs(folder), FC_TORCH_NAMES)
+
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "provenance": provenance,
     "cpu-table1": cpu_table1,
@@ -568,6 +603,8 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "frozen-run": frozen_run,
     "skip-rate-runs": skip_rate_runs,
     "cpu-ablation": cpu_ablation,
+    "cpu-table1-fc-torch": cpu_table1_fc_torch,
+    "cpu-table1-fc-torch-cost": cpu_table1_fc_torch_cost,
     "table1": table1,
     "table1-seeds": table1_seeds,
     "table1-epochs": table1_epochs,
