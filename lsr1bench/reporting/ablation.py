@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from lsr1bench.reporting.cells import CellSummary, TargetSummary, summarize_cells
-from lsr1bench.reporting.reproduction import PAPER_CELLS, PAPER_TABLE1
+from lsr1bench.reporting.reproduction import PAPER_CELLS, paper_row
 from lsr1bench.reporting.runs import DIVERGED, INCOMPLETE, ReportError, RunSummary, Target, load_results
 from lsr1bench.reporting.tables import NO_TARGET, NOT_RUN, fmt_count, markdown, target_text
 
@@ -98,13 +98,11 @@ def _row(name: str, runs: list[RunSummary]) -> list[str]:
         if cell.key.batch_size in cells:
             raise ReportError(f"ablation row {name!r}: two cells at batch {cell.key.batch_size}")
         cells[cell.key.batch_size] = cell
-    # the paper's row is the optimizer's; a row of two optimizers has none
-    found = {str(run.spec.get("optimizer")) for run in runs}
-    paper_row = PAPER_TABLE1.get(next(iter(found)), {}) if len(found) == 1 else {}
+    paper_figures = paper_row(runs)
     row = [name]
     for target, batch in PAPER_CELLS:
         cell = cells.get(int(batch))
-        paper = paper_row.get(batch)
+        paper = paper_figures.get(batch)
         if cell is None:
             row += [NOT_RUN, _paper_text(paper), NOT_RUN]
             continue

@@ -76,6 +76,14 @@ PAPER_TABLE1 = {
 }
 
 
+def paper_row(runs: list[RunSummary], default: str | None = None) -> dict[str, int | None]:
+    """The paper's Table 1 row (batch -> epochs) for the optimizer of ``runs``, or of
+    ``default`` when there are none; empty for runs of two optimizers or one the paper
+    does not have."""
+    found = {str(run.spec.get("optimizer")) for run in runs} or {default}
+    return PAPER_TABLE1.get(found.pop(), {}) if len(found) == 1 else {}
+
+
 # --- reading the committed CSVs ---
 
 
@@ -292,6 +300,8 @@ CPU_NAMES = {
     "nag": "NAG (lr 0.003)",
     "adam-defaults": "Adam (defaults, lr 0.001)",
 }
+# the CPU Table 1's rows, in order: label -> row name
+CPU_ROWS = {label: CPU_NAMES[label] for label in CPU_ORDER}
 
 
 def suite_runs(folder: Path, suite: str) -> list[RunSummary]:
@@ -337,18 +347,20 @@ def _pct(x: float | None) -> str:
 
 def _paper_cells(runs: list[RunSummary], names: dict[str, str], always: tuple[str, ...] = ()) -> str:
     """The paper's three Table 1 cells against ``runs``: a row for each label of ``names``
-    (label -> row name, in order) that ran, and for those in ``always`` even if not."""
+    (label -> row name, in order) that ran, and for those in ``always`` even if not (their
+    paper figures are those of the optimizer the label starts with)."""
     labels = [label for label in names if label in always or any(r.key.label == label for r in runs)]
     headers = ["optimizer"]
     for target, batch in PAPER_CELLS:
         headers += [f"{target}% @ {batch}: paper", "ours (CPU)"]
     rows = []
     for label in labels:
-        # the paper's row is the optimizer's (a label without runs is named after its optimizer)
-        optimizer = next((str(r.spec.get("optimizer")) for r in runs if r.key.label == label), label.split("-")[0])
+        paper_figures = paper_row([r for r in runs if r.key.label == label], default=label.split("-")[0])
+        if not paper_figures:
+            raise ReportError(f"{label!r}: the paper's Table 1 has no row for its optimizer")
         row = [names[label]]
         for target, batch in PAPER_CELLS:
-            paper = PAPER_TABLE1[optimizer][batch]
+            paper = paper_figures.get(batch)
             cell = _cell(runs, label, batch)
             if cell is None:
                 ours = "not run"
@@ -365,8 +377,7 @@ def _paper_cells(runs: list[RunSummary], names: dict[str, str], always: tuple[st
 def cpu_table1(folder: Path) -> str:
     """The paper's three Table 1 cells against the CPU rerun with the current optimizer
     (NAG's row always: the paper has it)."""
-    return _paper_cells(suite_runs(folder, CPU_SUITE), {label: CPU_NAMES[label] for label in CPU_ORDER},
-                        always=("nag",))
+    return _paper_cells(suite_runs(folder, CPU_SUITE), CPU_ROWS, always=("nag",))
 
 
 def cpu_runs(folder: Path) -> str:
@@ -378,10 +389,10 @@ def cpu_runs(folder: Path) -> str:
     headers += [f"< {t}%: epochs · grad evals · s" for t in TARGETS]
     headers += ["s / epoch"]
     rows = []
-    for label in CPU_ORDER:
+    for label, name in CPU_ROWS.items():
         for batch in BATCHES:
             for run in _runs_of(runs, label, batch):
-                row = [CPU_NAMES[label], batch, str(run.seed), run.status,
+                row = [name, batch, str(run.seed), run.status,
                        f"{run.epochs_present} ({run.epochs_planned})", _fmt_or(_error_at(run, 1), fmt_percent),
                        _fmt_or(run.final_test_error, fmt_percent), _fmt_or(run.best_test_error, fmt_percent)]
                 for value in TARGETS:
@@ -424,7 +435,7 @@ def _paper_cells_cost(runs: list[RunSummary], names: dict[str, str]) -> str:
 
 def cpu_table1_cost(folder: Path) -> str:
     """What reaching each CPU Table 1 cell's target cost (see :func:`_paper_cells_cost`)."""
-    return _paper_cells_cost(suite_runs(folder, CPU_SUITE), {label: CPU_NAMES[label] for label in CPU_ORDER})
+    return _paper_cells_cost(suite_runs(folder, CPU_SUITE), CPU_ROWS)
 
 
 def _error_at(run: RunSummary, epoch: int) -> float | None:
@@ -579,18 +590,14 @@ FC_TORCH_NAMES = {
 }
 
 
-def _fc_torch_runs(folder: Path) -> list[RunSummary]:
-    return [run for run in suite_runs(folder, ABLATION_CPU_SUITE) if run.key.label in FC_TORCH_NAMES]
-
-
 def cpu_table1_fc_torch(folder: Path) -> str:
     """The paper's Table 1 cells against the ablation's ``-init_fc-torch`` runs."""
-    return _paper_cells(_fc_torch_runs(folder), FC_TORCH_NAMES, always=tuple(FC_TORCH_NAMES))
+    return _paper_cells(suite_runs(folder, ABLATION_CPU_SUITE), FC_TORCH_NAMES, always=tuple(FC_TORCH_NAMES))
 
 
 def cpu_table1_fc_torch_cost(folder: Path) -> str:
     """What reaching each cell's target cost under ``init: fc-torch``."""
-    return _paper_cells_cost(_fc_torch_runs(folder), FC_TORCH_NAMES)
+    return _paper_cells_cost(suite_runs(folder, ABLATION_CPU_SUITE), FC_TORCH_NAMES)
 
 
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
