@@ -142,7 +142,7 @@ def test_the_prose_check_catches_a_typed_number() -> None:
 
 
 def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: str | None = None,
-              params: dict | None = None, label: str = "lsr1") -> None:
+              params: dict | None = None, label: str = "lsr1", threads: int | None = None) -> None:
     from lsr1bench import records
     from lsr1bench.grid import RunSpec
     from lsr1bench.reporting.reproduction import CPU_SUITE
@@ -157,8 +157,9 @@ def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: 
     directory = records.run_dir(folder / "runs", suite, spec.run_id)
     directory.mkdir(parents=True)
     records.write_epochs(directory, rows)
+    extra = {} if threads is None else {"environment": {"torch_threads": threads}}
     records.write_run(directory, records.RunRecord(suite, spec.run_id, spec.to_dict(), status="completed",
-                                                   epochs_completed=len(rows) - 1))
+                                                   epochs_completed=len(rows) - 1, extra=extra))
 
 
 def test_skip_fragments_by_hand(tmp_path: Path) -> None:
@@ -222,11 +223,11 @@ def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
         start,
         {**base, "epoch": 1, "test_error": 1.5, "train_seconds": 10.0, "total_seconds": 11.0, "grad_evals": 120},
         {**base, "epoch": 2, "test_error": 1.15, "train_seconds": 20.0, "total_seconds": 22.0, "grad_evals": 240},
-    ], seed=0)  # fmt: skip
+    ], seed=0, threads=2)  # fmt: skip
     _lsr1_run(tmp_path, 1000, [
         start,
         {**base, "epoch": 1, "test_error": 1.1, "train_seconds": 30.0, "total_seconds": 31.0, "grad_evals": 120},
-    ], seed=1)  # fmt: skip
+    ], seed=1, threads=1)  # fmt: skip
     table = cpu_table1_cost(tmp_path).splitlines()
     assert len(table) == 3  # one cell: L-SR1 at batch 1000
     header = [c.strip() for c in table[0].strip("|").split("|")]
@@ -236,6 +237,7 @@ def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
     assert row["grad evals"] == "180 [120–240]"
     assert row["training s"] == "25.0 [20.0–30.0]"
     assert row["s / epoch"] == "20.0 [10.0–30.0]"  # 20 s over 2 epochs, 30 s over 1
+    assert row["torch threads"] == "1, 2"  # seed 1 had one thread: its seconds are not seed 0's
     assert row["test error after epoch 1 (%)"] == "1.30 [1.10–1.50]"
 
 

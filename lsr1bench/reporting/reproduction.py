@@ -341,6 +341,14 @@ def _seconds_per_epoch(run: RunSummary) -> float | None:
     return run.final_train_seconds / run.epochs_present
 
 
+def _threads(runs: list[RunSummary]) -> str:
+    """The torch thread counts ``runs`` trained with ("1, 2" where they differ, "?" where a
+    record does not say): a run given fewer threads, two runs sharing the cores, takes more
+    seconds per epoch, so the seconds columns are read next to this."""
+    counts = {r.environment.get("torch_threads") for r in runs}
+    return ", ".join(sorted(str(c) for c in counts if c is not None)) + (", ?" if None in counts else "")
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100.0 * x:.1f}"
 
@@ -387,7 +395,7 @@ def cpu_runs(folder: Path) -> str:
     headers = ["optimizer", "batch", "seed", "status", "epochs run (cap)", "test error after epoch 1 (%)",
                "final test error (%)", "best test error (%)"]
     headers += [f"< {t}%: epochs · grad evals · s" for t in TARGETS]
-    headers += ["s / epoch"]
+    headers += ["s / epoch", "torch threads"]
     rows = []
     for label, name in CPU_ROWS.items():
         for batch in BATCHES:
@@ -403,7 +411,7 @@ def cpu_runs(folder: Path) -> str:
                     else:
                         row.append(f"{hit.epoch} · {fmt_count(hit.grad_evals or 0)} · "
                                    f"{_fmt_or(hit.train_seconds, fmt_seconds)}")
-                row.append(_fmt_or(_seconds_per_epoch(run), fmt_seconds))
+                row += [_fmt_or(_seconds_per_epoch(run), fmt_seconds), _threads([run])]
                 rows.append(row)
     return markdown(headers, rows)
 
@@ -412,9 +420,10 @@ def _paper_cells_cost(runs: list[RunSummary], names: dict[str, str]) -> str:
     """Each Table 1 cell of ``runs`` over its seeds (median [min–max]), a row per label of
     ``names`` (label -> row name) and batch size that ran: epochs to the cell's target (with
     how many seeds reached it), the gradient evaluations and training seconds of the seeds
-    that reached it, the seconds per epoch, and the test error after the first epoch."""
+    that reached it, the seconds per epoch with the torch threads the seeds had, and the
+    test error after the first epoch."""
     headers = ["optimizer", "batch", "target", "seeds (completed)", "epochs", "grad evals", "training s",
-               "s / epoch", "test error after epoch 1 (%)"]
+               "s / epoch", "torch threads", "test error after epoch 1 (%)"]
     rows = []
     for label, name in names.items():
         for target_text_value, batch in PAPER_CELLS:
@@ -428,7 +437,7 @@ def _paper_cells_cost(runs: list[RunSummary], names: dict[str, str]) -> str:
                 f"{len(chosen)} ({sum(r.status == 'completed' for r in chosen)})",
                 target_text(summary, "epochs", fmt_count), fmt_stat(summary.grad_evals, fmt_count, "—"),
                 fmt_stat(summary.train_seconds, fmt_seconds, "—"), fmt_stat(per_epoch, fmt_seconds),
-                fmt_stat(Stat.of(_error_at(r, 1) for r in chosen), fmt_percent),
+                _threads(chosen), fmt_stat(Stat.of(_error_at(r, 1) for r in chosen), fmt_percent),
             ])
     return markdown(headers, rows)
 
