@@ -242,7 +242,7 @@ def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
 
 
 def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: Path) -> None:
-    from lsr1bench.reporting.reproduction import ABLATION_CPU_SUITE, cpu_table1_fc_torch
+    from lsr1bench.reporting.reproduction import ABLATION_CPU_SUITE, cpu_table1_fc_torch, cpu_table1_fc_torch_cost
 
     base = {"train_loss": 0.5, "test_loss": 0.1, "samples": 0, "train_seconds": 1.0, "total_seconds": 1.0,
             "grad_evals": 0}
@@ -262,3 +262,8 @@ def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: P
         ["Adam (lr 0.003)", "unreadable", "not run", "3", "not run", "10", "not run"],
         ["NAG (lr 0.003)", "35", "not run", "37", "not run", "194", "not run"],
     ]
+    # a record that does not say how many torch threads it had reads "?", not a blank
+    cost = cpu_table1_fc_torch_cost(tmp_path).splitlines()
+    header = [c.strip() for c in cost[0].strip("|").split("|")]
+    assert [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))["torch threads"]
+            for line in cost[2:]] == ["?"]

@@ -342,11 +342,10 @@ def _seconds_per_epoch(run: RunSummary) -> float | None:
 
 
 def _threads(runs: list[RunSummary]) -> str:
-    """The torch thread counts ``runs`` trained with ("1, 2" where they differ, "?" where a
-    record does not say): a run given fewer threads, two runs sharing the cores, takes more
-    seconds per epoch, so the seconds columns are read next to this."""
-    counts = {r.environment.get("torch_threads") for r in runs}
-    return ", ".join(sorted(str(c) for c in counts if c is not None)) + (", ?" if None in counts else "")
+    """The torch thread counts ``runs`` trained with ("1, 2" where they differ, "?" for a
+    record that does not say): a run given fewer threads, two runs sharing the cores, takes
+    more seconds per epoch, so the seconds columns are read next to this."""
+    return ", ".join(sorted({str(r.environment.get("torch_threads", "?")) for r in runs}))
 
 
 def _pct(x: float | None) -> str:
@@ -560,7 +559,7 @@ def provenance(folder: Path) -> str:
         rows.append([
             f"`{suite_dir.name}`", f"{len(runs)} ({completed})", ", ".join(map(str, seeds)),
             ", ".join(sorted({r.device or "unknown" for r in runs})),
-            ", ".join(sorted({str(r.environment.get("torch_threads", "?")) for r in runs})),
+            _threads(runs),
             ", ".join(sorted({str(r.versions.get("torch", "?")) for r in runs})),
             ", ".join(commits), ", ".join(days),
         ])
