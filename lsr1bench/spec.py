@@ -228,7 +228,7 @@ def _check_targets(targets: Any) -> dict[str, list[float]]:
 
 def _target_problem(metric: str, value: Any) -> str | None:
     if isinstance(value, str) and _looks_like_float(value):
-        return f"a target is a finite number, got the text {value!r} (YAML reads 1e-9 as text: write 1.0e-9)"
+        return f"a target is a finite number, got the text {value!r} (write it without quotes)"
     if not _number(value) or math.isnan(value) or math.isinf(value):
         return f"a target is a finite number, got {value!r}"
     if metric == "test_error" and not 0 < value < 100:
@@ -797,6 +797,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 (PyYAML) reads a float only with a dot: ``1.0e-3`` is a number, ``1e-3`` is text.
+# YAML 1.2 and every ML config reads ``1e-3``, ``5E-4``, ``-2e+1`` as numbers, so the suite
+# loader resolves scientific notation without a dot as a float too. A resolver (not a
+# conversion afterwards) keeps a quoted '1e-3' text, as the user wrote it. The pattern is
+# appended after PyYAML's own, which already claim every form with a dot.
+SCIENTIFIC_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC_FLOAT, list("-+0123456789."))
 
 
 def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite") -> Suite:
