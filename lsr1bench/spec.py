@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from lsr1bench.registry import names, plugins
+from lsr1bench.registry import names, plugins, table
 
 # A label and a suite name end up in directory names and run ids.
 LABEL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -423,49 +423,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_hyperparameter(name: str, key: str, value: Any) -> str | None:
-    """A problem with one optimizer hyperparameter, or ``None`` if it can run."""
-    if key == "betas":
-        if not (isinstance(value, list) and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)):
-            return f"betas must be two numbers in [0, 1), got {value!r}"
-        return None
-    if key == "line_search":
-        if value not in ("strong_wolfe", None):
-            return f"line_search must be 'strong_wolfe' or null, got {value!r}"
-        return None
-    if key == "initial_radius" and value is None:
-        return None  # Algorithm 1: Delta_0 = ||grad f(x_0)||
-    if key == "forget_every" and value is None:
-        return None  # no forgetting
-    if key in ("memory", "forget_every"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"{key} must be an integer, got {value!r}"
-        if value < 1:
-            return f"{key} must be >= 1, got {value}"
-        return None
-    if not _number(value):
-        return f"{key} must be a number, got {value!r}"
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        return f"{key} must be finite, got {value}"
-    unit_open = ("momentum", "radius_decrease", "increase_threshold", "decrease_threshold", "skip_tol")
-    if key in unit_open and not 0 < value < 1:
-        if key == "momentum" and value == 0:
-            return None
-        return f"{key} must be in (0, 1), got {value}"
-    if key == "boundary_fraction" and not 0 < value <= 1:
-        return f"boundary_fraction must be in (0, 1], got {value}"
-    if key == "rho" and not 0 <= value < 1:
-        return f"rho must be in [0, 1), got {value}"
-    if key == "eta" and not 0 <= value < 1:
-        return f"eta must be in [0, 1) (the paper uses (0, 1e-3)), got {value}"
-    if key == "radius_increase" and value <= 1:
-        return f"radius_increase must be > 1, got {value}"
-    if key in ("lr", "gamma", "eps", "initial_radius") and value <= 0:
-        return f"{key} must be > 0, got {value}"
-    return None
-
-
 class OptimizerEntry(Settings):
     """An optimizer setting: registry name, report label, hyperparameters, own settings."""
 
@@ -493,10 +450,6 @@ class OptimizerEntry(Settings):
         known = [*names.OPTIMIZER_DEFAULTS[name], *layout_options]
         problems = []
         for key, value in params.items():
-            if key in layout_options:
-                if not isinstance(value, bool):
-                    problems.append((f".{key}", f"{key} must be true or false, got {value!r}"))
-                continue
             if key == "weight_decay" and key not in known:
                 problems.append(
                     (
@@ -512,19 +465,23 @@ class OptimizerEntry(Settings):
                     (
                         f".{key}",
                         f"unknown hyperparameter for {name}{did_you_mean(key, list(known))}; "
-                        f"known: {', '.join(known) or '(none)'}",
+                        f"known: {', '.join(known) or '(none)'} (lsr1bench list optimizers shows them)",
                     )
                 )
                 continue
-            if _is_sweep(key, value, BUILTIN_LIST_VALUED):
+            if key not in layout_options and _is_sweep(key, value, BUILTIN_LIST_VALUED):
                 problems += [(f".{key}{sub}", msg) for sub, msg in _sweep_problems(key, value)]
                 checked = [(f".{key}[{i}]", v) for i, v in enumerate(value)]
             else:
                 checked = [(f".{key}", value)]
             for where, one in checked:
-                problem = _check_hyperparameter(name, key, one)
-                if problem:
-                    problems.append((where, problem))
+                problems += [(where, msg) for _, msg in table.check_optimizer_params(name, {key: one}, rules=False)]
+        if not problems:  # each value is valid: check the rules between them at every sweep point
+            axes = sweep_axes(name, params)
+            fixed = {k: v for k, v in params.items() if k not in dict(axes)}
+            for point in plugins.sweep_points(axes, fixed):
+                problems += [(f".{key}", msg) for key, msg in table.check_optimizer_params(name, point)]
+            problems = list(dict.fromkeys(problems))
         if problems:
             raise _problems(problems)
         return params

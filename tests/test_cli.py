@@ -69,7 +69,7 @@ BAD_INPUTS = [
         "memory 0",
         GRID.replace("[adam]", "[{name: lsr1, params: {memory: 0}}]"),
         [],
-        "grids[0].optimizers[0].params.memory: memory must be >= 1",
+        "grids[0].optimizers[0].params.memory: memory must be an integer >= 1",
     ),
     ("target out of range", "targets: [0]\n" + GRID, [], "targets[0]: a target test error is a percentage in (0, 100)"),
     (
@@ -88,7 +88,7 @@ BAD_INPUTS = [
         "radius factor",
         GRID.replace("[adam]", "[{name: lsr1, params: {radius_decrease: 1.5}}]"),
         [],
-        "params.radius_decrease: radius_decrease must be in (0, 1)",
+        "params.radius_decrease: radius_decrease must be a number in (0, 1)",
     ),
     (
         "schedule without lr",

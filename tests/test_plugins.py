@@ -79,7 +79,7 @@ def test_builtin_betas_list_is_a_value_and_a_list_of_lists_sweeps_it() -> None:
         ("{name: torch.optim.RMSprop, label: x, params: {lr: -1.0}}", "raised ValueError: Invalid learning rate"),
         ("{name: 'tests.plugin_example:tiny_net', label: x}", "is not a torch.optim.Optimizer subclass"),
         ("{name: adam, params: {lr: []}}", "optimizers[0].params.lr: an empty list sweeps lr over nothing"),
-        ("{name: adam, params: {lr: [0.1, -0.1]}}", "optimizers[0].params.lr[1]: lr must be > 0"),
+        ("{name: adam, params: {lr: [0.1, -0.1]}}", "optimizers[0].params.lr[1]: lr must be a number > 0"),
     ],
 )
 def test_bad_optimizer_paths_and_keywords_are_one_line_errors_naming_the_key(entry: str, expected: str) -> None:

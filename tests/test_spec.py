@@ -85,7 +85,7 @@ BAD = [
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: lsr1, params: {memory: 0}}]}]",
-        "grids[0].optimizers[0].params.memory: memory must be >= 1, got 0",
+        "grids[0].optimizers[0].params.memory: memory must be an integer >= 1, got 0",
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: sgd, params: {weight_decay: 0.1}}]}]",
@@ -137,7 +137,7 @@ BAD = [
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: nag, params: {lr: -0.1}}]}]",
-        "params.lr: lr must be > 0, got -0.1",
+        "params.lr: lr must be a number > 0, got -0.1",
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam], stop_at_targets: yes please}]",
