@@ -167,7 +167,7 @@ def test_dry_run_plans_without_writing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(suite), "--dry-run", "--output", str(out), "--shard", "1/2"])
     assert result.exit_code == 0, result.output
-    assert "1 runs (shard 1/2 of 3)" in result.output
+    assert "1 run (shard 1/2 of 3)" in result.output
     assert "mlp-mnist-embedded-sgd-b20-s0  run" in result.output
     assert not out.exists()
 

@@ -42,8 +42,11 @@ class Setting:
     optional: bool = False
     choices: tuple[Any, ...] = ()
 
-    def allowed(self) -> str:
-        """What the setting accepts, in words: ``a number in (0, 1)``, ``an integer >= 1``."""
+    def allowed(self, none: str = "None") -> str:
+        """What the setting accepts, in words: ``a number in (0, 1)``, ``an integer >= 1``.
+
+        ``none``: how None is written (``null`` in YAML).
+        """
         if self.kind == "bool":
             text = "true or false"
         elif self.kind == "choice":
@@ -55,7 +58,7 @@ class Setting:
                 text = "a finite number"
             if self.nonzero:
                 text += " other than 0"
-        return text + (" or None" if self.optional else "")
+        return text + (f" or {none}" if self.optional else "")
 
     def _bounds(self) -> str:
         low, high = self.low, self.high

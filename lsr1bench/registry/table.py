@@ -35,7 +35,14 @@ __all__ = [
 
 # The learning rate of the first-order methods: ``None`` resolves to the dataset family's
 # rate (names.FIRST_ORDER_LR: 0.003 on MNIST, 0.01 on CIFAR-10, the paper's section 4).
-FAMILY_LR = "the dataset family's first-order rate (0.003 MNIST, 0.01 CIFAR-10)"
+FAMILY_LR = "the dataset family's first-order rate (section 4)"
+
+
+def _yaml(value: Any) -> str:
+    """A value as a suite writes it: null, true, 'text', 0.5."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -246,7 +253,9 @@ DATASET_TABLE: Mapping[str, DatasetInfo] = MappingProxyType(
             DatasetInfo("FashionMNIST", "torchvision.datasets.FashionMNIST, 28x28 gray", "mnist", "torchvision class"),
             DatasetInfo("KMNIST", "torchvision.datasets.KMNIST (Kuzushiji), 28x28 gray", "mnist", "torchvision class"),
             DatasetInfo("QMNIST", "torchvision.datasets.QMNIST, 28x28 gray", "mnist", "torchvision class"),
-            DatasetInfo("CIFAR100", "torchvision.datasets.CIFAR100, 32x32 colour, 100 classes", "cifar10", "torchvision class"),
+            DatasetInfo(
+                "CIFAR100", "torchvision.datasets.CIFAR100, 32x32 colour, 100 classes", "cifar10", "torchvision class"
+            ),
         )
     }
 )
@@ -273,7 +282,7 @@ def check_optimizer_params(name: str, params: Mapping[str, Any], rules: bool = T
     info = optimizer_info(name)
     table = {**info.settings, **info.layout}
     problems = [
-        (key, f"{key} must be {table[key].allowed()}, got {value!r}")
+        (key, f"{key} must be {table[key].allowed('null')}, got {_yaml(value)}")
         for key, value in params.items()
         if key in table and not table[key].accepts(value)
     ]
