@@ -128,9 +128,23 @@ class Settings(_Strict):
     # mean (the paper's objective) or sum: the minibatch's cross-entropy the optimizer sees
     loss_reduction: str | None = None
 
-    _as_lists = field_validator("batch_sizes", "seeds", "ranks", mode="before")(
-        classmethod(lambda cls, v: _as_list(v))
-    )
+    _as_lists = field_validator("batch_sizes", "ranks", mode="before")(classmethod(lambda cls, v: _as_list(v)))
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_form(cls, seeds: Any) -> Any:
+        """A list, never one number: ``seeds: 3`` could mean seed 3 or three seeds."""
+        if seeds is None or isinstance(seeds, list):
+            return seeds
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            raise _problem(
+                "",
+                f"seeds is a list of seeds; write seeds: [{seeds}] for seed {seeds}, or the range form "
+                f"repeats: {max(seeds, 1)} for seeds 0..{max(seeds, 1) - 1}",
+            )
+        raise _problem(
+            "", f"seeds is a list of seeds such as [0, 1, 2], or give the range form repeats: 3 instead; got {seeds!r}"
+        )
     _loss_reduction = field_validator("loss_reduction")(
         classmethod(lambda cls, v: v if v is None else _check_name(v, names.LOSS_REDUCTIONS, "loss reduction"))
     )
@@ -269,6 +283,14 @@ def _check_label(label: str | None) -> str | None:
     return label
 
 
+def _entry_label(name: str, label: str | None) -> str:
+    if label is not None:
+        return label
+    if plugins.is_import_path(name):
+        return plugins.default_label(name) or name
+    return name
+
+
 def _check_name_or_path(value: Any, table: Mapping[str, str], what: str) -> str:
     """A registered name, or an import path (imported and checked by the entry's own validator)."""
     if plugins.is_import_path(value):
@@ -277,12 +299,14 @@ def _check_name_or_path(value: Any, table: Mapping[str, str], what: str) -> str:
 
 
 def _plugin_checks(kind: str, name: str, label: str | None, check: Any) -> None:
-    """Run ``check()`` -> problems for a plugin entry; add the label rule; raise them all."""
+    """Run ``check()`` -> problems for a plugin entry; raise them all.
+
+    Without a ``label`` the entry is named by its factory or class (``plugins.default_label``);
+    two entries named alike are caught where their run ids meet (``grid.expand``).
+    """
     problems: list[tuple[str, str]] = []
-    if label is None:
-        problems.append(
-            ("label", f"{kind} named by import path needs a label (it is in the run id and the reports)")
-        )
+    if label is None and plugins.default_label(name) is None:
+        problems.append(("label", f"{kind} named {name!r} needs a label: its name makes none"))
     try:
         problems += [(f"params{sub}" if sub.startswith(".") else (sub or "name"), msg) for sub, msg in check()]
     except plugins.PluginError as exc:
@@ -343,8 +367,8 @@ class ModelEntry(_Strict):
 
     @property
     def run_name(self) -> str:
-        """How run ids and reports name the model: its label for a path, else its name."""
-        return self.label if self.label is not None else self.name
+        """How run ids and reports name the model: its label, else (a path) its factory's name, else its name."""
+        return _entry_label(self.name, self.label)
 
     @field_validator("batch_norm", mode="before")
     @classmethod
@@ -415,8 +439,8 @@ class DatasetEntry(_Strict):
 
     @property
     def run_name(self) -> str:
-        """How run ids and reports name the dataset: its label for a path, else its name."""
-        return self.label if self.label is not None else self.name
+        """How run ids and reports name the dataset: its label, else (a path) its factory's name, else its name."""
+        return _entry_label(self.name, self.label)
 
 
 def _number(value: Any) -> bool:
@@ -515,7 +539,8 @@ class OptimizerEntry(Settings):
 
     @property
     def resolved_label(self) -> str:
-        return self.label if self.label is not None else self.name
+        """Its label, else (a path) the class name in lower case (``torch.optim.RMSprop``: rmsprop), else its name."""
+        return _entry_label(self.name, self.label)
 
 
 # Built-in hyperparameters whose one value is a list (a list of lists sweeps them).
