@@ -252,3 +252,27 @@ def test_seeds_must_be_a_list_or_the_range_form(seeds: str, expected: str) -> No
     grid = "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]"
     assert parse_suite("seeds: [3]\n" + grid).seeds == [3]
     assert parse_suite("repeats: 3\n" + grid).repeats == 3
+
+
+@pytest.mark.parametrize(
+    "winner, warning",
+    [
+        (0.001, "lr 0.001 is the smallest value of its sweep (0.001, 0.01, 0.1); the best lr may lie below it"),
+        (0.01, None),
+        (0.1, "lr 0.1 is the largest value of its sweep (0.001, 0.01, 0.1); the best lr may lie above it"),
+    ],
+)
+def test_a_tuned_choice_at_the_edge_of_its_sweep_is_warned_of(tmp_path: Path, winner: float, warning) -> None:
+    suite_dir = tmp_path / "t"
+    for lr in (0.001, 0.01, 0.1):
+        val = [90, 8, 5] if lr == winner else [90, 20, 15]  # the winner reaches val error < 10 first
+        _write(suite_dir, f"adam-lr{lr:g}", 0, val, [90, 9, 9], sweep_of="adam", sweep={"lr": lr})
+    report = build_report(suite_dir)
+    (choice,) = report.tuned
+    assert choice.chosen == f"adam-lr{winner:g}"
+    table = main_table(report)
+    if warning is None:
+        assert choice.edges == () and "warning:" not in table
+    else:
+        assert choice.edges == (warning + ": extend the sweep",)
+        assert f"  - warning: {warning}: extend the sweep" in table
