@@ -115,7 +115,8 @@ LSR1_SETTINGS: Mapping[str, Setting] = {
     "memory": Setting("int", 5, "curvature pairs kept, m (the paper: 5)", low=1),
     "gamma": Setting("float", 1.0, "initial Hessian B_0 = gamma I", nonzero=True),
     "initial_radius": Setting(
-        "float", None, "first trust radius; None: the first gradient's norm", low=0.0, low_open=True, optional=True
+        "float", None, "first trust radius; null (None): the first gradient's norm",
+        low=0.0, low_open=True, optional=True,
     ),
     "eta": _unit("accept a step when actual / predicted decrease > eta (the paper: (0, 1e-3))", 1e-4, low_open=False),
     "skip_tol": _unit("SR1 skip test: skip a pair unless |s^T (y - B s)| >= skip_tol |s| |y - B s|", 1e-8, False),
@@ -125,10 +126,10 @@ LSR1_SETTINGS: Mapping[str, Setting] = {
     "decrease_threshold": _unit("shrink the radius when the ratio falls below this", 0.1, low_open=False),
     "boundary_fraction": _unit("a step is 'near the edge' beyond this fraction of the radius", 0.8, high_open=False),
     "max_radius": Setting(
-        "float", None, "cap on the trust radius; None: no cap", low=0.0, low_open=True, optional=True
+        "float", None, "cap on the trust radius; null (None): no cap", low=0.0, low_open=True, optional=True
     ),
     "rank_tol": Setting(
-        "float", None, "relative rank tolerance of the pair matrix; None: the dtype's default",
+        "float", None, "relative tolerance of the pair policy; null (None): 100 x the dtype's machine epsilon",
         0.0, 1.0, low_open=True, high_open=True, optional=True,
     ),
     "pair_policy": Setting(

@@ -132,11 +132,11 @@ _OPTIMIZERS = (
             {
                 "memory": Setting("int", 5, "curvature pairs kept (history_size)", low=1),
                 "forget_every": Setting(
-                    "int", 5, "clear the memory every this many steps; None: never", low=1, optional=True
+                    "int", 5, "clear the memory every this many steps; null (None): never", low=1, optional=True
                 ),
                 "lr": _lr(1.0, "step length of the line search's first trial"),
                 "line_search": Setting(
-                    "choice", "strong_wolfe", "line search; None: a fixed step lr", choices=("strong_wolfe",),
+                    "choice", "strong_wolfe", "line search; null (None): a fixed step lr", choices=("strong_wolfe",),
                     optional=True,
                 ),
             }
