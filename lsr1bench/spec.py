@@ -380,8 +380,9 @@ class ModelEntry(_Strict):
     def _resnet_has_batch_norm(cls, values: list[bool] | None, info: ValidationInfo) -> Any:
         if values is not None:
             problems = _duplicates(values, "batch_norm value")
-            if info.data.get("name") == "resnet20" and False in values:
-                problems.append(("", "resnet20 always uses batch norm (He et al. 2016)"))
+            name = info.data.get("name")
+            if name in names.ALWAYS_BATCH_NORM and False in values:
+                problems.append(("", f"{name} always uses batch norm ({names.MODELS[name].split(',')[0]})"))
             if problems:
                 raise _problems(problems)
         return values
@@ -389,7 +390,7 @@ class ModelEntry(_Strict):
     def batch_norm_values(self) -> list[bool]:
         if self.batch_norm is not None:
             return list(self.batch_norm)
-        return [self.name == "resnet20"]
+        return [self.name in names.ALWAYS_BATCH_NORM]
 
 
 class DatasetEntry(_Strict):

@@ -34,6 +34,8 @@ MODEL_INITS: Mapping[str, str] = MappingProxyType(
 DEFAULT_MODEL_INIT = "appendix"
 # the models that take an init other than their documented one
 MODELS_WITH_INIT = frozenset(name for name, m in MODEL_TABLE.items() if len(m.inits) > 1)
+# the models that are built with batch norm only (ResNet-20, He et al. 2016)
+ALWAYS_BATCH_NORM = frozenset(name for name, m in MODEL_TABLE.items() if m.batch_norm == "always")
 
 # dataset name -> family; the family picks the paper's L2 coefficient and learning rates.
 DATASETS: Mapping[str, str] = MappingProxyType(
