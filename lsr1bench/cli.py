@@ -7,6 +7,7 @@ suite is known to be good and is about to run.
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import sys
 import time
@@ -20,15 +21,110 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lsr1bench.grid import RunSpec, expand, parse_shard, ranks_in_use, select, shard
 from lsr1bench.spec import SpecError, Suite, load_suite
 
-app = typer.Typer(
+
+def _unwrap(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines, so the terminal wraps them, not the source.
+
+    Typer's rich help keeps every newline of a docstring, which at another terminal width
+    breaks sentences mid-line; blank lines (paragraphs) and indented or bulleted lines stay.
+    """
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and line and not line[0].isspace() and not line.startswith(("- ", "* ")):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+class _Conventions:
+    """Help in the usual form: ``Usage: lsr1bench run [OPTIONS] SUITE``, flags without a
+    type (``--dry-run / --no-dry-run``), paragraphs wrapped to the terminal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.help = _unwrap(self.help)  # type: ignore[has-type]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # Typer would show '<bool>', as if the flag took a value
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """Click's usage pieces, with ``SUITE`` rather than Typer's ``{SUITE}`` for an argument."""
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        usual = {}
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument) and hasattr(param, "_usage_display_name"):
+                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                usual[param._usage_display_name()] = name if param.required else f"[{name}]"
+        return [usual.get(piece, piece) for piece in pieces]
+
+
+class _Group(_Conventions, TyperGroup):
+    pass
+
+
+class _Command(_Conventions, TyperCommand):
+    pass
+
+
+class _App(typer.Typer):
+    """``typer.Typer`` whose commands follow :class:`_Conventions` unless given a ``cls``."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Benchmark L-SR1 against first-order methods over YAML suites.",
 )
+
+
+def _plural(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``0 runs``."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        from lsr1bench import __version__
+
+        try:
+            torch_version = metadata.version("torch")  # without importing torch (seconds)
+        except metadata.PackageNotFoundError:
+            torch_version = "not installed"
+        python = ".".join(str(v) for v in sys.version_info[:3])
+        _plain(_console(), f"lsr1bench {__version__} (python {python}, torch {torch_version})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Benchmark L-SR1 against first-order methods over YAML suites."""
 
 SuiteArg = Annotated[Path, typer.Argument(metavar="SUITE", help="the suite's YAML file")]
 
@@ -68,9 +164,92 @@ def validate(suite_path: SuiteArg) -> None:
     """Check a suite and print its expanded runs (count and ids) without training."""
     suite, runs = _load(suite_path)
     out = _console()
-    out.print(f"{escape(str(suite_path))}: suite '{escape(suite.name or '')}' is valid: {len(runs)} runs")
+    out.print(f"{escape(str(suite_path))}: suite '{escape(suite.name or '')}' is valid: {_plural(len(runs), 'run')}")
     for run in runs:
         out.print(f"  {run.run_id}  (epochs {run.epochs})")
+
+
+LIST_WHAT = ("optimizers", "models", "datasets")
+
+
+def _default_text(value: Any, key: str) -> str:
+    from lsr1bench.registry import names
+
+    if value is None and key == "lr":
+        return " / ".join(f"{rate:g} ({family})" for family, rate in names.FIRST_ORDER_LR.items())
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+@app.command("list")
+def list_(
+    what: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="optimizers|models|datasets", show_default=False, help="what to list (default: all three)"
+        ),
+    ] = None,
+) -> None:
+    """Show the optimizers, models and datasets a suite can name, with defaults and valid ranges."""
+    from lsr1bench.registry import names, table
+
+    if what is not None and what not in LIST_WHAT:
+        from lsr1bench.spec import did_you_mean
+
+        raise _bad_input([f"list: unknown '{what}'{did_you_mean(what, LIST_WHAT)}; give one of {', '.join(LIST_WHAT)}"])
+    out = _console()
+    shown = [what] if what else list(LIST_WHAT)
+    if "optimizers" in shown:
+        out.print("[bold]Optimizers[/] " + escape("(in a suite: optimizers: [{name: NAME, params: {SETTING: VALUE}}])"))
+        for info in table.OPTIMIZER_TABLE.values():
+            fixed = ", ".join(f"{k}={v!r}" for k, v in info.fixed.items())
+            flags = ["second-order" if info.second_order else "first-order"]
+            flags.append("step needs a closure" if info.needs_closure else "step(closure) calls it once")
+            out.print(f"\n[bold]{info.name}[/]: {escape(info.description)}")
+            out.print(f"  {escape(info.cls)}({escape(fixed)}); {', '.join(flags)}", highlight=False)
+            rows = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+            for column in ("  setting", "default", "valid values", "meaning"):
+                rows.add_column(column, overflow="fold")
+            for key, setting in {**info.settings, **info.layout}.items():
+                rows.add_row(
+                    f"  {key}",
+                    _default_text(setting.default, key),
+                    setting.allowed("null"),
+                    escape(setting.description),
+                )
+            for small, large in info.rules:
+                rows.add_row("  (rule)", "", f"{small} < {large}", "")
+            out.print(rows)
+        out.print(
+            "\nOr any torch.optim.Optimizer subclass by import path (torch.optim.RMSprop, mypkg.opt:MyOpt): "
+            "its constructor's keywords are its params."
+        )
+    if "models" in shown:
+        out.print("\n[bold]Models[/] " + escape("(in a suite: models: [NAME, ...])"))
+        rows = Table(box=None, pad_edge=False, header_style="dim")
+        for column in ("  name", "batch norm", "init", "description"):
+            rows.add_column(column, overflow="fold")
+        for model in table.MODEL_TABLE.values():
+            norm = "always" if model.batch_norm == "always" else "false (default) or true"
+            rows.add_row(f"  {model.name}", norm, " | ".join(model.inits), escape(model.description))
+        out.print(rows)
+        out.print("Or a factory by import path (module:function) returning an nn.Module.")
+    if "datasets" in shown:
+        out.print("\n[bold]Datasets[/] " + escape("(in a suite: datasets: [NAME, ...])"))
+        rows = Table(box=None, pad_edge=False, header_style="dim")
+        for column in ("  name", "family", "L2 (weight_decay)", "source", "description"):
+            rows.add_column(column, overflow="fold")
+        for data in table.DATASET_TABLE.values():
+            rows.add_row(
+                f"  {data.name}",
+                data.family,
+                f"{names.WEIGHT_DECAY[data.family]:g}",
+                data.source,
+                escape(data.description),
+            )
+        out.print(rows)
+        out.print("Or a factory by import path (module:function) returning (train, test, num_classes).")
 
 
 def _shard_option(text: str | None) -> tuple[int, int] | None:
@@ -96,9 +275,14 @@ def _resume_command(suite_path: Path, options: dict[str, Any]) -> str:
 def run(
     suite_path: SuiteArg,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="print the runs and what would happen; train nothing")
+        bool,
+        typer.Option(
+            "--dry-run/--no-dry-run", show_default=False, help="print the runs and what would happen; train nothing"
+        ),
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="rerun runs that already completed")] = False,
+    force: Annotated[
+        bool, typer.Option("--force/--no-force", show_default=False, help="rerun runs that already completed")
+    ] = False,
     devices: Annotated[
         str | None,
         typer.Option("--devices", help="auto | cpu | cuda:0,cuda:1,... (default: the suite's, else auto)"),
@@ -178,7 +362,7 @@ def run(
         subset_note += f" (--only: {selected} of the suite's {runs_in_suite})"
     todo = [p for p in planned if p.action != "skip"]
     out.print(
-        f"suite '{escape(suite.name or '')}': {len(planned)} runs{subset_note}, "
+        f"suite '{escape(suite.name or '')}': {_plural(len(planned), 'run')}{subset_note}, "
         f"{len(planned) - len(todo)} already done, {len(todo)} to run on {', '.join(device_list)}"
         f" -> {escape(str(output / (suite.name or '')))}"
     )
@@ -212,7 +396,7 @@ def run(
             1 for s in outcome.statuses.values() if s in ("completed", "diverged")
         )
         err.print(
-            f"[bold yellow]interrupted.[/] {finished} of {len(planned)} runs are finished and kept; "
+            f"[bold yellow]interrupted.[/] {finished} of {_plural(len(planned), 'run')} finished and kept; "
             "the unfinished ones are marked interrupted and restart from scratch.\nResume with:\n  "
             + escape(
                 _resume_command(
@@ -268,7 +452,7 @@ def _run_as_torchrun_worker(
         todo = [p for p in planned if p.action != "skip"]
         left = len(runs) - len(mine)
         out.print(
-            f"suite '{escape(suite.name or '')}': {len(planned)} runs with ranks {world} "
+            f"suite '{escape(suite.name or '')}': {_plural(len(planned), 'run')} with ranks {world} "
             f"({left} with other ranks left for another launch), {len(planned) - len(todo)} already done, "
             f"{len(todo)} to run on {world} ranks ({parallel.backend}) -> {escape(str(output / (suite.name or '')))}"
         )
@@ -514,7 +698,8 @@ def report(
     out = _console()
     _plain(out, reporting.main_table(built))
     files = [written.report_md, *written.csv_files]
-    plots_note = f", {len(written.plot_files)} plots in {written.plot_files[0].parent}" if written.plot_files else ""
+    plots = written.plot_files
+    plots_note = f", {_plural(len(plots), 'plot')} in {plots[0].parent}" if plots else ""
     _plain(out, f"wrote {', '.join(str(f) for f in files)}{plots_note}")
     if baseline is not None:
         _plain(out, f"baseline: {baseline}")

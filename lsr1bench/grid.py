@@ -270,7 +270,7 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
                                 train_subset=_pick("train_subset", *layers),
                                 test_subset=_pick("test_subset", *layers),
                                 ranks=ranks,
-                                model_path=model.name if model.label is not None else None,
+                                model_path=model.name if plugins.is_import_path(model.name) else None,
                                 model_params=dict(model.params),
                                 dataset_path=dataset_path,
                                 dataset_params=dict(dataset_entry.params),

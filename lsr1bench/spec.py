@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from lsr1bench.registry import names, plugins
+from lsr1bench.registry import names, plugins, table
 
 # A label and a suite name end up in directory names and run ids.
 LABEL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -128,9 +128,23 @@ class Settings(_Strict):
     # mean (the paper's objective) or sum: the minibatch's cross-entropy the optimizer sees
     loss_reduction: str | None = None
 
-    _as_lists = field_validator("batch_sizes", "seeds", "ranks", mode="before")(
-        classmethod(lambda cls, v: _as_list(v))
-    )
+    _as_lists = field_validator("batch_sizes", "ranks", mode="before")(classmethod(lambda cls, v: _as_list(v)))
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_form(cls, seeds: Any) -> Any:
+        """A list, never one number: ``seeds: 3`` could mean seed 3 or three seeds."""
+        if seeds is None or isinstance(seeds, list):
+            return seeds
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            raise _problem(
+                "",
+                f"seeds is a list of seeds; write seeds: [{seeds}] for seed {seeds}, or the range form "
+                f"repeats: {max(seeds, 1)} for seeds 0..{max(seeds, 1) - 1}",
+            )
+        raise _problem(
+            "", f"seeds is a list of seeds such as [0, 1, 2], or give the range form repeats: 3 instead; got {seeds!r}"
+        )
     _loss_reduction = field_validator("loss_reduction")(
         classmethod(lambda cls, v: v if v is None else _check_name(v, names.LOSS_REDUCTIONS, "loss reduction"))
     )
@@ -228,7 +242,7 @@ def _check_targets(targets: Any) -> dict[str, list[float]]:
 
 def _target_problem(metric: str, value: Any) -> str | None:
     if isinstance(value, str) and _looks_like_float(value):
-        return f"a target is a finite number, got the text {value!r} (YAML reads 1e-9 as text: write 1.0e-9)"
+        return f"a target is a finite number, got the text {value!r} (write it without quotes)"
     if not _number(value) or math.isnan(value) or math.isinf(value):
         return f"a target is a finite number, got {value!r}"
     if metric == "test_error" and not 0 < value < 100:
@@ -269,6 +283,14 @@ def _check_label(label: str | None) -> str | None:
     return label
 
 
+def _entry_label(name: str, label: str | None) -> str:
+    if label is not None:
+        return label
+    if plugins.is_import_path(name):
+        return plugins.default_label(name) or name
+    return name
+
+
 def _check_name_or_path(value: Any, table: Mapping[str, str], what: str) -> str:
     """A registered name, or an import path (imported and checked by the entry's own validator)."""
     if plugins.is_import_path(value):
@@ -277,12 +299,14 @@ def _check_name_or_path(value: Any, table: Mapping[str, str], what: str) -> str:
 
 
 def _plugin_checks(kind: str, name: str, label: str | None, check: Any) -> None:
-    """Run ``check()`` -> problems for a plugin entry; add the label rule; raise them all."""
+    """Run ``check()`` -> problems for a plugin entry; raise them all.
+
+    Without a ``label`` the entry is named by its factory or class (``plugins.default_label``);
+    two entries named alike are caught where their run ids meet (``grid.expand``).
+    """
     problems: list[tuple[str, str]] = []
-    if label is None:
-        problems.append(
-            ("label", f"{kind} named by import path needs a label (it is in the run id and the reports)")
-        )
+    if label is None and plugins.default_label(name) is None:
+        problems.append(("label", f"{kind} named {name!r} needs a label: its name makes none"))
     try:
         problems += [(f"params{sub}" if sub.startswith(".") else (sub or "name"), msg) for sub, msg in check()]
     except plugins.PluginError as exc:
@@ -343,8 +367,8 @@ class ModelEntry(_Strict):
 
     @property
     def run_name(self) -> str:
-        """How run ids and reports name the model: its label for a path, else its name."""
-        return self.label if self.label is not None else self.name
+        """How run ids and reports name the model: its label, else (a path) its factory's name, else its name."""
+        return _entry_label(self.name, self.label)
 
     @field_validator("batch_norm", mode="before")
     @classmethod
@@ -356,8 +380,9 @@ class ModelEntry(_Strict):
     def _resnet_has_batch_norm(cls, values: list[bool] | None, info: ValidationInfo) -> Any:
         if values is not None:
             problems = _duplicates(values, "batch_norm value")
-            if info.data.get("name") == "resnet20" and False in values:
-                problems.append(("", "resnet20 always uses batch norm (He et al. 2016)"))
+            name = info.data.get("name")
+            if name in names.ALWAYS_BATCH_NORM and False in values:
+                problems.append(("", f"{name} always uses batch norm ({names.MODELS[name].split(',')[0]})"))
             if problems:
                 raise _problems(problems)
         return values
@@ -365,7 +390,7 @@ class ModelEntry(_Strict):
     def batch_norm_values(self) -> list[bool]:
         if self.batch_norm is not None:
             return list(self.batch_norm)
-        return [self.name == "resnet20"]
+        return [self.name in names.ALWAYS_BATCH_NORM]
 
 
 class DatasetEntry(_Strict):
@@ -415,55 +440,12 @@ class DatasetEntry(_Strict):
 
     @property
     def run_name(self) -> str:
-        """How run ids and reports name the dataset: its label for a path, else its name."""
-        return self.label if self.label is not None else self.name
+        """How run ids and reports name the dataset: its label, else (a path) its factory's name, else its name."""
+        return _entry_label(self.name, self.label)
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_hyperparameter(name: str, key: str, value: Any) -> str | None:
-    """A problem with one optimizer hyperparameter, or ``None`` if it can run."""
-    if key == "betas":
-        if not (isinstance(value, list) and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)):
-            return f"betas must be two numbers in [0, 1), got {value!r}"
-        return None
-    if key == "line_search":
-        if value not in ("strong_wolfe", None):
-            return f"line_search must be 'strong_wolfe' or null, got {value!r}"
-        return None
-    if key == "initial_radius" and value is None:
-        return None  # Algorithm 1: Delta_0 = ||grad f(x_0)||
-    if key == "forget_every" and value is None:
-        return None  # no forgetting
-    if key in ("memory", "forget_every"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"{key} must be an integer, got {value!r}"
-        if value < 1:
-            return f"{key} must be >= 1, got {value}"
-        return None
-    if not _number(value):
-        return f"{key} must be a number, got {value!r}"
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        return f"{key} must be finite, got {value}"
-    unit_open = ("momentum", "radius_decrease", "increase_threshold", "decrease_threshold", "skip_tol")
-    if key in unit_open and not 0 < value < 1:
-        if key == "momentum" and value == 0:
-            return None
-        return f"{key} must be in (0, 1), got {value}"
-    if key == "boundary_fraction" and not 0 < value <= 1:
-        return f"boundary_fraction must be in (0, 1], got {value}"
-    if key == "rho" and not 0 <= value < 1:
-        return f"rho must be in [0, 1), got {value}"
-    if key == "eta" and not 0 <= value < 1:
-        return f"eta must be in [0, 1) (the paper uses (0, 1e-3)), got {value}"
-    if key == "radius_increase" and value <= 1:
-        return f"radius_increase must be > 1, got {value}"
-    if key in ("lr", "gamma", "eps", "initial_radius") and value <= 0:
-        return f"{key} must be > 0, got {value}"
-    return None
 
 
 class OptimizerEntry(Settings):
@@ -493,10 +475,6 @@ class OptimizerEntry(Settings):
         known = [*names.OPTIMIZER_DEFAULTS[name], *layout_options]
         problems = []
         for key, value in params.items():
-            if key in layout_options:
-                if not isinstance(value, bool):
-                    problems.append((f".{key}", f"{key} must be true or false, got {value!r}"))
-                continue
             if key == "weight_decay" and key not in known:
                 problems.append(
                     (
@@ -512,19 +490,23 @@ class OptimizerEntry(Settings):
                     (
                         f".{key}",
                         f"unknown hyperparameter for {name}{did_you_mean(key, list(known))}; "
-                        f"known: {', '.join(known) or '(none)'}",
+                        f"known: {', '.join(known) or '(none)'} (lsr1bench list optimizers shows them)",
                     )
                 )
                 continue
-            if _is_sweep(key, value, BUILTIN_LIST_VALUED):
+            if key not in layout_options and _is_sweep(key, value, BUILTIN_LIST_VALUED):
                 problems += [(f".{key}{sub}", msg) for sub, msg in _sweep_problems(key, value)]
                 checked = [(f".{key}[{i}]", v) for i, v in enumerate(value)]
             else:
                 checked = [(f".{key}", value)]
             for where, one in checked:
-                problem = _check_hyperparameter(name, key, one)
-                if problem:
-                    problems.append((where, problem))
+                problems += [(where, msg) for _, msg in table.check_optimizer_params(name, {key: one}, rules=False)]
+        if not problems:  # each value is valid: check the rules between them at every sweep point
+            axes = sweep_axes(name, params)
+            fixed = {k: v for k, v in params.items() if k not in dict(axes)}
+            for point in plugins.sweep_points(axes, fixed):
+                problems += [(f".{key}", msg) for key, msg in table.check_optimizer_params(name, point)]
+            problems = list(dict.fromkeys(problems))
         if problems:
             raise _problems(problems)
         return params
@@ -558,7 +540,8 @@ class OptimizerEntry(Settings):
 
     @property
     def resolved_label(self) -> str:
-        return self.label if self.label is not None else self.name
+        """Its label, else (a path) the class name in lower case (``torch.optim.RMSprop``: rmsprop), else its name."""
+        return _entry_label(self.name, self.label)
 
 
 # Built-in hyperparameters whose one value is a list (a list of lists sweeps them).
@@ -797,6 +780,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 (PyYAML) reads a float only with a dot: ``1.0e-3`` is a number, ``1e-3`` is text.
+# YAML 1.2 and every ML config reads ``1e-3``, ``5E-4``, ``-2e+1`` as numbers, so the suite
+# loader resolves scientific notation without a dot as a float too. A resolver (not a
+# conversion afterwards) keeps a quoted '1e-3' text, as the user wrote it. The pattern is
+# appended after PyYAML's own, which already claim every form with a dot.
+SCIENTIFIC_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC_FLOAT, list("-+0123456789."))
 
 
 def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite") -> Suite:

@@ -69,7 +69,7 @@ BAD_INPUTS = [
         "memory 0",
         GRID.replace("[adam]", "[{name: lsr1, params: {memory: 0}}]"),
         [],
-        "grids[0].optimizers[0].params.memory: memory must be >= 1",
+        "grids[0].optimizers[0].params.memory: memory must be an integer >= 1",
     ),
     ("target out of range", "targets: [0]\n" + GRID, [], "targets[0]: a target test error is a percentage in (0, 100)"),
     (
@@ -88,7 +88,7 @@ BAD_INPUTS = [
         "radius factor",
         GRID.replace("[adam]", "[{name: lsr1, params: {radius_decrease: 1.5}}]"),
         [],
-        "params.radius_decrease: radius_decrease must be in (0, 1)",
+        "params.radius_decrease: radius_decrease must be a number in (0, 1)",
     ),
     (
         "schedule without lr",
@@ -167,7 +167,7 @@ def test_dry_run_plans_without_writing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(suite), "--dry-run", "--output", str(out), "--shard", "1/2"])
     assert result.exit_code == 0, result.output
-    assert "1 runs (shard 1/2 of 3)" in result.output
+    assert "1 run (shard 1/2 of 3)" in result.output
     assert "mlp-mnist-embedded-sgd-b20-s0  run" in result.output
     assert not out.exists()
 

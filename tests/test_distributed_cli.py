@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from lsr1bench import records
 from lsr1bench.cli import app
-from lsr1bench.registry.optimizers import lsr1_supports_process_group
 
 cli = CliRunner()
 
@@ -154,9 +153,6 @@ def test_python_dash_m_lsr1bench_is_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not lsr1_supports_process_group(), reason="LSR1(process_group=...) is not in this lsr1bench.optim yet"
-)
 @pytest.mark.parametrize("shard_memory", [True, False])
 def test_two_rank_lsr1_run_matches_the_one_rank_run(tmp_path: Path, shard_memory: bool) -> None:
     optimizer = "{name: lsr1, params: {shard_memory: " + str(shard_memory).lower() + "}}"

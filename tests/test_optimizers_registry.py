@@ -246,7 +246,7 @@ def test_lbfgs_forgets_its_history_every_five_steps():
 def test_lbfgs_without_forgetting_fills_its_memory():
     model, [(x, y)] = tiny_problem()
     opt = build_optimizer(
-        "lbfgs", model.parameters(), {"line_search": None, "lr": 0.1, "forget_every": 0}
+        "lbfgs", model.parameters(), {"line_search": None, "lr": 0.1, "forget_every": None}
     )
     closure = make_closure(model, x, y)
     for _ in range(10):

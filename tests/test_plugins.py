@@ -75,11 +75,11 @@ def test_builtin_betas_list_is_a_value_and_a_list_of_lists_sweeps_it() -> None:
         ("{name: torch.optim.NoSuch, label: x}", "optimizers[0].name: module 'torch.optim' has no attribute 'NoSuch'"),
         ("{name: 'nosuchpkg.optim:Fast', label: x}", "optimizers[0].name: cannot import module 'nosuchpkg.optim'"),
         ("{name: torch.optim.RMSprop, label: x, params: {lrr: 0.1}}", "optimizers[0].params.lrr: torch.optim.RMSprop"),
-        ("{name: torch.optim.RMSprop}", "optimizers[0].label: an optimizer named by import path needs a label"),
+        ("{name: torch.optim.RMSProp}", "no attribute 'RMSProp' (from 'torch.optim.RMSProp') (did you mean 'RMSprop'"),
         ("{name: torch.optim.RMSprop, label: x, params: {lr: -1.0}}", "raised ValueError: Invalid learning rate"),
         ("{name: 'tests.plugin_example:tiny_net', label: x}", "is not a torch.optim.Optimizer subclass"),
         ("{name: adam, params: {lr: []}}", "optimizers[0].params.lr: an empty list sweeps lr over nothing"),
-        ("{name: adam, params: {lr: [0.1, -0.1]}}", "optimizers[0].params.lr[1]: lr must be > 0"),
+        ("{name: adam, params: {lr: [0.1, -0.1]}}", "optimizers[0].params.lr[1]: lr must be a number > 0"),
     ],
 )
 def test_bad_optimizer_paths_and_keywords_are_one_line_errors_naming_the_key(entry: str, expected: str) -> None:
@@ -213,3 +213,66 @@ def test_without_a_validation_split_no_setting_is_picked_and_the_report_says_why
         "no setting picked: adam-lr0.01, adam-lr0.1 recorded no validation error (set validation_split"
         in main_table(report)
     )
+
+
+def test_an_entry_named_by_path_is_labelled_by_its_factory_or_class() -> None:
+    runs = expand(
+        parse_suite(
+            "grids: [{models: ['tests.plugin_example:tiny_net'], datasets: ['tests.plugin_example:blobs'], "
+            "batch_sizes: [10], optimizers: [torch.optim.RMSprop, 'tests.plugin_example:SignSGD']}]"
+        )
+    )
+    assert [r.run_id for r in runs] == ["tiny_net-blobs-rmsprop-b10-s0", "tiny_net-blobs-signsgd-b10-s0"]
+    assert runs[0].model_path == "tests.plugin_example:tiny_net"
+    assert runs[0].dataset_path == "tests.plugin_example:blobs"
+    assert runs[0].optimizer == "torch.optim.RMSprop" and runs[0].label == "rmsprop"
+
+
+def test_two_entries_with_one_default_label_need_a_label() -> None:
+    text = (
+        "grids: [{models: [mlp], datasets: [mnist-embedded], batch_sizes: [10], "
+        "optimizers: [torch.optim.SGD, {name: 'tests.plugin_example:SignSGD', params: {lr: 0.1}}, %s]}]"
+    )
+    with pytest.raises(SpecError, match=r"optimizers\[2\]: run id 'mlp-mnist-embedded-sgd-b10-s0' is also made by "):
+        expand(parse_suite(text % "{name: sgd, params: {lr: 0.5}}"))
+    assert len(expand(parse_suite(text % "{name: sgd, label: sgd-fast, params: {lr: 0.5}}"))) == 3
+
+
+@pytest.mark.parametrize(
+    "seeds, expected",
+    [
+        ("0", "seeds: seeds is a list of seeds; write seeds: [0] for seed 0, or the range form repeats: 1"),
+        ("3", "seeds: seeds is a list of seeds; write seeds: [3] for seed 3, or the range form repeats: 3 for seeds 0..2"),  # noqa: E501
+        ("'0-4'", "seeds: seeds is a list of seeds such as [0, 1, 2], or give the range form repeats: 3 instead"),
+    ],
+)
+def test_seeds_must_be_a_list_or_the_range_form(seeds: str, expected: str) -> None:
+    found = _problems(f"seeds: {seeds}\ngrids: [{{models: [mlp], datasets: [mnist-embedded], optimizers: [adam]}}]")
+    assert found == [expected] or (len(found) == 1 and found[0].startswith(expected)), found
+    grid = "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]"
+    assert parse_suite("seeds: [3]\n" + grid).seeds == [3]
+    assert parse_suite("repeats: 3\n" + grid).repeats == 3
+
+
+@pytest.mark.parametrize(
+    "winner, warning",
+    [
+        (0.001, "lr 0.001 is the smallest value of its sweep (0.001, 0.01, 0.1); the best lr may lie below it"),
+        (0.01, None),
+        (0.1, "lr 0.1 is the largest value of its sweep (0.001, 0.01, 0.1); the best lr may lie above it"),
+    ],
+)
+def test_a_tuned_choice_at_the_edge_of_its_sweep_is_warned_of(tmp_path: Path, winner: float, warning) -> None:
+    suite_dir = tmp_path / "t"
+    for lr in (0.001, 0.01, 0.1):
+        val = [90, 8, 5] if lr == winner else [90, 20, 15]  # the winner reaches val error < 10 first
+        _write(suite_dir, f"adam-lr{lr:g}", 0, val, [90, 9, 9], sweep_of="adam", sweep={"lr": lr})
+    report = build_report(suite_dir)
+    (choice,) = report.tuned
+    assert choice.chosen == f"adam-lr{winner:g}"
+    table = main_table(report)
+    if warning is None:
+        assert choice.edges == () and "warning:" not in table
+    else:
+        assert choice.edges == (warning + ": extend the sweep",)
+        assert f"  - warning: {warning}: extend the sweep" in table

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
 from lsr1bench.spec import SpecError, load_suite, parse_suite
 
@@ -84,7 +85,7 @@ BAD = [
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: lsr1, params: {memory: 0}}]}]",
-        "grids[0].optimizers[0].params.memory: memory must be >= 1, got 0",
+        "grids[0].optimizers[0].params.memory: memory must be an integer >= 1, got 0",
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: sgd, params: {weight_decay: 0.1}}]}]",
@@ -136,7 +137,7 @@ BAD = [
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [{name: nag, params: {lr: -0.1}}]}]",
-        "params.lr: lr must be > 0, got -0.1",
+        "params.lr: lr must be a number > 0, got -0.1",
     ),
     (
         "grids: [{models: [mlp], datasets: [mnist], optimizers: [adam], stop_at_targets: yes please}]",
@@ -176,8 +177,8 @@ BAD = [
         "targets.test_loss[0]: a target is a finite number, got 'low'",
     ),
     (
-        "targets: {train_loss: [1e-3]}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
-        "targets.train_loss[0]: a target is a finite number, got the text '1e-3' (YAML reads 1e-9 as text: write 1.0e-9)",
+        "targets: {train_loss: ['1e-3']}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
+        "targets.train_loss[0]: a target is a finite number, got the text '1e-3' (write it without quotes)",
     ),
     (
         "targets: {}\ngrids: [{models: [mlp], datasets: [mnist], optimizers: [adam]}]",
@@ -239,6 +240,43 @@ def test_missing_file_and_directory(tmp_path) -> None:
 def test_yaml_is_loaded_safely() -> None:
     found = problems("grids: !!python/object/apply:os.system ['echo hacked']\n")
     assert any("broken YAML" in line and "could not determine a constructor" in line for line in found), found
+
+
+@pytest.mark.parametrize(
+    "written, value", [("1e-3", 1e-3), ("5E-4", 5e-4), ("+2e-1", 0.2), (".5e-2", 0.005), ("9e-1", 0.9)]
+)
+def test_scientific_notation_without_a_dot_is_a_number(written: str, value: float) -> None:
+    """YAML 1.2 (and every ML config) reads 1e-3 as a float; PyYAML's YAML 1.1 reads it as text."""
+    suite = parse_suite(
+        f"targets: {{train_loss: [{written}]}}\n"
+        f"grids: [{{models: [mlp], datasets: [mnist], optimizers: [{{name: adam, params: {{lr: {written}}}}}, "
+        f"{{name: lsr1, params: {{eta: [{written}, 0.5]}}}}]}}]"
+    )
+    assert suite.targets == {"train_loss": [value]}
+    assert suite.grids[0].optimizers[0].params == {"lr": value}
+    assert suite.grids[0].optimizers[1].params == {"eta": [value, 0.5]}
+
+
+def test_scientific_notation_reaches_a_plugin_optimizer_as_a_float() -> None:
+    suite = parse_suite(
+        "grids: [{models: [mlp], datasets: [mnist], "
+        "optimizers: [{name: 'torch.optim:RMSprop', label: rmsprop, params: {lr: 1e-3, eps: 1E-8}}]}]"
+    )
+    assert suite.grids[0].optimizers[0].params == {"lr": 0.001, "eps": 1e-8}
+
+
+def test_quoted_scientific_notation_and_other_texts_stay_text() -> None:
+    from lsr1bench.spec import _UniqueKeyLoader
+
+    data = yaml.load("[\"1e-3\", e5, 1e, 1.5, 3, 1_0e1, -2e+1, 1e3]", Loader=_UniqueKeyLoader)  # noqa: S506
+    assert data == ["1e-3", "e5", "1e", 1.5, 3, 100.0, -20.0, 1000.0]
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}, "the resolver must not leak into yaml.SafeLoader"
+
+
+def test_safe_loading_still_refuses_python_tags_next_to_scientific_numbers() -> None:
+    for tag in ("!!python/object/apply:os.system ['echo hacked']", "!!python/name:os.system", "!!python/float 1e-3"):
+        found = problems(f"lr: 1e-3\ngrids: {tag}\n")
+        assert any("could not determine a constructor" in line for line in found), (tag, found)
 
 
 def test_file_stem_that_cannot_name_a_suite(tmp_path) -> None:

@@ -26,6 +26,8 @@ from ._distributed import GroupReducer, check_consistent, decision_digest, make_
 from ._line_search import armijo_backtracking, strong_wolfe
 from ._trust_region import solve_subproblem, spectral_form
 from .curvature import CurvatureOperator
+from .settings import LSR1_SETTINGS
+from .settings import check as check_settings
 
 _METHODS = ("trust_region", "line_search")
 _LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -192,45 +194,8 @@ class LSR1(Optimizer):
         process_group: Any = None,
         shard_memory: bool = True,
     ) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"Invalid method: {method!r} (expected one of {_METHODS})")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-            raise ValueError(f"Invalid memory: {memory!r} (expected an integer >= 1)")
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma != 0):
-            raise ValueError(f"Invalid gamma: {gamma!r} (expected a finite nonzero number)")
-        if initial_radius is not None and not (math.isfinite(initial_radius) and initial_radius > 0):
-            raise ValueError(f"Invalid initial_radius: {initial_radius!r} (expected > 0 or None)")
-        if max_radius is not None and not (max_radius > 0):
-            raise ValueError(f"Invalid max_radius: {max_radius!r} (expected > 0 or None)")
-        if not 0.0 <= eta < 1.0:
-            raise ValueError(f"Invalid eta: {eta!r} (expected 0 <= eta < 1)")
-        if not 0.0 <= skip_tol < 1.0:
-            raise ValueError(f"Invalid skip_tol: {skip_tol!r} (expected 0 <= skip_tol < 1)")
-        if not radius_increase >= 1.0:
-            raise ValueError(f"Invalid radius_increase: {radius_increase!r} (expected >= 1)")
-        if not 0.0 < radius_decrease < 1.0:
-            raise ValueError(f"Invalid radius_decrease: {radius_decrease!r} (expected 0 < value < 1)")
-        if not 0.0 <= decrease_threshold < increase_threshold:
-            raise ValueError(
-                f"Invalid thresholds: decrease_threshold={decrease_threshold!r} must be >= 0 and "
-                f"below increase_threshold={increase_threshold!r}"
-            )
-        if not 0.0 < boundary_fraction <= 1.0:
-            raise ValueError(f"Invalid boundary_fraction: {boundary_fraction!r} (expected 0 < value <= 1)")
-        if rank_tol is not None and not 0.0 < rank_tol < 1.0:
-            raise ValueError(f"Invalid rank_tol: {rank_tol!r} (expected 0 < value < 1 or None)")
-        if pair_policy not in _PAIR_POLICIES:
-            raise ValueError(f"Invalid pair_policy: {pair_policy!r} (expected one of {_PAIR_POLICIES})")
-        if not isinstance(skip_noise_floor, bool):
-            raise ValueError(f"Invalid skip_noise_floor: {skip_noise_floor!r} (expected True or False)")
-        if line_search not in _LINE_SEARCHES:
-            raise ValueError(f"Invalid line_search: {line_search!r} (expected one of {_LINE_SEARCHES})")
-        if not 0.0 < c1 < c2 < 1.0:
-            raise ValueError(f"Invalid line search constants: c1={c1!r}, c2={c2!r} (expected 0 < c1 < c2 < 1)")
-        if not isinstance(shard_memory, bool):
-            raise ValueError(f"Invalid shard_memory: {shard_memory!r} (expected True or False)")
-        if not isinstance(max_line_search_evaluations, int) or max_line_search_evaluations < 1:
-            raise ValueError(f"Invalid max_line_search_evaluations: {max_line_search_evaluations!r}")
+        # one table of ranges, shared with the suite schema (settings.py)
+        check_settings({key: value for key, value in locals().items() if key in LSR1_SETTINGS})
         defaults = dict(
             method=method, memory=memory, gamma=float(gamma), initial_radius=initial_radius, eta=eta,
             skip_tol=skip_tol, radius_increase=radius_increase, radius_decrease=radius_decrease,

@@ -17,14 +17,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-MODELS: Mapping[str, str] = MappingProxyType(
-    {
-        "lenet5": "the paper's MNIST LeNet-5 (appendix): conv20-conv50-fc500-fc10",
-        "cifar_lenet": "the paper's CIFAR-10 LeNet-like network (appendix): conv32-conv32-conv64-fc64-fc10",
-        "resnet20": "ResNet-20 of He et al. 2016, section 4.2 (n = 3), batch norm, He initialisation",
-        "mlp": "a small multilayer perceptron for tests and quick checks",
-    }
-)
+from lsr1bench.registry.table import DATASET_TABLE, MODEL_TABLE, OPTIMIZER_TABLE
+
+MODELS: Mapping[str, str] = MappingProxyType({name: m.description for name, m in MODEL_TABLE.items()})
 
 # How a model's weights start (a suite's ``models: [{name: lenet5, init: ...}]``). The
 # appendix states N(0, 0.1^2) for LeNet-5's conv and output layers and nothing for its
@@ -38,84 +33,39 @@ MODEL_INITS: Mapping[str, str] = MappingProxyType(
 )
 DEFAULT_MODEL_INIT = "appendix"
 # the models that take an init other than their documented one
-MODELS_WITH_INIT = frozenset({"lenet5"})
+MODELS_WITH_INIT = frozenset(name for name, m in MODEL_TABLE.items() if len(m.inits) > 1)
+# the models that are built with batch norm only (ResNet-20, He et al. 2016)
+ALWAYS_BATCH_NORM = frozenset(name for name, m in MODEL_TABLE.items() if m.batch_norm == "always")
 
 # dataset name -> family; the family picks the paper's L2 coefficient and learning rates.
 DATASETS: Mapping[str, str] = MappingProxyType(
-    {
-        "mnist": "mnist",
-        "mnist-embedded": "mnist",
-        "cifar10": "cifar10",
-        "synthetic-cifar10": "cifar10",
-    }
+    {name: d.family for name, d in DATASET_TABLE.items() if d.source != "torchvision class"}
 )
 
 DATASET_DESCRIPTIONS: Mapping[str, str] = MappingProxyType(
-    {
-        "mnist": "MNIST via torchvision (60,000 train / 10,000 test)",
-        "mnist-embedded": "a real MNIST subset shipped inside the package (offline)",
-        "cifar10": "CIFAR-10 via torchvision (50,000 train / 10,000 test)",
-        "synthetic-cifar10": "generated CIFAR-shaped tensors, for tests only (not CIFAR-10)",
-    }
+    {name: d.description for name, d in DATASET_TABLE.items() if name in DATASETS}
 )
 
 # torchvision classification datasets by class name (``torchvision.datasets.<name>``, with
 # ``train=True/False`` and ``download=True``), each with the family of the paper's dataset
 # it resembles (which picks the default L2 coefficient and first-order learning rate).
 TORCHVISION_DATASETS: Mapping[str, str] = MappingProxyType(
-    {
-        "FashionMNIST": "mnist",
-        "KMNIST": "mnist",
-        "QMNIST": "mnist",
-        "CIFAR100": "cifar10",
-    }
+    {name: d.family for name, d in DATASET_TABLE.items() if d.source == "torchvision class"}
 )
 
 WEIGHT_DECAY: Mapping[str, float] = MappingProxyType({"mnist": 1e-4, "cifar10": 1e-3})
 
 FIRST_ORDER_LR: Mapping[str, float] = MappingProxyType({"mnist": 0.003, "cifar10": 0.01})
 
-SECOND_ORDER = frozenset({"lsr1", "lsr1-ls", "lbfgs"})
+# The optimizers, their hyperparameters, defaults, ranges and flags live in table.py (one
+# record each); these are views of it. ``None`` for "lr" means "the dataset family's
+# first-order rate" (FIRST_ORDER_LR).
+SECOND_ORDER = frozenset(name for name, info in OPTIMIZER_TABLE.items() if info.second_order)
 
-OPTIMIZERS: Mapping[str, str] = MappingProxyType(
-    {
-        "lsr1": "L-SR1 with a trust region (the paper's Algorithm 1)",
-        "lsr1-ls": "L-SR1 with a line search (the paper's Algorithm 2)",
-        "lbfgs": "torch.optim.LBFGS with forgetting every 5 steps, pairs from one minibatch",
-        "nag": "SGD with Nesterov momentum",
-        "sgd": "plain SGD",
-        "momentum": "SGD with (heavy-ball) momentum",
-        "adadelta": "AdaDelta",
-        "adam": "Adam",
-    }
-)
-
-# Hyperparameters each optimizer accepts in a suite, with the paper's defaults.
-# ``None`` for "lr" means "the dataset family's first-order rate" (FIRST_ORDER_LR).
-_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lsr1": {
-        "memory": 5,
-        "gamma": 1.0,
-        "initial_radius": None,
-        "eta": 1e-4,
-        "skip_tol": 1e-8,
-        "radius_increase": 2.0,
-        "radius_decrease": 0.5,
-        "increase_threshold": 0.75,
-        "decrease_threshold": 0.1,
-        "boundary_fraction": 0.8,
-    },
-    "lsr1-ls": {"memory": 5, "gamma": 1.0, "skip_tol": 1e-8},
-    "lbfgs": {"memory": 5, "forget_every": 5, "lr": 1.0, "line_search": "strong_wolfe"},
-    "nag": {"lr": None, "momentum": 0.9},
-    "sgd": {"lr": None},
-    "momentum": {"lr": None, "momentum": 0.9},
-    "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6},
-    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8},
-}
+OPTIMIZERS: Mapping[str, str] = MappingProxyType({name: info.description for name, info in OPTIMIZER_TABLE.items()})
 
 OPTIMIZER_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {name: MappingProxyType(d) for name, d in _OPTIMIZER_DEFAULTS.items()}
+    {name: MappingProxyType(info.defaults()) for name, info in OPTIMIZER_TABLE.items()}
 )
 
 # Where a data-parallel run keeps an optimizer's state: accepted in a suite's ``params`` but
@@ -123,8 +73,9 @@ OPTIMIZER_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 # shard_memory: each rank holds 1/P of L-SR1's curvature memory (false: every rank all of it).
 LAYOUT_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
-        "lsr1": MappingProxyType({"shard_memory": True}),
-        "lsr1-ls": MappingProxyType({"shard_memory": True}),
+        name: MappingProxyType({key: s.default for key, s in info.layout.items()})
+        for name, info in OPTIMIZER_TABLE.items()
+        if info.layout
     }
 )
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from lsr1bench import records
 from lsr1bench.registry.names import LAYOUT_OPTIONS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
 from lsr1bench.registry.plugins import is_import_path, needs_closure, optimizer_class
+from lsr1bench.registry.table import OPTIMIZER_TABLE, check_optimizer_params
 
 __all__ = ["TrainOptimizer", "LBFGSTrainOptimizer", "build_optimizer", "known_optimizers"]
 
@@ -245,15 +246,6 @@ class LBFGSTrainOptimizer(TrainOptimizer):
         }
 
 
-def lsr1_supports_process_group() -> bool:
-    """Whether this lsr1bench's LSR1 takes ``process_group`` (data-parallel L-SR1)."""
-    import inspect
-
-    from lsr1bench.optim import LSR1
-
-    return "process_group" in inspect.signature(LSR1.__init__).parameters
-
-
 def build_optimizer(
     name: str,
     params: Iterable[Tensor] | Iterable[dict],
@@ -288,31 +280,15 @@ def build_optimizer(
             from lsr1bench.optim import LSR1
         except ImportError as err:  # the optimizer package is built alongside this one
             raise RuntimeError(f"optimizer {name!r} needs lsr1bench.optim.LSR1: {err}") from err
-        method = "trust_region" if name == "lsr1" else "line_search"
+        method = OPTIMIZER_TABLE[name].fixed["method"]
         if process_group is None:
             return TrainOptimizer(name, LSR1(params, method=method, **hp), second_order=True)
-        if not lsr1_supports_process_group():
-            raise RuntimeError(
-                f"optimizer {name!r} with ranks > 1 needs LSR1(process_group=...), which this "
-                "version of lsr1bench.optim.LSR1 does not take yet; run it with ranks: 1"
-            )
         shard = bool(layout["shard_memory"])
         lsr1 = LSR1(params, method=method, process_group=process_group, shard_memory=shard, **hp)
         return TrainOptimizer(name, lsr1, second_order=True, reduces_loss=True, sharded=shard)
 
     if name == "lbfgs":
-        line_search = hp["line_search"]
-        if isinstance(line_search, str) and line_search.lower() == "none":
-            line_search = None
-        if line_search not in (None, "strong_wolfe"):
-            raise ValueError(
-                f"lbfgs line_search must be 'strong_wolfe' or None, got {line_search!r}"
-            )
-        forget_every = hp["forget_every"]
-        if forget_every is not None and (isinstance(forget_every, bool) or forget_every < 0):
-            raise ValueError(
-                f"lbfgs forget_every must be a non-negative integer, got {forget_every!r}"
-            )
+        line_search, forget_every = hp["line_search"], hp["forget_every"]
         lbfgs = torch.optim.LBFGS(
             params,
             lr=hp["lr"],
@@ -385,6 +361,10 @@ def _resolve(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"{name!r} needs a learning rate: resolve it with names.resolved_optimizer_params"
         )
+    # the ranges of table.py, which the suite schema checks too (LSR1 checks its own table)
+    problems = check_optimizer_params(name, resolved)
+    if problems:
+        raise ValueError(f"{name}: " + "; ".join(message for _, message in problems))
     return resolved
 
 

@@ -18,6 +18,7 @@ to check an optimizer class.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import itertools
@@ -63,9 +64,30 @@ def resolve(path: str) -> Any:
     obj: Any = module
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise PluginError(f"module '{module_name}' has no attribute '{attribute}' (from '{path}')")
+            hint = _close_names(part, dir(obj))
+            raise PluginError(f"module '{module_name}' has no attribute '{attribute}' (from '{path}'){hint}")
         obj = getattr(obj, part)
     return obj
+
+
+def _close_names(word: str, known: list[str]) -> str:
+    """`` (did you mean 'RMSprop'?)``: the names in ``known`` close to ``word``, ignoring case."""
+    public = [name for name in known if not name.startswith("_")]
+    by_lower: dict[str, list[str]] = {}
+    for name in public:
+        by_lower.setdefault(name.lower(), []).append(name)
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=3, cutoff=0.75)
+    found = [name for lower in close for name in by_lower[lower]][:3]
+    return f" (did you mean {' or '.join(repr(n) for n in found)}?)" if found else ""
+
+
+def default_label(path: str) -> str | None:
+    """The label of an entry named by ``path`` when it gives none: the factory's or class's
+    own name in lower case (``torch.optim.RMSprop``: ``rmsprop``, ``pkg.models:wide_resnet``:
+    ``wide_resnet``); None when that name makes no label (letters, digits, '.', '_', '-')."""
+    attribute = path.partition(":")[2] if ":" in path else path.rpartition(".")[2]
+    label = attribute.rpartition(".")[2].lower().lstrip("_")
+    return label if re.fullmatch(r"[a-z0-9][a-z0-9._-]*", label) else None
 
 
 def _signature(target: Any, path: str) -> inspect.Signature:

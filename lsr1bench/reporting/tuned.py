@@ -16,6 +16,10 @@ the test set:
 The chosen setting's cell is repeated under the label ``<entry label> (tuned)`` so its test
 rows sit beside untuned entries and ``compare`` gates them like any cell. Without a
 validation split no setting is picked, and the report says why.
+
+When the chosen value of a numeric swept hyperparameter is the smallest or the largest of
+its sweep, the choice carries a warning: the best setting may lie beyond the grid, so the
+"tuned" baseline may be under-tuned until the sweep is extended past that edge.
 """
 
 from __future__ import annotations
@@ -44,12 +48,40 @@ class TunedChoice:
     criterion: str
     scores: tuple[tuple[str, str], ...]  # (label, what the criterion saw), in label order
     reason: str | None = None
+    edges: tuple[str, ...] = ()  # warnings: a chosen value at the end of its sweep
 
     def line(self) -> str:
         if self.chosen is None:
             return f"- {self.group}: no setting picked: {self.reason}"
         seen = "; ".join(f"{label}: {text}" for label, text in self.scores)
-        return f"- {self.group}: **{self.chosen}** ({seen})"
+        warnings = "".join(f"\n  - warning: {edge}" for edge in self.edges)
+        return f"- {self.group}: **{self.chosen}** ({seen}){warnings}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def edge_warnings(chosen: dict, points: list[dict]) -> tuple[str, ...]:
+    """For each numeric swept key, a warning when ``chosen``'s value is its sweep's min or max.
+
+    ``points``: the ``sweep`` dicts of every setting in the group (``{"lr": 0.001}``).
+    A key with one value, or with values that are not all numbers, has no edge to warn of.
+    """
+    out = []
+    for key, value in chosen.items():
+        values = sorted({p[key] for p in points if key in p and _is_number(p[key])})
+        if len(values) < 2 or not _is_number(value) or len(values) != len({repr(p.get(key)) for p in points}):
+            continue
+        side = "smallest" if value == values[0] else "largest" if value == values[-1] else None
+        if side is None:
+            continue
+        beyond = "below" if side == "smallest" else "above"
+        out.append(
+            f"{key} {value:g} is the {side} value of its sweep ({', '.join(f'{v:g}' for v in values)}); "
+            f"the best {key} may lie {beyond} it: extend the sweep"
+        )
+    return tuple(out)
 
 
 def _first_target(runs: list[RunSummary]) -> Target | None:
@@ -122,7 +154,9 @@ def choose(runs: list[RunSummary]) -> list[TunedChoice]:
             scored.append(((epochs, final, label), label, text))
         best = min(scored)[1]
         scores = tuple((lbl, txt) for _, lbl, txt in scored)
-        choices.append(TunedChoice(group, where, sweep_of, best, criterion, scores))
+        points = [dict(label_runs[0].spec.get("sweep") or {}) for label_runs in by_label.values()]
+        edges = edge_warnings(dict(by_label[best][0].spec.get("sweep") or {}), points)
+        choices.append(TunedChoice(group, where, sweep_of, best, criterion, scores, edges=edges))
     return choices
 
 
