@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -273,3 +274,49 @@ def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: P
     header = [c.strip() for c in cost[0].strip("|").split("|")]
     assert [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))["torch threads"]
             for line in cost[2:]] == ["?"]
+
+
+# --- the initialisation measurement (docs/tools/measure_init.py) ---
+
+
+def test_init_measurement_matches_a_direct_computation() -> None:
+    """measure() reads z at the tanh through a hook; here z is computed by running the
+    layers before the tanh directly, and the shares by plain arithmetic."""
+    import torch
+    from measure_init import measure
+    from torch import nn
+
+    from lsr1bench.registry.datasets import load_dataset
+    from lsr1bench.registry.models import build_model
+
+    x = load_dataset("mnist-embedded", train_subset=64, test_subset=1).train_x
+    for init in ("appendix", "fc-torch"):
+        got = measure(x, init, seed=3)
+        torch.manual_seed(3)
+        model = build_model("lenet5", batch_norm=True, input_shape=tuple(x.shape[1:]), init=init).train()
+        cut = next(i for i, m in enumerate(model) if isinstance(m, nn.Tanh))
+        with torch.no_grad():
+            z = model[:cut](x).double().flatten().tolist()
+        saturated = sum(abs(v) > 2 for v in z) / len(z)
+        derivative = sum(1 - math.tanh(v) ** 2 for v in z) / len(z)
+        assert abs(float(got["saturated_share"]) - saturated) < 1e-4, init
+        assert abs(float(got["mean_tanh_derivative"]) - derivative) < 1e-4, init
+        assert got["images"] == 64
+
+
+def test_init_fragment_reads_its_csv(tmp_path: Path) -> None:
+    from reproduction import init_saturation
+
+    (tmp_path / "init_saturation.csv").write_text(
+        "init,seed,images,fc_weight_std,z_std,saturated_share,mean_tanh_derivative\n"
+        "appendix,0,10,0.1,4,0.5,0.2\nappendix,1,10,0.1,4,0.7,0.4\nappendix,2,10,0.1,4,0.6,0.3\n"
+        "fc-torch,0,10,0.02,1,0.01,0.7\n",
+        encoding="utf-8",
+    )
+    rows = {line.split("|")[1].strip(): line for line in init_saturation(tmp_path).splitlines()[2:]}
+    assert "60.0% [50.0%–70.0%]" in rows["N(0, 0.1) (Table 1's rows)"]
+    assert "0.30 [0.20–0.40]" in rows["N(0, 0.1) (Table 1's rows)"]
+    assert "| 1.0%" in rows["PyTorch's default for FC-500 (fc-torch)"]
+    assert not any(name.startswith("PyTorch's default everywhere") for name in rows)
+    with pytest.raises(ReportError, match="measure_init.py writes it"):
+        init_saturation(tmp_path / "nowhere")

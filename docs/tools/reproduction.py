@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -596,7 +597,47 @@ def cpu_table1_fc_torch_cost(folder: Path) -> str:
     return _paper_cells_cost(suite_runs(folder, ABLATION_CPU_SUITE), FC_TORCH_NAMES)
 
 
+INIT_SATURATION = "init_saturation.csv"
+INIT_NAMES = {
+    "appendix": "N(0, 0.1) (Table 1's rows)",
+    "fc-torch": "PyTorch's default for FC-500 (fc-torch)",
+    "torch": "PyTorch's default everywhere (torch)",
+}
+
+
+def init_saturation(folder: Path) -> str:
+    """What each initialisation reading does to the tanh after FC-500 at the start, from
+    ``init_saturation.csv`` (written by ``docs/tools/measure_init.py``): per reading, the
+    median over the measured seeds, with the range, of the layer's weight std, the share
+    of pre-activations beyond |z| > 2 and the mean tanh'."""
+    path = folder / INIT_SATURATION
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file (python docs/tools/measure_init.py writes it)") from None
+
+    def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+        low, middle, high = fmt(min(values)), fmt(statistics.median(values)), fmt(max(values))
+        return middle if low == high else f"{middle} [{low}–{high}]"
+
+    headers = ["FC-500 init", "seeds", "images", "weight std", "share saturated (abs z > 2)", "mean tanh'(z)"]
+    table = []
+    for init, name in INIT_NAMES.items():
+        mine = [row for row in rows if row["init"] == init]
+        if not mine:
+            continue
+        table.append([
+            name, str(len(mine)), mine[0]["images"],
+            spread([float(r["fc_weight_std"]) for r in mine], lambda x: f"{x:.3f}"),
+            spread([100 * float(r["saturated_share"]) for r in mine], lambda x: f"{x:.1f}%"),
+            spread([float(r["mean_tanh_derivative"]) for r in mine], lambda x: f"{x:.2f}"),
+        ])
+    return markdown(headers, table)
+
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
+    "init-saturation": init_saturation,
     "provenance": provenance,
     "cpu-table1": cpu_table1,
     "cpu-runs": cpu_runs,
