@@ -656,28 +656,9 @@ def report(
         Path | None,
         typer.Option("--export-baseline", metavar="FILE", help="also write the cells as a baseline JSON for compare"),
     ] = None,
-    update_doc: Annotated[
-        Path | None,
-        typer.Option(
-            "--update-doc",
-            metavar="FILE.md",
-            help="instead, rewrite FILE.md's <!-- lsr1bench:begin NAME --> regions from the summary CSVs "
-            "in RESULTS_DIR (e.g. docs/reproduction)",
-        ),
-    ] = None,
 ) -> None:
     """Tables (epochs, seconds, gradient evaluations to target; final error; skips) and plots."""
     from lsr1bench import reporting
-
-    if update_doc is not None:
-        from lsr1bench.reporting.reproduction import update_doc as rewrite_doc
-
-        try:
-            changed = rewrite_doc(update_doc, results_dir)
-        except reporting.ReportError as exc:
-            raise _bad_input([str(exc)]) from None
-        _plain(_console(), f"{update_doc}: {'updated' if changed else 'already up to date'}")
-        return
 
     problems: list[str] = []
     if output is not None and output.exists() and not output.is_dir():

@@ -1,4 +1,4 @@
-"""The ablation table (lsr1bench.reporting.ablation) on synthetic records, against a table
+"""The ablation table (docs/tools/ablation.py) on synthetic records, against a table
 worked out by hand; and the ablation suite itself (what it expands to)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import pytest
 
 from lsr1bench import records
 from lsr1bench.grid import RunSpec, expand
-from lsr1bench.reporting.ablation import SUITE, ablation_table, main
 from lsr1bench.reporting.runs import ReportError, load_results
 from lsr1bench.spec import load_suite
+
+from ablation import SUITE, ablation_table, main  # docs/tools (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL_TARGET = {500: 1.1, 1000: 1.2, 10000: 1.5}

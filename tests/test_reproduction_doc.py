@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lsr1bench.cli import app
 from lsr1bench.reporting import ReportError
-from lsr1bench.reporting.reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, render_doc, update_doc
+from reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, main, render_doc, update_doc  # docs/tools
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "REPRODUCTION.md"
 CSV_FOLDER = ROOT / "docs" / "reproduction"
-
-runner = CliRunner()
 
 
 def test_doc_regions_match_the_committed_csvs() -> None:
@@ -24,7 +21,7 @@ def test_doc_regions_match_the_committed_csvs() -> None:
     regenerated = render_doc(text, CSV_FOLDER, str(DOC))
     assert regenerated == text, (
         "docs/REPRODUCTION.md is out of date: run "
-        "`lsr1bench report docs/reproduction --update-doc docs/REPRODUCTION.md`"
+        "`python docs/tools/reproduction.py`"
     )
 
 
@@ -64,32 +61,42 @@ def test_update_rewrites_only_the_region(tmp_path: Path) -> None:
         ("no markers\n", "no <!-- lsr1bench:begin NAME --> marker"),
     ],
 )
-def test_bad_markers_are_one_line_errors_and_leave_the_file(tmp_path: Path, body: str, message: str) -> None:
+def test_bad_markers_are_one_line_errors_and_leave_the_file(
+    tmp_path: Path, body: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     doc = _doc(tmp_path, body)
     with pytest.raises(ReportError, match=message.replace("(", r"\(").replace(")", r"\)")):
         update_doc(doc, CSV_FOLDER)
     assert doc.read_text(encoding="utf-8") == body
-    result = runner.invoke(app, ["report", str(CSV_FOLDER), "--update-doc", str(doc)])
-    assert result.exit_code == 2, result.output
-    assert message in result.output
+    assert main([str(doc), str(CSV_FOLDER)]) == 2
+    assert message in capsys.readouterr().err
+    assert doc.read_text(encoding="utf-8") == body
     assert list(tmp_path.iterdir()) == [doc]
 
 
-def test_missing_csv_is_an_error(tmp_path: Path) -> None:
+def test_missing_csv_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = _doc(tmp_path, "<!-- lsr1bench:begin skips -->\n<!-- lsr1bench:end skips -->\n")
-    result = runner.invoke(app, ["report", str(tmp_path), "--update-doc", str(doc)])
-    assert result.exit_code == 2, result.output
-    assert "table1_mnist_gpu_cells.csv: no such file" in result.output
+    assert main([str(doc), str(tmp_path)]) == 2
+    assert "table1_mnist_gpu_cells.csv: no such file" in capsys.readouterr().err
 
 
-def test_cli_reports_up_to_date(tmp_path: Path) -> None:
+def test_tool_reports_up_to_date(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = _doc(tmp_path, "<!-- lsr1bench:begin gpu-wallclock -->\n<!-- lsr1bench:end gpu-wallclock -->\n")
-    first = runner.invoke(app, ["report", str(CSV_FOLDER), "--update-doc", str(doc)])
-    assert first.exit_code == 0, first.output
-    assert "updated" in first.output
-    second = runner.invoke(app, ["report", str(CSV_FOLDER), "--update-doc", str(doc)])
-    assert second.exit_code == 0, second.output
-    assert "already up to date" in second.output
+    assert main([str(doc), str(CSV_FOLDER)]) == 0
+    assert "updated" in capsys.readouterr().out
+    assert main([str(doc), str(CSV_FOLDER)]) == 0
+    assert "already up to date" in capsys.readouterr().out
+
+
+def test_the_package_holds_no_code_of_this_document() -> None:
+    """The reproduction's fragments and the ablation table are documentation tooling: the
+    installed package neither ships them nor offers a command that needs them."""
+    package = ROOT / "lsr1bench"
+    assert not (package / "reporting" / "reproduction.py").exists()
+    assert not (package / "reporting" / "ablation.py").exists()
+    for source in package.rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        assert "REPRODUCTION.md" not in text and "update_doc" not in text, source
 
 
 # --- prose: numbers come from the records or the paper ---
@@ -145,7 +152,7 @@ def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: 
               params: dict | None = None, label: str = "lsr1", threads: int | None = None) -> None:
     from lsr1bench import records
     from lsr1bench.grid import RunSpec
-    from lsr1bench.reporting.reproduction import CPU_SUITE
+    from reproduction import CPU_SUITE
 
     suite = suite or CPU_SUITE
     spec = RunSpec(
@@ -163,7 +170,7 @@ def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: 
 
 
 def test_skip_fragments_by_hand(tmp_path: Path) -> None:
-    from lsr1bench.reporting.reproduction import cpu_skip_rates, cpu_skip_study
+    from reproduction import cpu_skip_rates, cpu_skip_study
 
     base = {"train_loss": 0.5, "test_loss": 0.1, "test_error": 2.0, "train_seconds": 1.0, "total_seconds": 1.0,
             "grad_evals": 0, "samples": 0, "skipped_updates": 0, "dropped_pairs": 0, "stored_pairs": 5}
@@ -192,7 +199,7 @@ def test_skip_fragments_by_hand(tmp_path: Path) -> None:
 
 
 def test_skip_rate_runs_pair_each_run_with_the_default_run_of_its_own_seed(tmp_path: Path) -> None:
-    from lsr1bench.reporting.reproduction import SKIP_SUITE, skip_rate_runs
+    from reproduction import SKIP_SUITE, skip_rate_runs
 
     base = {"train_loss": 0.5, "test_loss": 0.1, "train_seconds": 1.0, "total_seconds": 1.0, "grad_evals": 0,
             "samples": 0, "skipped_updates": 0, "dropped_pairs": 0, "stored_pairs": 5, "accepted_steps": 0,
@@ -214,7 +221,7 @@ def test_skip_rate_runs_pair_each_run_with_the_default_run_of_its_own_seed(tmp_p
 
 
 def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
-    from lsr1bench.reporting.reproduction import cpu_table1_cost
+    from reproduction import cpu_table1_cost
 
     base = {"train_loss": 0.5, "test_loss": 0.1, "samples": 0}
     start = {**base, "epoch": 0, "test_error": 90.0, "train_seconds": 0.0, "total_seconds": 0.0, "grad_evals": 0}
@@ -242,7 +249,7 @@ def test_cpu_table1_cost_by_hand(tmp_path: Path) -> None:
 
 
 def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: Path) -> None:
-    from lsr1bench.reporting.reproduction import ABLATION_CPU_SUITE, cpu_table1_fc_torch, cpu_table1_fc_torch_cost
+    from reproduction import ABLATION_CPU_SUITE, cpu_table1_fc_torch, cpu_table1_fc_torch_cost
 
     base = {"train_loss": 0.5, "test_loss": 0.1, "samples": 0, "train_seconds": 1.0, "total_seconds": 1.0,
             "grad_evals": 0}
@@ -267,3 +274,49 @@ def test_fc_torch_table_reads_only_the_fc_torch_runs_of_the_ablation(tmp_path: P
     header = [c.strip() for c in cost[0].strip("|").split("|")]
     assert [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))["torch threads"]
             for line in cost[2:]] == ["?"]
+
+
+# --- the initialisation measurement (docs/tools/measure_init.py) ---
+
+
+def test_init_measurement_matches_a_direct_computation() -> None:
+    """measure() reads z at the tanh through a hook; here z is computed by running the
+    layers before the tanh directly, and the shares by plain arithmetic."""
+    import torch
+    from measure_init import measure
+    from torch import nn
+
+    from lsr1bench.registry.datasets import load_dataset
+    from lsr1bench.registry.models import build_model
+
+    x = load_dataset("mnist-embedded", train_subset=64, test_subset=1).train_x
+    for init in ("appendix", "fc-torch"):
+        got = measure(x, init, seed=3)
+        torch.manual_seed(3)
+        model = build_model("lenet5", batch_norm=True, input_shape=tuple(x.shape[1:]), init=init).train()
+        cut = next(i for i, m in enumerate(model) if isinstance(m, nn.Tanh))
+        with torch.no_grad():
+            z = model[:cut](x).double().flatten().tolist()
+        saturated = sum(abs(v) > 2 for v in z) / len(z)
+        derivative = sum(1 - math.tanh(v) ** 2 for v in z) / len(z)
+        assert abs(float(got["saturated_share"]) - saturated) < 1e-4, init
+        assert abs(float(got["mean_tanh_derivative"]) - derivative) < 1e-4, init
+        assert got["images"] == 64
+
+
+def test_init_fragment_reads_its_csv(tmp_path: Path) -> None:
+    from reproduction import init_saturation
+
+    (tmp_path / "init_saturation.csv").write_text(
+        "init,seed,images,fc_weight_std,z_std,saturated_share,mean_tanh_derivative\n"
+        "appendix,0,10,0.1,4,0.5,0.2\nappendix,1,10,0.1,4,0.7,0.4\nappendix,2,10,0.1,4,0.6,0.3\n"
+        "fc-torch,0,10,0.02,1,0.01,0.7\n",
+        encoding="utf-8",
+    )
+    rows = {line.split("|")[1].strip(): line for line in init_saturation(tmp_path).splitlines()[2:]}
+    assert "60.0% [50.0%–70.0%]" in rows["N(0, 0.1) (Table 1's rows)"]
+    assert "0.30 [0.20–0.40]" in rows["N(0, 0.1) (Table 1's rows)"]
+    assert "| 1.0%" in rows["PyTorch's default for FC-500 (fc-torch)"]
+    assert not any(name.startswith("PyTorch's default everywhere") for name in rows)
+    with pytest.raises(ReportError, match="measure_init.py writes it"):
+        init_saturation(tmp_path / "nowhere")

@@ -1,4 +1,4 @@
-"""Issue 10's first-order ablation (suites/repro/ablation_first_order.yaml) as one table.
+"""The first-order ablation (suites/repro/ablation_first_order.yaml) as one table.
 
 One row per variant (the runs' label). For each of Table 1's MNIST cells (1.1% test error
 at minibatch 500, 1.2% at 1000, 1.5% at 10000): our epochs to that cell's target, median
@@ -19,7 +19,7 @@ The results are read from ``FOLDER/runs/repro-ablation-first-order/``, where
 ``reference`` rows, named by the caller, come first: runs of another suite (the CPU Table 1's
 appendix setting, for one) shown for comparison under the same verdicts::
 
-    python -m lsr1bench.reporting.ablation FOLDER
+    python docs/tools/ablation.py FOLDER
 
 Never imports torch.
 """
@@ -31,8 +31,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from paper_table1 import PAPER_CELLS, paper_row
+
 from lsr1bench.reporting.cells import CellSummary, TargetSummary, summarize_cells
-from lsr1bench.reporting.reproduction import PAPER_CELLS, paper_row
 from lsr1bench.reporting.runs import DIVERGED, INCOMPLETE, ReportError, RunSummary, Target, load_results
 from lsr1bench.reporting.tables import NO_TARGET, NOT_RUN, fmt_count, markdown, target_text
 
@@ -118,7 +119,7 @@ def _paper_text(paper: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m lsr1bench.reporting.ablation FOLDER  (reads FOLDER/runs/" + SUITE + ")")
+        print("usage: python docs/tools/ablation.py FOLDER  (reads FOLDER/runs/" + SUITE + ")")
         return 2
     try:
         print(ablation_table(Path(args[0])))

@@ -10,7 +10,7 @@ and :func:`update_doc` rewrites every such region with the fragment of that name
 from ``docs/reproduction/``:
 
 * ``runs/<suite>/<run id>/{run.json, epochs.csv}``: the whole record of every run made
-  since issue 10 (the files ``lsr1bench run --output docs/reproduction/runs`` writes);
+  for the CPU reproduction (the files ``lsr1bench run --output docs/reproduction/runs`` writes);
   the ``cpu-*``, ``skip-rate-runs``, ``frozen-run`` and ``provenance`` fragments read them
   the way ``lsr1bench report`` does;
 * ``*_{targets,cells,runs}.csv``: the summaries ``lsr1bench report`` wrote for the older
@@ -19,10 +19,12 @@ from ``docs/reproduction/``:
 The text between regions is left alone. A number the doc needs that these files do not
 hold cannot be generated, and does not belong in the doc.
 
-Regenerate with either of::
+Regenerate from the repository's root with::
 
-    lsr1bench report docs/reproduction --update-doc docs/REPRODUCTION.md
-    python -m lsr1bench.reporting.reproduction docs/REPRODUCTION.md
+    python docs/tools/reproduction.py            # docs/REPRODUCTION.md from docs/reproduction/
+
+This is documentation tooling, not part of the installed package: it reads records with
+the package's public reporting API and serves this one document.
 
 Never imports torch.
 """
@@ -31,21 +33,28 @@ from __future__ import annotations
 
 import csv
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS, atomic_write_text
+from ablation import ablation_table
+from doc_regions import BEGIN, END_TEMPLATE, render_regions, update_regions
+from paper_table1 import PAPER_CELLS, PAPER_TABLE1, paper_row
+
+from lsr1bench.records import SKIP_RATE_COLUMNS, SKIP_RATE_THRESHOLDS
 from lsr1bench.reporting.cells import CellSummary, Stat, summarize_cells
 from lsr1bench.reporting.runs import ReportError, RunSummary, Target, load_results, steps_weighted_mean
 from lsr1bench.reporting.tables import fmt_count, fmt_percent, fmt_seconds, fmt_stat, markdown, target_text
 
-__all__ = ["FRAGMENTS", "render_doc", "update_doc"]
+__all__ = [
+    "BEGIN", "DOC", "END_TEMPLATE", "FRAGMENTS", "PAPER_CELLS", "PAPER_TABLE1", "paper_row", "render_doc", "update_doc",
+]
+
+DOC = Path(__file__).resolve().parents[1] / "REPRODUCTION.md"
 
 Row = dict[str, str]
 
-BEGIN = re.compile(r"<!-- lsr1bench:begin ([A-Za-z0-9_.-]+) -->")
-END_TEMPLATE = "<!-- lsr1bench:end {name} -->"
 
 TABLE1 = "table1_mnist_gpu"
 LSR1_CPU = "table1_mnist_lsr1_cpu"
@@ -64,25 +73,6 @@ OPTIMIZER_NAMES = {
 TABLE1_ORDER = ["lsr1", "adam", "nag"]
 TARGETS = ["1.1", "1.2", "1.5"]
 BATCHES = ["500", "1000", "10000"]
-
-# Ramamurthy & Duffy, Table 1, MNIST with batch norm: epochs to surpass the target test
-# error, one (target %, batch size) per column. Adam's value at batch 500 is unreadable
-# in the text we have, hence None. These are the paper's numbers, quoted, not ours.
-PAPER_CELLS = [("1.1", "500"), ("1.2", "1000"), ("1.5", "10000")]
-PAPER_TABLE1 = {
-    "lsr1": {"500": 5, "1000": 6, "10000": 8},
-    "adam": {"500": None, "1000": 3, "10000": 10},
-    "nag": {"500": 35, "1000": 37, "10000": 194},
-}
-
-
-def paper_row(runs: list[RunSummary], default: str | None = None) -> dict[str, int | None]:
-    """The paper's Table 1 row (batch -> epochs) for the optimizer of ``runs``, or of
-    ``default`` when there are none; empty for runs of two optimizers or one the paper
-    does not have."""
-    found = {str(run.spec.get("optimizer")) for run in runs} or {default}
-    return PAPER_TABLE1.get(found.pop(), {}) if len(found) == 1 else {}
-
 
 # --- reading the committed CSVs ---
 
@@ -287,7 +277,7 @@ def figure1(folder: Path) -> str:
 
 # --- fragments from committed run records (run.json + epochs.csv) ---
 #
-# Runs made since issue 10 commit their whole record under ``runs/<suite>/<run id>/``, so
+# Runs made for the CPU reproduction commit their whole record under ``runs/<suite>/<run id>/``, so
 # these fragments read the same files ``lsr1bench report`` does, not a summary of them.
 
 RUNS = "runs"
@@ -576,9 +566,8 @@ ABLATION_REFERENCE = {
 
 
 def cpu_ablation(folder: Path) -> str:
-    """The first-order ablation's cells that were run on the CPU (reporting/ablation.py),
-    after the appendix setting's rows from the CPU Table 1 (those that ran)."""
-    from lsr1bench.reporting.ablation import ablation_table  # it imports this module
+    """The first-order ablation's cells that were run on the CPU (ablation.py), after the
+    appendix setting's rows from the CPU Table 1 (those that ran)."""
 
     table1 = suite_runs(folder, CPU_SUITE)
     reference: dict[str, list[RunSummary]] = {}
@@ -608,7 +597,47 @@ def cpu_table1_fc_torch_cost(folder: Path) -> str:
     return _paper_cells_cost(suite_runs(folder, ABLATION_CPU_SUITE), FC_TORCH_NAMES)
 
 
+INIT_SATURATION = "init_saturation.csv"
+INIT_NAMES = {
+    "appendix": "N(0, 0.1) (Table 1's rows)",
+    "fc-torch": "PyTorch's default for FC-500 (fc-torch)",
+    "torch": "PyTorch's default everywhere (torch)",
+}
+
+
+def init_saturation(folder: Path) -> str:
+    """What each initialisation reading does to the tanh after FC-500 at the start, from
+    ``init_saturation.csv`` (written by ``docs/tools/measure_init.py``): per reading, the
+    median over the measured seeds, with the range, of the layer's weight std, the share
+    of pre-activations beyond |z| > 2 and the mean tanh'."""
+    path = folder / INIT_SATURATION
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file (python docs/tools/measure_init.py writes it)") from None
+
+    def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+        low, middle, high = fmt(min(values)), fmt(statistics.median(values)), fmt(max(values))
+        return middle if low == high else f"{middle} [{low}–{high}]"
+
+    headers = ["FC-500 init", "seeds", "images", "weight std", "share saturated (abs z > 2)", "mean tanh'(z)"]
+    table = []
+    for init, name in INIT_NAMES.items():
+        mine = [row for row in rows if row["init"] == init]
+        if not mine:
+            continue
+        table.append([
+            name, str(len(mine)), mine[0]["images"],
+            spread([float(r["fc_weight_std"]) for r in mine], lambda x: f"{x:.3f}"),
+            spread([100 * float(r["saturated_share"]) for r in mine], lambda x: f"{x:.1f}%"),
+            spread([float(r["mean_tanh_derivative"]) for r in mine], lambda x: f"{x:.2f}"),
+        ])
+    return markdown(headers, table)
+
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
+    "init-saturation": init_saturation,
     "provenance": provenance,
     "cpu-table1": cpu_table1,
     "cpu-runs": cpu_runs,
@@ -636,59 +665,28 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
 
 
 def render_doc(text: str, folder: Path, source: str = "the doc") -> str:
-    """``text`` with every marked region replaced by its fragment; raises ReportError on a
-    region with no end marker or a name with no fragment."""
-    out: list[str] = []
-    position = 0
-    found = False
-    for match in BEGIN.finditer(text):
-        if match.start() < position:
-            continue  # a begin marker inside a region already replaced
-        name = match.group(1)
-        line = text.count("\n", 0, match.start()) + 1
-        if name not in FRAGMENTS:
-            known = ", ".join(sorted(FRAGMENTS))
-            raise ReportError(f"{source}:{line}: unknown fragment {name!r} (known: {known})")
-        end_marker = END_TEMPLATE.format(name=name)
-        end = text.find(end_marker, match.end())
-        if end < 0:
-            raise ReportError(f"{source}:{line}: {match.group(0)} has no {end_marker} after it")
-        out.append(text[position : match.end()])
-        out.append("\n" + FRAGMENTS[name](folder).rstrip("\n") + "\n")
-        position = end
-        found = True
-    if not found:
-        raise ReportError(f"{source}: no <!-- lsr1bench:begin NAME --> marker")
-    out.append(text[position:])
-    return "".join(out)
+    """``text`` with every marked region replaced by its fragment (see doc_regions)."""
+    return render_regions(text, FRAGMENTS, folder, source)
 
 
-def update_doc(doc: Path, folder: Path | None = None) -> bool:
-    """Rewrite ``doc``'s generated regions from the CSVs in ``folder`` (default: the
+def update_doc(doc: Path = DOC, folder: Path | None = None) -> bool:
+    """Rewrite ``doc``'s generated regions from the records in ``folder`` (default: the
     ``reproduction`` folder beside it), atomically; returns whether anything changed."""
-    folder = doc.parent / "reproduction" if folder is None else folder
-    try:
-        text = doc.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{doc}: no such file") from None
-    new = render_doc(text, folder, str(doc))
-    if new == text:
-        return False
-    atomic_write_text(doc, new)
-    return True
+    return update_regions(doc, FRAGMENTS, doc.parent / "reproduction" if folder is None else folder)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2):
-        print("usage: python -m lsr1bench.reporting.reproduction DOC.md [CSV_FOLDER]", file=sys.stderr)
+    if len(args) > 2 or any(a.startswith("-") for a in args):
+        print("usage: python docs/tools/reproduction.py [DOC.md [RECORDS_FOLDER]]", file=sys.stderr)
         return 2
+    doc = Path(args[0]) if args else DOC
     try:
-        changed = update_doc(Path(args[0]), Path(args[1]) if len(args) == 2 else None)
+        changed = update_doc(doc, Path(args[1]) if len(args) == 2 else None)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args[0]}: {'updated' if changed else 'already up to date'}")
+    print(f"{doc}: {'updated' if changed else 'already up to date'}")
     return 0
 
 
