@@ -213,7 +213,7 @@ def run(
         )
         err.print(
             f"[bold yellow]interrupted.[/] {finished} of {len(planned)} runs are finished and kept; "
-            "the unfinished ones are marked interrupted and restart from scratch.\nResume with:\n  "
+            "the unfinished ones are marked interrupted and resume from their last checkpoint.\nResume with:\n  "
             + escape(
                 _resume_command(
                     suite_path,
@@ -245,6 +245,7 @@ def _run_as_torchrun_worker(
     import os
 
     from lsr1bench import launch, runner, scheduler
+    from lsr1bench.execute import interrupt
 
     world = launch.external_world_size()
     mine = [r for r in runs if r.ranks == world]
@@ -291,6 +292,8 @@ def _run_as_torchrun_worker(
                 on_event(event)
 
             for p in todo:
+                if parallel.any_rank(interrupt.STOP.requested):
+                    raise KeyboardInterrupt
                 record = runner.train(p.spec, output, device, sink, parallel=parallel)
                 outcome.statuses[p.spec.run_id] = record.status
                 if record.status == "failed":
@@ -298,7 +301,7 @@ def _run_as_torchrun_worker(
             return outcome
 
         started = time.perf_counter()
-        with scheduler.sigterm_as_interrupt():
+        with interrupt.installed():
             display.run(train_all)
         if writer:
             _summary(out, planned, outcome, time.perf_counter() - started)

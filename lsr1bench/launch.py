@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lsr1bench import records
+from lsr1bench.execute import interrupt
 from lsr1bench.grid import RunSpec
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -119,10 +120,6 @@ def _write_error(errors: Path, rank: int, message: str, trace: str | None) -> No
 # ---------------------------------------------------------------------------- a worker
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def worker(argv: Sequence[str] | None = None) -> int:
     """One rank of a self-launched run (``python -m lsr1bench.launch``; torchrun starts it)."""
     parser = argparse.ArgumentParser(prog="lsr1bench.launch")
@@ -138,24 +135,25 @@ def worker(argv: Sequence[str] | None = None) -> int:
 
     from lsr1bench import runner
 
-    # SIGTERM (torchrun stopping the group, a cluster's time limit) marks the run interrupted
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     torch.set_num_threads(max(1, args.threads))
     rank = int(os.environ.get("RANK", "0"))
     spec = RunSpec.from_dict(json.loads(args.spec.read_text(encoding="utf-8")))
     use_cuda = args.devices != "cpu"
     try:
-        parallel, device = init_from_environment(use_cuda, args.devices.split(",") if use_cuda else ())
-        _inject_fault(parallel.rank)
-        with args.events.open("a", encoding="utf-8") as events:
+        # SIGTERM (torchrun passing on the parent's stop), SIGUSR1 (Slurm), SIGINT: every
+        # rank checkpoints after the same step (the runner agrees on it over the group)
+        with interrupt.installed():
+            parallel, device = init_from_environment(use_cuda, args.devices.split(",") if use_cuda else ())
+            _inject_fault(parallel.rank)
+            with args.events.open("a", encoding="utf-8") as events:
 
-            def sink(event: dict[str, Any]) -> None:
-                events.write(json.dumps(event) + "\n")
-                events.flush()
+                def sink(event: dict[str, Any]) -> None:
+                    events.write(json.dumps(event) + "\n")
+                    events.flush()
 
-            record = runner.train(spec, args.output, device, sink, parallel=parallel)
+                record = runner.train(spec, args.output, device, sink, parallel=parallel)
     except KeyboardInterrupt:
-        return 130
+        return interrupt.EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - report, then end this rank
         _write_error(args.errors, rank, f"{type(exc).__name__}: {exc}".strip(), traceback.format_exc())
         return 1
@@ -239,13 +237,22 @@ def run_with_torchrun(
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         sink({"type": "start", "run_id": spec.run_id, "device": _where(devices, ranks), "epochs": spec.epochs})
         with (work / "torchrun.log").open("w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            interrupted, offset = False, 0
+            # torchrun has no SIGUSR1 handler (it would die of it and orphan the ranks):
+            # it ignores it; the ranks, which install their own, get it from Slurm directly
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_ignore_sigusr1
+            )
+            interrupted, offset, passed_on = False, 0, False
             try:
                 while process.poll() is None:
                     time.sleep(0.2)
                     offset = _forward_events(events_path, offset, sink)
-            except KeyboardInterrupt:
+                    if interrupt.STOP.requested and not passed_on:
+                        # torchrun passes SIGTERM to the ranks: they checkpoint, then end
+                        with contextlib.suppress(OSError):
+                            process.send_signal(signal.SIGTERM)
+                        passed_on = interrupted = True
+            except KeyboardInterrupt:  # a second signal: now
                 interrupted = True
                 _stop(process)
             offset = _forward_events(events_path, offset, sink)
@@ -269,6 +276,10 @@ def run_with_torchrun(
     if interrupted:
         raise KeyboardInterrupt
     return status
+
+
+def _ignore_sigusr1() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _where(devices: Sequence[str], ranks: int) -> str:

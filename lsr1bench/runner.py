@@ -30,6 +30,7 @@ minibatches are indexed there.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -38,6 +39,7 @@ import signal
 import subprocess
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ import lsr1bench
 from lsr1bench import records
 from lsr1bench.grid import RunSpec
 from lsr1bench.parallel import SingleProcess
+from lsr1bench.execute import checkpoint as checkpoint_file
+from lsr1bench.execute.interrupt import SIGNALS, STOP, STOP_AFTER_STEPS_ENV, Stopped, StopRequest, stop_after_steps
 from lsr1bench.records import RunRecord
 from lsr1bench.registry.datasets import load_dataset, load_plugin_dataset
 from lsr1bench.registry.models import build_model, build_plugin_model, l2_penalty
@@ -393,20 +397,31 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
 
 @contextlib.contextmanager
 def _no_second_interrupt() -> Iterator[None]:
-    """Ignore Ctrl-C while the final record is written (a second one must not lose it)."""
+    """Ignore further signals while the final record is written (one must not lose it)."""
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in SIGNALS:
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
     except ValueError:  # not the main thread: signals go elsewhere anyway
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Loop:
+    """The training loop's running totals, carried through a checkpoint."""
+
+    train_seconds: float = 0.0
+    samples: int = 0
+    seconds_before: float = 0.0  # wall-clock of the earlier attempts (total_seconds goes on)
 
 
 class _Run:
-    """The state of one run while it trains; writes records as it goes."""
+    """The state of one run while it trains; writes records and checkpoints as it goes."""
 
     def __init__(
         self,
@@ -480,7 +495,8 @@ class _Run:
         epochs = [epoch for reached in self.record.targets_reached.values() for epoch in reached.values()]
         return bool(epochs) and all(epoch is not None for epoch in epochs)
 
-    def train(self) -> None:
+    def train(self, stop: StopRequest) -> None:
+        """Train from the start, or from the checkpoint a stopped attempt left."""
         spec, device, parallel = self.spec, self.device, self.parallel
         data = load_data(spec, device)
         validation: tuple[Tensor, Tensor] | None = None
@@ -488,30 +504,16 @@ class _Run:
             data, val_x, val_y = split_validation(data, spec.validation_split)
             validation = (val_x, val_y)
         n = len(data.train_y)
+        steps_per_epoch = max(1, n // spec.batch_size)
         self.record.extra["data"] = {
             "description": data.description,
             "train_examples": n,
             "test_examples": len(data.test_y),
-            "steps_per_epoch": max(1, n // spec.batch_size),
+            "steps_per_epoch": steps_per_epoch,
             "validation_examples": spec.validation_split or 0,
         }
         seed_everything(spec.seed)
-        if spec.model_path:
-            model = build_plugin_model(
-                spec.model_path,
-                spec.model_params,
-                batch_norm=spec.batch_norm,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-            ).to(device)
-        else:
-            model = build_model(
-                spec.model,
-                batch_norm=spec.batch_norm,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-                init=spec.model_init,
-            ).to(device)
+        model = _build_model(spec, data, device)
         model.train()
         net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
         order = torch.Generator().manual_seed(spec.seed)
@@ -526,10 +528,9 @@ class _Run:
                 milestones=list(spec.lr_schedule["milestones"]),
                 gamma=float(spec.lr_schedule.get("gamma", 0.1)),
             )
-
-        train_seconds = 0.0
-        started = time.perf_counter()
-        samples = 0
+        loop = _Loop()
+        resumed = self.resume(model, optimizer, schedule, order, loop)
+        started = time.perf_counter() - loop.seconds_before
 
         def row(epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
             test_loss, test_error = evaluate(model, data.test_x, data.test_y, parallel)
@@ -540,10 +541,10 @@ class _Run:
                 "train_loss": train_loss,
                 "test_loss": test_loss,
                 "test_error": test_error,
-                "train_seconds": train_seconds,
+                "train_seconds": loop.train_seconds,
                 "total_seconds": time.perf_counter() - started,
                 "grad_evals": optimizer.closure_evaluations,
-                "samples": samples,
+                "samples": loop.samples,
                 "steps": stats.get("steps", optimizer.steps),
                 "lr": lr,  # the rate this epoch trained with
             }
@@ -555,19 +556,35 @@ class _Run:
                 out[column] = float(value) if column == "radius" and value is not None else value
             return out
 
+        def checkpoint(epoch: int, position: int, epoch_order: Tensor | None, recorded: _MeanLoss | None) -> None:
+            loop.seconds_before = time.perf_counter() - started
+            self.save_checkpoint(model, optimizer, schedule, order, loop, epoch, position, epoch_order, recorded)
+
         guard = RunningStatsGuard(model) if optimizer.second_order else None
         # the loss each step reports is the global one: LSR1 averages it over the ranks
         # itself; for every other method the closure does, so all ranks decide alike
         # (torch's L-BFGS line search reads the closure's loss)
         reduce_loss = (lambda loss: loss) if optimizer.reduces_loss else parallel.average
-        initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay, parallel)
-        self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
-        for epoch in range(1, spec.epochs + 1):
+        if resumed is None:
+            initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay, parallel)
+            self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
+            first_epoch, position, recorded_state = 1, 0, None
+        else:
+            first_epoch, position, recorded_state = resumed
+        stop_after = stop_after_steps()
+        steps_here = 0
+        for epoch in range(first_epoch, spec.epochs + 1):
             _sync(device)
             epoch_start = time.perf_counter()
             lr = _current_lr(optimizer.optimizer)
             recorded, bad_loss = _MeanLoss(spec.loss_reduction, spec.weight_decay), None
-            for index in _batches(n, spec.batch_size, order, device):
+            if recorded_state is not None:  # the partial sums of the epoch a checkpoint stopped in
+                recorded.__dict__.update(recorded_state)
+                recorded_state = None
+            epoch_order = order.get_state()  # what draws this epoch's permutation
+            for step, index in enumerate(_batches(n, spec.batch_size, order, device)):
+                if step < position:
+                    continue  # done before the checkpoint
                 rows = parallel.shard(index)  # this rank's rows of the global minibatch
                 xb, yb = data.train_x[rows], data.train_y[rows]
 
@@ -583,15 +600,27 @@ class _Run:
                 else:
                     loss = optimizer.step(guard.protect(closure))
                     guard.update(xb)
-                samples += len(index)
+                loop.samples += len(index)
                 recorded.add(loss, len(index), start_point)
                 if not math.isfinite(loss):
                     bad_loss = loss
                     break
+                steps_here += 1
+                if stop_after is not None and steps_here == stop_after:
+                    stop.request(STOP_AFTER_STEPS_ENV)
+                if parallel.any_rank(stop.requested):  # every rank stops after the same step
+                    _sync(device)
+                    loop.train_seconds += time.perf_counter() - epoch_start
+                    checkpoint(epoch - 1, step + 1, epoch_order, recorded)
+                    raise Stopped(stop.message())
+            position = 0
             _sync(device)
-            train_seconds += time.perf_counter() - epoch_start
+            loop.train_seconds += time.perf_counter() - epoch_start
             if schedule is not None:
-                schedule.step()
+                with warnings.catch_warnings():
+                    # resumed after an epoch's last step, this process has not stepped yet
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    schedule.step()
             train_loss = bad_loss if bad_loss is not None else recorded.mean()
             current = row(epoch, train_loss, lr)
             self.add_row(current)
@@ -602,11 +631,126 @@ class _Run:
             if spec.stop_at_targets and self.targets_all_reached():
                 self.record.extra["stopped_at_targets"] = True
                 break
+            every = spec.checkpoint_every
+            saved = bool(every) and epoch % every == 0 and (epoch < spec.epochs or spec.keep_checkpoints)
+            if saved:
+                checkpoint(epoch, 0, None, None)
+            if parallel.any_rank(stop.requested):
+                if not saved:
+                    checkpoint(epoch, 0, None, None)
+                raise Stopped(stop.message())
+
+    def resume(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        schedule: Any,
+        order: torch.Generator,
+        loop: _Loop,
+    ) -> tuple[int, int, dict[str, Any] | None] | None:
+        """Load the run's checkpoint, if any: ``(first epoch, steps done in it, partial sums)``."""
+        content, problem = None, None
+        if self.parallel.is_writer:
+            try:
+                content = checkpoint_file.load(self.directory, self.spec.comparable())
+            except checkpoint_file.CheckpointError as exc:
+                problem = str(exc)
+        found = self.parallel.broadcast(content is not None)
+        if problem is not None:
+            self.record.extra.setdefault("checkpoint_problems", []).append(problem)
+        if not found:
+            return None
+        if content is None:  # the other ranks read the file rank 0 checked
+            content = torch.load(checkpoint_file.path(self.directory), map_location="cpu", weights_only=True)
+        model.load_state_dict(content["model"])
+        mine = content["ranks"][self.parallel.rank]
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), mine["buffers"]):
+                buffer.copy_(value)
+        optimizer.load_state_dict(_to_device(content["optimizer"], self.device))
+        if schedule is not None:
+            schedule.load_state_dict(content["schedule"])
+        checkpoint_file.set_rng_state(mine["rng"], self.device)
+        position = int(content["position"])
+        order.set_state(content["order"] if position == 0 else content["epoch_order"])
+        loop.__dict__.update(content["loop"])
+        self.rows = list(content["rows"])
+        record = RunRecord.from_dict(content["record"])
+        resumes = [*record.extra.get("resumes", [])]
+        resumes.append(
+            {
+                "epoch": int(content["epoch"]),
+                "step": position,
+                "at": records.now_iso(),
+                "hostname": platform.node(),
+                "device": describe_device(self.device),
+            }
+        )
+        record.extra.update(
+            {key: value for key, value in self.record.extra.items() if key in ("data", "parallel")}
+        )
+        record.extra["resumes"] = resumes
+        record.status, record.error, record.finished_at = records.RUNNING, None, None
+        self.record = record
+        self.save()
+        self.emit({"type": "resume", "run_id": self.spec.run_id, "epoch": int(content["epoch"]), "step": position})
+        partial = content["recorded"] if position else None
+        return int(content["epoch"]) + 1, position, partial
+
+    def save_checkpoint(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        schedule: Any,
+        order: torch.Generator,
+        loop: _Loop,
+        epoch: int,
+        position: int,
+        epoch_order: Tensor | None,
+        recorded: _MeanLoss | None,
+    ) -> None:
+        """Write the checkpoint (a collective for a data-parallel run: every rank calls it)."""
+        parallel = self.parallel
+        optimizer_state = optimizer.state_dict(full=parallel.world_size > 1)  # every rank: may gather
+        local = {
+            "buffers": [b.detach().cpu().clone() for b in model.buffers()],
+            "rng": checkpoint_file.rng_state(self.device),
+        }
+        ranks = parallel.gather(local)
+        if not parallel.is_writer:
+            return
+        content = {
+            "spec": self.spec.comparable(),
+            "epoch": epoch,  # epochs finished
+            "position": position,  # steps of epoch + 1 done (0: at the epoch boundary)
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ranks": ranks,
+            "optimizer": _to_device(optimizer_state, torch.device("cpu")),
+            "schedule": schedule.state_dict() if schedule is not None else None,
+            "order": order.get_state(),
+            "epoch_order": epoch_order,
+            "recorded": dict(recorded.__dict__) if recorded is not None else None,
+            "loop": dict(loop.__dict__),
+            # plain JSON values (a float survives json exactly): loads with weights_only
+            "rows": json.loads(json.dumps(self.rows)),
+            "record": json.loads(json.dumps(self.record.to_dict())),
+        }
+        checkpoint_file.save(self.directory, content)
+        self.record.extra["checkpoint"] = {
+            "file": checkpoint_file.CHECKPOINT_FILE,
+            "epoch": epoch,
+            "step": position,
+            "at": records.now_iso(),
+        }
+        self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.record.status = status
         self.record.error = error
         self.record.finished_at = records.now_iso()
+        if status in records.FINISHED and not self.spec.keep_checkpoints and self.parallel.is_writer:
+            checkpoint_file.remove(self.directory)  # a finished run is never resumed
+            self.record.extra.pop("checkpoint", None)
         self.save()
         last = self.rows[-1] if self.rows else {}
         self.emit(
@@ -629,18 +773,25 @@ def train(
     device: str | torch.device = "cpu",
     on_event: EventSink | None = None,
     parallel: SingleProcess | None = None,
+    stop: StopRequest | None = None,
 ) -> RunRecord:
     """Train ``spec`` on ``device`` into ``output/<suite>/<run_id>/``; return the final record.
 
-    NaN/inf loss -> status ``diverged``; any exception -> ``failed`` with its message (the
-    traceback goes to ``traceback.txt``); both return normally so a suite goes on.
-    Ctrl-C -> ``interrupted``, then the ``KeyboardInterrupt`` propagates.
+    A checkpoint the run left there (``checkpoint.pt``, for the same spec) is resumed
+    from: the records continue as if the run had never stopped, and ``run.json``'s
+    ``resumes`` says from which epoch and step. NaN/inf loss -> status ``diverged``; any
+    exception -> ``failed`` with its message (the traceback goes to ``traceback.txt``);
+    both return normally so a suite goes on. A stop requested through ``stop`` (the
+    process's signal handler, :mod:`lsr1bench.execute.interrupt`) -> a checkpoint at the
+    next step boundary, status ``interrupted``, then :class:`Stopped` (a
+    ``KeyboardInterrupt``) propagates; so does a second signal, without the checkpoint.
 
     ``parallel``: this process's place in a data-parallel run of ``spec.ranks`` ranks (see
     :mod:`lsr1bench.parallel`); every rank calls ``train``, only rank 0 writes and reports.
     """
     device = torch.device(device)
     parallel = parallel or SingleProcess()
+    stop = stop or STOP
     if parallel.world_size != spec.ranks:
         raise ValueError(
             f"run {spec.run_id} has ranks {spec.ranks} but is trained by {parallel.world_size} process(es)"
@@ -651,13 +802,14 @@ def train(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / TRACEBACK_FILE)
     run = _Run(spec, directory, device, on_event, parallel)
-    run.save()
+    if not checkpoint_file.path(directory).exists():
+        run.save()  # a resumed run keeps its record until the checkpoint is read
     run.emit({"type": "start", "run_id": spec.run_id, "device": str(device), "epochs": spec.epochs})
     try:
-        run.train()
-    except KeyboardInterrupt:
+        run.train(stop)
+    except KeyboardInterrupt as exc:
         with _no_second_interrupt():
-            run.finish(records.INTERRUPTED, "interrupted (Ctrl-C, SIGINT or SIGTERM)")
+            run.finish(records.INTERRUPTED, str(exc) or "interrupted at once (a second signal)")
         raise
     except Diverged as exc:
         run.finish(records.DIVERGED, str(exc))
@@ -670,6 +822,37 @@ def train(
     else:
         run.finish(records.COMPLETED)
     return run.record
+
+
+def _build_model(spec: RunSpec, data: DeviceData, device: torch.device) -> torch.nn.Module:
+    if spec.model_path:
+        model = build_plugin_model(
+            spec.model_path,
+            spec.model_params,
+            batch_norm=spec.batch_norm,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        )
+    else:
+        model = build_model(
+            spec.model,
+            batch_norm=spec.batch_norm,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            init=spec.model_init,
+        )
+    return model.to(device)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (through dicts, lists, tuples) on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 # ---------------------------------------------------------------------------- data-parallel records

@@ -1,0 +1,165 @@
+"""Checkpoints and exact resume: a run stopped and resumed equals one never stopped.
+
+The reference is an uninterrupted run of the same spec in another folder; on CPU every
+record (all but the two wall-clock columns) and every final parameter must be equal bit
+for bit, whichever optimizer, with or without batch norm, stopped at an epoch boundary
+or in the middle of an epoch, once or twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsr1bench import records, runner, scheduler
+from lsr1bench.execute import checkpoint
+from lsr1bench.execute.interrupt import STOP_AFTER_STEPS_ENV, Stopped, StopRequest
+from lsr1bench.grid import RunSpec
+
+TIMING = ("train_seconds", "total_seconds")
+STEPS_PER_EPOCH = 6  # 300 examples, batches of 50
+
+PARAMS = {
+    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8},
+    "lsr1": {},
+    "lbfgs": {"forget_every": 4},  # a forgetting inside the second epoch: its counter must carry over
+}
+
+
+def spec_for(optimizer: str, batch_norm: bool, **kw) -> RunSpec:
+    base = dict(
+        suite="t",
+        run_id=f"mlp{'-bn' if batch_norm else ''}-mnist-embedded-{optimizer}-b50-s0",
+        model="mlp",
+        batch_norm=batch_norm,
+        dataset="mnist-embedded",
+        optimizer=optimizer,
+        label=optimizer,
+        optimizer_params=PARAMS[optimizer],
+        lr_schedule=None if optimizer == "lsr1" else {"milestones": [2], "gamma": 0.5},
+        batch_size=50,
+        seed=3,
+        epochs=3,
+        weight_decay=1e-4,
+        train_subset=300,
+        test_subset=100,
+        keep_checkpoints=True,  # the final checkpoint holds the final parameters to compare
+    )
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def final_state(folder: Path, spec: RunSpec) -> dict:
+    return torch.load(checkpoint.path(records.run_dir(folder, spec.suite, spec.run_id)), weights_only=True)
+
+
+def stopped_run(spec: RunSpec, folder: Path, steps: int, monkeypatch) -> records.RunRecord:
+    """Train until the stop request after ``steps`` steps of this attempt; the record left."""
+    monkeypatch.setenv(STOP_AFTER_STEPS_ENV, str(steps))
+    with pytest.raises(Stopped):
+        runner.train(spec, folder, "cpu", stop=StopRequest())
+    monkeypatch.delenv(STOP_AFTER_STEPS_ENV)
+    return records.read_run(records.run_dir(folder, spec.suite, spec.run_id))
+
+
+def assert_same_run(spec: RunSpec, resumed: Path, reference: Path) -> None:
+    got_dir, want_dir = (records.run_dir(f, spec.suite, spec.run_id) for f in (resumed, reference))
+    got, want = records.read_epochs(got_dir), records.read_epochs(want_dir)
+    assert len(got) == spec.epochs + 1
+    assert without_timing(got) == without_timing(want)
+    got_state, want_state = final_state(resumed, spec), final_state(reference, spec)
+    assert got_state["model"].keys() == want_state["model"].keys()
+    for name, value in want_state["model"].items():
+        torch.testing.assert_close(got_state["model"][name], value, rtol=0, atol=0, msg=name)
+    got_record, want_record = records.read_run(got_dir), records.read_run(want_dir)
+    assert got_record.status == want_record.status == "completed"
+    assert got_record.targets_reached == want_record.targets_reached
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("optimizer", ["lsr1", "adam", "lbfgs"])
+@pytest.mark.parametrize(
+    ("stop_after", "resumed_at"),
+    [(STEPS_PER_EPOCH, (0, STEPS_PER_EPOCH)), (STEPS_PER_EPOCH + 2, (1, 2))],
+    ids=["epoch-boundary", "mid-epoch"],
+)
+def test_a_stopped_run_resumes_to_the_uninterrupted_records_and_parameters(
+    tmp_path: Path, monkeypatch, optimizer: str, batch_norm: bool, stop_after: int, resumed_at: tuple[int, int]
+) -> None:
+    spec = spec_for(optimizer, batch_norm)
+    reference = runner.train(spec, tmp_path / "reference", "cpu", stop=StopRequest())
+    assert reference.status == "completed", reference.error
+
+    left = stopped_run(spec, tmp_path / "resumed", stop_after, monkeypatch)
+    assert left.status == "interrupted" and "resumes from its checkpoint" in (left.error or "")
+    assert (left.extra["checkpoint"]["epoch"], left.extra["checkpoint"]["step"]) == resumed_at
+    plan = scheduler.plan([spec], tmp_path / "resumed")[0]
+    assert plan.action == "rerun"
+
+    record = runner.train(spec, tmp_path / "resumed", "cpu", stop=StopRequest())
+    assert record.status == "completed", record.error
+    assert [(r["epoch"], r["step"]) for r in record.extra["resumes"]] == [resumed_at]
+    assert_same_run(spec, tmp_path / "resumed", tmp_path / "reference")
+
+
+def test_two_stops_and_a_hard_kill_resume_to_the_same_run(tmp_path: Path, monkeypatch) -> None:
+    """Stopped twice in mid-epoch, then killed (no checkpoint at the kill: the last one
+    is the end of epoch 2's), an L-SR1 run with batch norm still ends as the reference."""
+    spec = spec_for("lsr1", True, epochs=4)
+    runner.train(spec, tmp_path / "reference", "cpu", stop=StopRequest())
+    stopped_run(spec, tmp_path / "resumed", 3, monkeypatch)  # epoch 1, step 3
+    stopped_run(spec, tmp_path / "resumed", 5, monkeypatch)  # epoch 2, step 2
+
+    def kill_in_epoch_3(event: dict) -> None:
+        if event["type"] == "epoch" and event["epoch"] == 3:
+            raise KeyboardInterrupt  # as a second signal: no checkpoint at this point
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(spec, tmp_path / "resumed", "cpu", kill_in_epoch_3, stop=StopRequest())
+    record = runner.train(spec, tmp_path / "resumed", "cpu", stop=StopRequest())
+    assert [(r["epoch"], r["step"]) for r in record.extra["resumes"]] == [(0, 3), (1, 2), (2, 0)]
+    assert_same_run(spec, tmp_path / "resumed", tmp_path / "reference")
+
+
+def test_a_completed_run_deletes_its_checkpoint_unless_told_to_keep_it(tmp_path: Path) -> None:
+    spec = spec_for("adam", False, keep_checkpoints=False, epochs=2)
+    record = runner.train(spec, tmp_path, "cpu", stop=StopRequest())
+    folder = records.run_dir(tmp_path, spec.suite, spec.run_id)
+    assert record.status == "completed" and not checkpoint.path(folder).exists()
+    assert "checkpoint" not in json.loads((folder / records.RUN_FILE).read_text())
+    kept = replace(spec, keep_checkpoints=True, run_id="kept")
+    runner.train(kept, tmp_path, "cpu", stop=StopRequest())
+    assert final_state(tmp_path, kept)["epoch"] == 2
+
+
+def test_checkpoint_every_zero_writes_none_but_a_stop_still_does(tmp_path: Path, monkeypatch) -> None:
+    spec = spec_for("adam", False, checkpoint_every=0, keep_checkpoints=False)
+    seen: list[bool] = []
+    folder = records.run_dir(tmp_path, spec.suite, spec.run_id)
+
+    def look(event: dict) -> None:
+        if event["type"] == "epoch":
+            seen.append(checkpoint.path(folder).exists())
+
+    left = stopped_run(replace(spec), tmp_path, STEPS_PER_EPOCH + 1, monkeypatch)
+    assert left.status == "interrupted" and checkpoint.path(folder).exists()
+    checkpoint.remove(folder)
+    record = runner.train(spec, tmp_path, "cpu", look, stop=StopRequest())
+    assert record.status == "completed" and seen == [False] * (spec.epochs + 1)
+
+
+def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path, monkeypatch) -> None:
+    spec = spec_for("adam", False)
+    stopped_run(spec, tmp_path, STEPS_PER_EPOCH + 1, monkeypatch)
+    changed = replace(spec, seed=4)  # same folder, different results
+    record = runner.train(changed, tmp_path, "cpu", stop=StopRequest())
+    assert record.status == "completed" and "resumes" not in record.extra
+    assert "different spec" in record.extra["checkpoint_problems"][0]
