@@ -84,13 +84,23 @@ def assert_same_run(spec: RunSpec, resumed: Path, reference: Path) -> None:
     assert got_record.targets_reached == want_record.targets_reached
 
 
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-@pytest.mark.parametrize("optimizer", ["lsr1", "adam", "lbfgs"])
-@pytest.mark.parametrize(
-    ("stop_after", "resumed_at"),
-    [(STEPS_PER_EPOCH, (0, STEPS_PER_EPOCH)), (STEPS_PER_EPOCH + 2, (1, 2))],
-    ids=["epoch-boundary", "mid-epoch"],
-)
+# Every optimizer x batch norm x where it stops; three of the twelve are fast enough for
+# every test run (about 1.5 s each), the rest are marked slow.
+FAST = {("lsr1", True, "mid-epoch"), ("adam", False, "epoch-boundary"), ("lbfgs", True, "mid-epoch")}
+STOPS = {"epoch-boundary": (STEPS_PER_EPOCH, (0, STEPS_PER_EPOCH)), "mid-epoch": (STEPS_PER_EPOCH + 2, (1, 2))}
+CASES = [
+    pytest.param(
+        optimizer, batch_norm, *STOPS[where],
+        id=f"{where}-{optimizer}-{'bn' if batch_norm else 'plain'}",
+        marks=() if (optimizer, batch_norm, where) in FAST else pytest.mark.slow,
+    )
+    for where in STOPS
+    for optimizer in ("lsr1", "adam", "lbfgs")
+    for batch_norm in (False, True)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("optimizer", "batch_norm", "stop_after", "resumed_at"), CASES)
 def test_a_stopped_run_resumes_to_the_uninterrupted_records_and_parameters(
     tmp_path: Path, monkeypatch, optimizer: str, batch_norm: bool, stop_after: int, resumed_at: tuple[int, int]
 ) -> None:
@@ -163,3 +173,42 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path, monkeypatch
     record = runner.train(changed, tmp_path, "cpu", stop=StopRequest())
     assert record.status == "completed" and "resumes" not in record.extra
     assert "different spec" in record.extra["checkpoint_problems"][0]
+
+
+def _rank(rank: int, world: int, spec_dict: dict, output: str, stop_after: int | None) -> str:
+    """One rank of a 2-rank run: train (stopping after ``stop_after`` steps if given)."""
+    import os
+
+    from lsr1bench import parallel as layouts
+
+    if stop_after is not None:
+        os.environ[STOP_AFTER_STEPS_ENV] = str(stop_after)
+    try:
+        record = runner.train(RunSpec.from_dict(spec_dict), output, "cpu", parallel=layouts.DataParallel(),
+                              stop=StopRequest())  # fmt: skip
+    except Stopped:
+        return "stopped"
+    return record.status
+
+
+@pytest.mark.slow  # three launches of two spawned ranks: 15-40 s on two shared cores
+@pytest.mark.parametrize(
+    ("optimizer", "params"),
+    [("lsr1", {"shard_memory": True}), ("adam", PARAMS["adam"])],
+    ids=["lsr1-sharded", "adam"],
+)
+def test_a_two_rank_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(
+    tmp_path: Path, optimizer: str, params: dict
+) -> None:
+    from _spawn import run_ranks
+
+    spec = spec_for(optimizer, True, ranks=2, optimizer_params=params, lr_schedule=None)
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    assert run_ranks(_rank, 2, spec.to_dict(), reference, None) == ["completed"] * 2
+    assert run_ranks(_rank, 2, spec.to_dict(), resumed, STEPS_PER_EPOCH + 2) == ["stopped"] * 2
+    left = records.read_run(records.run_dir(resumed, spec.suite, spec.run_id))
+    assert left.status == "interrupted" and left.extra["checkpoint"]["step"] == 2
+    assert run_ranks(_rank, 2, spec.to_dict(), resumed, None) == ["completed"] * 2
+    record = records.read_run(records.run_dir(resumed, spec.suite, spec.run_id))
+    assert [(r["epoch"], r["step"]) for r in record.extra["resumes"]] == [(1, 2)]
+    assert_same_run(spec, tmp_path / "resumed", tmp_path / "reference")
