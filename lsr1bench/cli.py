@@ -64,13 +64,38 @@ def _load(suite_path: Path) -> tuple[Suite, list[RunSpec]]:
 
 
 @app.command()
-def validate(suite_path: SuiteArg) -> None:
+def validate(
+    suite_path: SuiteArg,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build/--no-build",
+            help="build each plugin model and dataset once and check its output (--no-build: skip, "
+            "for expensive datasets)",
+        ),
+    ] = True,
+) -> None:
     """Check a suite and print its expanded runs (count and ids) without training."""
     suite, runs = _load(suite_path)
+    if build:
+        _check_builds(suite_path, suite, runs, download=False)
     out = _console()
     out.print(f"{escape(str(suite_path))}: suite '{escape(suite.name or '')}' is valid: {len(runs)} runs")
     for run in runs:
         out.print(f"  {run.run_id}  (epochs {run.epochs})")
+
+
+def _check_builds(suite_path: Path, suite: Suite, runs: list[RunSpec], download: bool) -> None:
+    """Exit 2 naming the key when a plugin model or dataset fails to build or has the wrong shape."""
+    if not any(r.model_path or r.dataset_path for r in runs):
+        return  # nothing but the tool's own models and datasets: no torch needed here
+    from lsr1bench.execute.checks import check_builds
+
+    report = check_builds(runs, suite, download=download)
+    if report.problems:
+        raise _bad_input(report.problems, str(suite_path))
+    for note in report.notes:
+        _console(stderr=True).print(f"[yellow]note:[/] {escape(note)}")
 
 
 def _shard_option(text: str | None) -> tuple[int, int] | None:
@@ -187,6 +212,7 @@ def run(
             out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
         return
     try:
+        _check_builds(suite_path, suite, [p.spec for p in todo], download=True)
         scheduler.prepare_data([p.spec for p in todo])
     except scheduler.DataError as exc:
         raise _bad_input([str(exc)]) from None
