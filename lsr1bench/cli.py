@@ -268,10 +268,7 @@ def _run_as_torchrun_worker(
     the other ranks train in step and print nothing. A failed run stops the worker (its
     process group may be unusable): resume with the same command.
     """
-    import os
-
-    from lsr1bench import launch, runner, scheduler
-    from lsr1bench.execute import interrupt
+    from lsr1bench import launch, scheduler
 
     world = launch.external_world_size()
     mine = [r for r in runs if r.ranks == world]
@@ -291,7 +288,7 @@ def _run_as_torchrun_worker(
     out = _console() if writer else Console(quiet=True)
     failed = False
     try:
-        planned = parallel.broadcast(scheduler.plan(mine, output, force=force) if writer else None)
+        planned = launch.plan_as_rank(parallel, mine, output, force)
         todo = [p for p in planned if p.action != "skip"]
         left = len(runs) - len(mine)
         out.print(
@@ -303,32 +300,9 @@ def _run_as_torchrun_worker(
             for p in planned:
                 out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
             return
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one download per node
-            scheduler.prepare_data([p.spec for p in todo])
-        if writer and todo:
-            output.mkdir(parents=True, exist_ok=True)
-        parallel.barrier()
         display = _Display(out, total=len(planned), done=len(planned) - len(todo))
-        outcome = scheduler.SuiteOutcome()
-
-        def train_all(on_event: Any) -> scheduler.SuiteOutcome:
-            def sink(event: dict[str, Any]) -> None:
-                if event["type"] == "end":
-                    outcome.results[event["run_id"]] = event
-                on_event(event)
-
-            for p in todo:
-                if parallel.any_rank(interrupt.STOP.requested):
-                    raise KeyboardInterrupt
-                record = runner.train(p.spec, output, device, sink, parallel=parallel)
-                outcome.statuses[p.spec.run_id] = record.status
-                if record.status == "failed":
-                    break
-            return outcome
-
         started = time.perf_counter()
-        with interrupt.installed():
-            display.run(train_all)
+        outcome = display.run(lambda on_event: launch.train_as_rank(parallel, device, todo, output, on_event))
         if writer:
             _summary(out, planned, outcome, time.perf_counter() - started)
         failed = any(s == "failed" for s in outcome.statuses.values())

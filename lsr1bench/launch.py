@@ -31,16 +31,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from lsr1bench import records
-from lsr1bench.execute import interrupt
+from lsr1bench.execute import EventSink, interrupt, usable_cpus
 from lsr1bench.grid import RunSpec
-
-EventSink = Callable[[dict[str, Any]], None]
 
 TIMEOUT_ENV = "LSR1BENCH_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -165,13 +163,52 @@ def worker(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- under an external torchrun
+
+
+def plan_as_rank(parallel: Any, runs: Sequence[RunSpec], output: str | Path, force: bool) -> list[Any]:
+    """Rank 0's resume plan (:func:`scheduler.plan`), the same on every rank."""
+    from lsr1bench import scheduler
+
+    return parallel.broadcast(scheduler.plan(runs, output, force=force) if parallel.is_writer else None)
+
+
+def train_as_rank(
+    parallel: Any, device: Any, todo: Sequence[Any], output: str | Path, on_event: EventSink
+) -> Any:
+    """This process as one rank of an external torchrun: train the planned runs in turn.
+
+    Local rank 0 of each node prepares the data (one download per node), rank 0 writes
+    the records and tells ``on_event``. A failed run stops the loop (its process group may
+    be unusable); a stop request (any rank's signal) ends it after the current run's
+    checkpoint, raising ``KeyboardInterrupt``. :class:`scheduler.DataError` if data is missing.
+    """
+    from lsr1bench import runner, scheduler
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        scheduler.prepare_data([p.spec for p in todo])
+    if parallel.is_writer and todo:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    parallel.barrier()
+    outcome = scheduler.SuiteOutcome()
+
+    def sink(event: dict[str, Any]) -> None:
+        if event["type"] == "end":
+            outcome.results[event["run_id"]] = event
+        on_event(event)
+
+    with interrupt.installed():
+        for planned in todo:
+            if parallel.any_rank(interrupt.STOP.requested):
+                raise KeyboardInterrupt
+            record = runner.train(planned.spec, output, device, sink, parallel=parallel)
+            outcome.statuses[planned.spec.run_id] = record.status
+            if record.status == records.FAILED:
+                break
+    return outcome
+
+
 # ---------------------------------------------------------------------------- the parent
-
-
-def _cpu_count() -> int:
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _rank_errors(errors: Path, ranks: int) -> tuple[list[dict[str, Any]], list[int]]:
@@ -218,7 +255,7 @@ def run_with_torchrun(
     use_cuda = devices[0] != "cpu"
     if use_cuda and len(devices) < ranks:
         raise ValueError(f"{spec.run_id} needs {ranks} GPUs, got {', '.join(devices)}")
-    threads = 1 if use_cuda else max(1, _cpu_count() // ranks)
+    threads = 1 if use_cuda else max(1, usable_cpus() // ranks)
     directory = records.run_dir(output, spec.suite, spec.run_id)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lsr1bench-ranks-") as tmp:

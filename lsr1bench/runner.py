@@ -36,11 +36,9 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import time
 import traceback
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +49,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import lsr1bench
 from lsr1bench import records
+from lsr1bench.execute import EventSink
+from lsr1bench.execute import checkpoint as checkpoint_file
+from lsr1bench.execute.data import (  # noqa: F401 - re-exported: the runner's public face
+    VALIDATION_SEED,
+    DeviceData,
+    clear_data_cache,
+    data_key,
+    load_data,
+    split_validation,
+)
+from lsr1bench.execute.interrupt import SIGNALS, STOP, STOP_AFTER_STEPS_ENV, Stopped, StopRequest, stop_after_steps
+from lsr1bench.execute.provenance import describe_device, environment, git_commit, versions  # noqa: F401
 from lsr1bench.grid import RunSpec
 from lsr1bench.parallel import SingleProcess
-from lsr1bench.execute import checkpoint as checkpoint_file
-from lsr1bench.execute.interrupt import SIGNALS, STOP, STOP_AFTER_STEPS_ENV, Stopped, StopRequest, stop_after_steps
 from lsr1bench.records import RunRecord
-from lsr1bench.registry.datasets import load_dataset, load_plugin_dataset
 from lsr1bench.registry.models import build_model, build_plugin_model, l2_penalty
 from lsr1bench.registry.optimizers import build_optimizer
-
-EventSink = Callable[[dict[str, Any]], None]
 
 # Test-set evaluation batch: large enough to be quick, small enough for ResNet-20 on CPU.
 EVAL_BATCH = 1000
@@ -71,152 +75,6 @@ TRACEBACK_FILE = "traceback.txt"
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class DeviceData:
-    """A dataset's tensors, already on the training device."""
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    description: str
-
-
-_DATA_CACHE: OrderedDict[tuple[Any, ...], DeviceData] = OrderedDict()
-_DATA_CACHE_SIZE = 2
-
-
-def data_key(spec: RunSpec) -> tuple[Any, ...]:
-    plugin = (spec.dataset_path, repr(sorted(spec.dataset_params.items()))) if spec.dataset_path else ()
-    return (spec.dataset, spec.data_root, spec.train_subset, spec.test_subset, *plugin)
-
-
-def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
-    """The run's dataset on ``device``, loaded once per process and kept (2 most recent)."""
-    key = (*data_key(spec), str(device))
-    if key in _DATA_CACHE:
-        _DATA_CACHE.move_to_end(key)
-        return _DATA_CACHE[key]
-    if spec.dataset_path:
-        pair = load_plugin_dataset(
-            spec.dataset_path, spec.dataset_params, train_subset=spec.train_subset, test_subset=spec.test_subset
-        )
-    else:
-        pair = load_dataset(
-            spec.dataset,
-            root=spec.data_root,
-            train_subset=spec.train_subset,
-            test_subset=spec.test_subset,
-            download=True,
-            seed=0,  # a dataset name means one dataset; the run's seed is for init and order
-        )
-    data = DeviceData(
-        train_x=pair.train_x.to(device),
-        train_y=pair.train_y.to(device),
-        test_x=pair.test_x.to(device),
-        test_y=pair.test_y.to(device),
-        num_classes=pair.num_classes,
-        input_shape=tuple(pair.input_shape),
-        description=pair.description,
-    )
-    _DATA_CACHE[key] = data
-    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
-        _DATA_CACHE.popitem(last=False)
-    return data
-
-
-def clear_data_cache() -> None:
-    _DATA_CACHE.clear()
-
-
-# The held-out examples of ``validation_split`` are drawn once per dataset by this seed, not
-# the run's, so every optimizer and seed is tuned on the same examples.
-VALIDATION_SEED = 0
-
-
-def split_validation(data: DeviceData, count: int) -> tuple[DeviceData, Tensor, Tensor]:
-    """Hold out ``count`` training examples (a fixed random draw); the rest train, in order."""
-    n = len(data.train_y)
-    if not 1 <= count < n:
-        raise ValueError(f"validation_split {count} must leave training examples: the training split has {n}")
-    draw = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
-    held = draw[:count].sort().values.to(data.train_y.device)
-    kept = draw[count:].sort().values.to(data.train_y.device)
-    train = DeviceData(
-        train_x=data.train_x[kept],
-        train_y=data.train_y[kept],
-        test_x=data.test_x,
-        test_y=data.test_y,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        description=f"{data.description}; {count} training examples held out for validation",
-    )
-    return train, data.train_x[held], data.train_y[held]
-
-
-# ---------------------------------------------------------------------------- environment
-
-_GIT_COMMIT: list[str | None] = []
-
-
-def git_commit() -> str | None:
-    """The commit of the lsr1bench checkout (``+dirty`` if modified), or None if not in git."""
-    if not _GIT_COMMIT:
-        here = Path(lsr1bench.__file__).resolve().parent
-        commit = None
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-            if out.returncode == 0:
-                commit = out.stdout.strip()
-                dirty = subprocess.run(
-                    ["git", "status", "--porcelain", "--untracked-files=no"],
-                    cwd=here, capture_output=True, text=True, timeout=5,
-                )  # fmt: skip
-                if dirty.returncode == 0 and dirty.stdout.strip():
-                    commit += "+dirty"
-        except (OSError, subprocess.SubprocessError):
-            commit = None
-        _GIT_COMMIT.append(commit)
-    return _GIT_COMMIT[0]
-
-
-def versions() -> dict[str, str]:
-    import pydantic
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pydantic": pydantic.VERSION,
-        "lsr1bench": lsr1bench.__version__,
-        "cuda": torch.version.cuda or "",
-    }
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Numerics settings that change results: recorded, left at torch's defaults."""
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-    }
 
 
 def seed_everything(seed: int) -> None:
@@ -619,7 +477,7 @@ class _Run:
             if schedule is not None:
                 with warnings.catch_warnings():
                     # resumed after an epoch's last step, this process has not stepped yet
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
                     schedule.step()
             train_loss = bad_loss if bad_loss is not None else recorded.mean()
             current = row(epoch, train_loss, lr)

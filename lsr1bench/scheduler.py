@@ -25,16 +25,14 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lsr1bench import records
-from lsr1bench.execute import interrupt
+from lsr1bench.execute import EventSink, interrupt, usable_cpus
 from lsr1bench.grid import RunSpec
-
-EventSink = Callable[[dict[str, Any]], None]
 
 
 class DeviceError(ValueError):
@@ -224,10 +222,7 @@ def _was_interrupted(outcome: SuiteOutcome) -> bool:
 
 
 def _threads_per_worker(devices: Sequence[str]) -> int:
-    cpus = os.cpu_count() or 1
-    with contextlib.suppress(AttributeError, OSError):
-        cpus = len(os.sched_getaffinity(0))
-    return max(1, cpus // len(devices))
+    return max(1, usable_cpus() // len(devices))
 
 
 def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> None:
