@@ -8,9 +8,9 @@
   process per slot (``spawn``), each taking the next run from a shared queue. Several
   GPUs give one slot per GPU; ``jobs`` N gives N slots per device, the CPU threads split
   among the CPU workers.
-* Data-parallel runs (``ranks`` > 1) come after the others, one at a time, each started
-  through ``torch.distributed.run`` over all the CPU cores or its first ``ranks`` GPUs
-  (:mod:`lsr1bench.launch`).
+* Data-parallel runs (``ranks`` > 1) come after the others, one at a time, over all the
+  CPU cores or the first ``ranks`` GPUs; the runs with the same ``ranks`` share one set
+  of rank processes started through ``torch.distributed.run`` (:mod:`lsr1bench.launch`).
 * Ctrl-C, SIGTERM or SIGUSR1 (what a cluster scheduler sends before its time limit):
   every worker finishes its step, writes its run's checkpoint and marks it
   ``interrupted`` (:mod:`lsr1bench.execute.interrupt`); finished runs stay as they are.
@@ -192,11 +192,14 @@ def _run_ranked(
     from lsr1bench import launch
 
     unique = list(dict.fromkeys(devices))
+    groups: dict[int, list[RunSpec]] = {}
+    for spec in specs:  # one set of rank processes for all the runs of a rank count
+        groups.setdefault(spec.ranks, []).append(spec)
     try:
-        for spec in specs:
+        for group in groups.values():
             if interrupt.STOP.requested:
                 break
-            launch.run_with_torchrun(spec, output, unique, sink)
+            launch.run_group_with_torchrun(group, output, unique, sink)
     except KeyboardInterrupt:
         pass
     outcome.interrupted = outcome.interrupted or interrupt.STOP.requested or _was_interrupted(outcome)

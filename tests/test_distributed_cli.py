@@ -192,3 +192,35 @@ def test_failure_message_puts_the_first_report_first_and_names_silent_ranks() ->
         "rank 3 reported nothing (hung or stopped by torchrun)"
     )
     assert failure_message([], [0, 1], -9, "killed") == "torch.distributed.run exited with code -9: killed"
+
+
+@pytest.mark.slow
+def test_runs_of_a_rank_count_share_one_launch_and_a_failure_starts_a_new_one(tmp_path: Path, monkeypatch) -> None:
+    """Three 2-rank runs, the second of which fails in its third step: the first and third
+    complete, the failure is recorded with the ranks' message, and torchrun is started
+    twice (once for all three, once more for the run after the failure), not three times."""
+    from lsr1bench import launch
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # tests.plugin_example imports from here
+    launches: list[list[str]] = []
+    real_launch = launch._launch
+
+    def counted(specs, *args, **kwargs):
+        launches.append([spec.run_id for spec in specs])
+        return real_launch(specs, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "_launch", counted)
+    suite = _suite(
+        tmp_path, ranks="2",
+        optimizer='{name: torch.optim.SGD, label: a, params: {lr: 0.01}}, '
+        '{name: "tests.plugin_example:ExplodingSGD", label: boom, params: {lr: 0.01}}, '
+        '{name: torch.optim.SGD, label: c, params: {lr: 0.02}}',
+    )  # fmt: skip
+    output = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(suite), "--output", str(output)])
+    assert result.exit_code == 1, result.output
+    ids = ["mlp-mnist-embedded-a-b60-p2-s0", "mlp-mnist-embedded-boom-b60-p2-s0", "mlp-mnist-embedded-c-b60-p2-s0"]
+    assert launches == [ids, ids[2:]]
+    assert [_record(output, run_id)["status"] for run_id in ids] == ["completed", "failed", "completed"]
+    error = _record(output, ids[1])["error"]
+    assert "ranks 0, 1: FloatingPointError: step 3 exploded" in error, error
