@@ -212,3 +212,26 @@ def test_a_two_rank_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(
     record = records.read_run(records.run_dir(resumed, spec.suite, spec.run_id))
     assert [(r["epoch"], r["step"]) for r in record.extra["resumes"]] == [(1, 2)]
     assert_same_run(spec, tmp_path / "resumed", tmp_path / "reference")
+
+
+def test_checkpoint_keys_at_suite_and_grid_level_and_bad_values_name_the_key() -> None:
+    from lsr1bench.grid import expand
+    from lsr1bench.spec import SpecError, parse_suite
+
+    text = (
+        "epochs: 2\ncheckpoint_every: 3\nkeep_checkpoints: true\n"
+        "grids:\n  - {models: [mlp], datasets: [mnist-embedded], batch_sizes: [50], optimizers: [adam]}\n"
+        "  - {models: [mlp], datasets: [mnist-embedded], batch_sizes: [60], optimizers: [adam], checkpoint_every: 0}\n"
+    )
+    first, second = expand(parse_suite(text, default_name="k"))
+    assert (first.checkpoint_every, first.keep_checkpoints) == (3, True)
+    assert (second.checkpoint_every, second.keep_checkpoints) == (0, True)
+    plain = expand(parse_suite(text.replace("checkpoint_every: 3\nkeep_checkpoints: true\n", ""), default_name="k"))
+    assert (plain[0].checkpoint_every, plain[0].keep_checkpoints) == (1, False)
+    # how a run survives is not what it computes: a finished run stays finished
+    assert first.comparable() == plain[0].comparable()
+    assert "checkpoint_every" not in plain[0].to_dict() and first.to_dict()["checkpoint_every"] == 3
+    assert RunSpec.from_dict(first.to_dict()) == first
+    with pytest.raises(SpecError) as info:
+        parse_suite(text.replace("checkpoint_every: 3", "checkpoint_every: -1"))
+    assert any(p.startswith("checkpoint_every:") and "-1" in p for p in info.value.problems), info.value.problems
