@@ -149,6 +149,10 @@ def run(
         str | None,
         typer.Option("--data-root", help="where MNIST/CIFAR-10 live (else the suite's, else $LSR1BENCH_DATA)"),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="print each failed run's traceback (else only its message and where it is)"),
+    ] = False,
 ) -> None:
     """Train every run of a suite, skipping runs already completed in OUTPUT."""
     suite, runs = _load(suite_path)
@@ -230,6 +234,7 @@ def run(
     outcome = display.run(lambda on_event: scheduler.run_suite(todo, output, device_list, on_event))
     elapsed = time.perf_counter() - started
     _summary(out, planned, outcome, elapsed)
+    _failed_tracebacks(output / (suite.name or ""), outcome, debug)
     if not outcome.interrupted:
         _targets_summary(out, output / (suite.name or ""), [p.spec.run_id for p in planned])
     if outcome.interrupted:
@@ -431,6 +436,22 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
                 console.print(f"[red]{escape(run_id)} failed:[/] {escape(str(result.get('error')))}")
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(f"done in {elapsed:.1f} s: {parts}")
+
+
+def _failed_tracebacks(folder: Path, outcome: Any, debug: bool) -> None:
+    """Where each failed run's traceback is, or (``--debug``) the tracebacks themselves."""
+    from lsr1bench.runner import TRACEBACK_FILE
+
+    failed = [run_id for run_id, status in outcome.statuses.items() if status == "failed"]
+    files = [folder / run_id / TRACEBACK_FILE for run_id in failed if (folder / run_id / TRACEBACK_FILE).is_file()]
+    if not files:
+        return
+    err = _console(stderr=True)
+    if debug:
+        for file in files:
+            _plain(err, f"--- {file} ---\n{file.read_text(errors='replace').rstrip()}")
+    else:
+        _plain(err, "tracebacks (or rerun with --debug): " + ", ".join(str(f) for f in files))
 
 
 def _targets_summary(console: Console, folder: Path, run_ids: list[str]) -> None:

@@ -111,4 +111,8 @@ def test_a_failure_only_training_finds_is_a_failed_run_and_the_suite_goes_on(tmp
     statuses = {name: record["status"] for name, record in records.items()}
     assert statuses == {"mlp-mnist-embedded-boom-b50-s0": "failed", "mlp-mnist-embedded-sgd-b50-s0": "completed"}
     assert records["mlp-mnist-embedded-boom-b50-s0"]["error"] == "FloatingPointError: step 3 exploded"
-    assert (out / "late" / "mlp-mnist-embedded-boom-b50-s0" / "traceback.txt").exists()
+    trace = out / "late" / "mlp-mnist-embedded-boom-b50-s0" / "traceback.txt"
+    assert f"tracebacks (or rerun with --debug): {trace}" in result.output.replace("\n", "")
+    debug = cli.invoke(app, ["run", str(path), "--output", str(out), "--debug"])
+    assert debug.exit_code == 1, debug.output  # the failed run again, its traceback shown
+    assert "Traceback (most recent call last)" in debug.output and "step 3 exploded" in debug.output
