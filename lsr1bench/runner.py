@@ -40,7 +40,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +278,25 @@ class _Loop:
     seconds_before: float = 0.0  # wall-clock of the earlier attempts (total_seconds goes on)
 
 
+@dataclass
+class _Training:
+    """What one run trains with: built by :meth:`_Run.prepare`, restored by :meth:`_Run.resume`."""
+
+    data: DeviceData
+    validation: tuple[Tensor, Tensor] | None
+    model: torch.nn.Module
+    net: torch.nn.Module  # what the closure calls: DDP around the model, or the model
+    optimizer: Any
+    schedule: Any
+    order: torch.Generator  # draws each epoch's minibatch permutation
+    guard: RunningStatsGuard | None
+    reduce_loss: Callable[[Tensor], Tensor]
+    stop_after: int | None  # STOP_AFTER_STEPS_ENV, for tests of resuming
+    loop: _Loop = field(default_factory=_Loop)
+    started: float = 0.0  # perf_counter at the start of the epoch-0 evaluation (less earlier attempts)
+    steps_here: int = 0  # optimizer steps taken by this attempt
+
+
 class _Run:
     """The state of one run while it trains; writes records and checkpoints as it goes."""
 
@@ -355,132 +374,31 @@ class _Run:
 
     def train(self, stop: StopRequest) -> None:
         """Train from the start, or from the checkpoint a stopped attempt left."""
-        spec, device, parallel = self.spec, self.device, self.parallel
-        data = load_data(spec, device)
-        validation: tuple[Tensor, Tensor] | None = None
-        if spec.validation_split:
-            data, val_x, val_y = split_validation(data, spec.validation_split)
-            validation = (val_x, val_y)
-        n = len(data.train_y)
-        steps_per_epoch = max(1, n // spec.batch_size)
-        self.record.extra["data"] = {
-            "description": data.description,
-            "train_examples": n,
-            "test_examples": len(data.test_y),
-            "steps_per_epoch": steps_per_epoch,
-            "validation_examples": spec.validation_split or 0,
-        }
-        seed_everything(spec.seed)
-        model = _build_model(spec, data, device)
-        model.train()
-        net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
-        order = torch.Generator().manual_seed(spec.seed)
-        optimizer = build_optimizer(
-            spec.optimizer, model.parameters(), spec.optimizer_params, process_group=_group_of(parallel)
-        )
-        self.record.extra["parallel"] = _parallel_record(parallel, optimizer, model, device)
-        schedule = None
-        if spec.lr_schedule:
-            schedule = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer.optimizer,
-                milestones=list(spec.lr_schedule["milestones"]),
-                gamma=float(spec.lr_schedule.get("gamma", 0.1)),
-            )
-        loop = _Loop()
-        resumed = self.resume(model, optimizer, schedule, order, loop)
-        started = time.perf_counter() - loop.seconds_before
-
-        def row(epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
-            test_loss, test_error = evaluate(model, data.test_x, data.test_y, parallel)
-            stats = optimizer.statistics()
-            _update_parallel_record(self.record.extra["parallel"], parallel, optimizer, stats)
-            out: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "test_loss": test_loss,
-                "test_error": test_error,
-                "train_seconds": loop.train_seconds,
-                "total_seconds": time.perf_counter() - started,
-                "grad_evals": optimizer.closure_evaluations,
-                "samples": loop.samples,
-                "steps": stats.get("steps", optimizer.steps),
-                "lr": lr,  # the rate this epoch trained with
-            }
-            if validation is not None:
-                out["val_loss"], out["val_error"] = evaluate(model, *validation, parallel)
-            stats.update(optimizer.epoch_curvature())
-            for column in records.OPTIMIZER_COLUMNS:
-                value = stats.get(column)
-                out[column] = float(value) if column == "radius" and value is not None else value
-            return out
-
-        def checkpoint(epoch: int, position: int, epoch_order: Tensor | None, recorded: _MeanLoss | None) -> None:
-            loop.seconds_before = time.perf_counter() - started
-            self.save_checkpoint(model, optimizer, schedule, order, loop, epoch, position, epoch_order, recorded)
-
-        guard = RunningStatsGuard(model) if optimizer.second_order else None
-        # the loss each step reports is the global one: LSR1 averages it over the ranks
-        # itself; for every other method the closure does, so all ranks decide alike
-        # (torch's L-BFGS line search reads the closure's loss)
-        reduce_loss = (lambda loss: loss) if optimizer.reduces_loss else parallel.average
+        spec = self.spec
+        t = self.prepare()
+        resumed = self.resume(t)
+        t.started = time.perf_counter() - t.loop.seconds_before
         if resumed is None:
-            initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay, parallel)
-            self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
-            first_epoch, position, recorded_state = 1, 0, None
+            initial = _initial_objective(t.model, t.data, spec.batch_size, spec.weight_decay, self.parallel)
+            self.add_row(self.row(t, 0, initial, _current_lr(t.optimizer.optimizer)))
+            first_epoch, position, partial = 1, 0, None
         else:
-            first_epoch, position, recorded_state = resumed
-        stop_after = stop_after_steps()
-        steps_here = 0
+            first_epoch, position, partial = resumed
         for epoch in range(first_epoch, spec.epochs + 1):
-            _sync(device)
-            epoch_start = time.perf_counter()
-            lr = _current_lr(optimizer.optimizer)
-            recorded, bad_loss = _MeanLoss(spec.loss_reduction, spec.weight_decay), None
-            if recorded_state is not None:  # the partial sums of the epoch a checkpoint stopped in
-                recorded.__dict__.update(recorded_state)
-                recorded_state = None
-            epoch_order = order.get_state()  # what draws this epoch's permutation
-            for step, index in enumerate(_batches(n, spec.batch_size, order, device)):
-                if step < position:
-                    continue  # done before the checkpoint
-                rows = parallel.shard(index)  # this rank's rows of the global minibatch
-                xb, yb = data.train_x[rows], data.train_y[rows]
-
-                def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
-                    model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
-                    loss = minibatch_objective(net(xb), yb, model, spec, parallel.world_size)
-                    loss.backward()  # DDP averages the gradients over the ranks here
-                    return reduce_loss(loss)
-
-                start_point = recorded.start(model)
-                if guard is None:
-                    loss = optimizer.step(closure)
-                else:
-                    loss = optimizer.step(guard.protect(closure))
-                    guard.update(xb)
-                loop.samples += len(index)
-                recorded.add(loss, len(index), start_point)
-                if not math.isfinite(loss):
-                    bad_loss = loss
-                    break
-                steps_here += 1
-                if stop_after is not None and steps_here == stop_after:
-                    stop.request(STOP_AFTER_STEPS_ENV)
-                if parallel.any_rank(stop.requested):  # every rank stops after the same step
-                    _sync(device)
-                    loop.train_seconds += time.perf_counter() - epoch_start
-                    checkpoint(epoch - 1, step + 1, epoch_order, recorded)
-                    raise Stopped(stop.message())
+            lr = _current_lr(t.optimizer.optimizer)
+            recorded = _MeanLoss(spec.loss_reduction, spec.weight_decay)
+            if partial is not None:  # the sums of the epoch a checkpoint stopped in
+                recorded.__dict__.update(partial)
+                partial = None
+            bad_loss = self.train_epoch(t, epoch, position, recorded, stop)
             position = 0
-            _sync(device)
-            loop.train_seconds += time.perf_counter() - epoch_start
-            if schedule is not None:
+            if t.schedule is not None:
                 with warnings.catch_warnings():
                     # resumed after an epoch's last step, this process has not stepped yet
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                    schedule.step()
+                    t.schedule.step()
             train_loss = bad_loss if bad_loss is not None else recorded.mean()
-            current = row(epoch, train_loss, lr)
+            current = self.row(t, epoch, train_loss, lr)
             self.add_row(current)
             if bad_loss is not None or not math.isfinite(current["test_loss"]):
                 raise Diverged(
@@ -492,20 +410,132 @@ class _Run:
             every = spec.checkpoint_every
             saved = bool(every) and epoch % every == 0 and (epoch < spec.epochs or spec.keep_checkpoints)
             if saved:
-                checkpoint(epoch, 0, None, None)
-            if parallel.any_rank(stop.requested):
+                self.save_checkpoint(t, epoch, 0, None, None)
+            if self.parallel.any_rank(stop.requested):
                 if not saved:
-                    checkpoint(epoch, 0, None, None)
+                    self.save_checkpoint(t, epoch, 0, None, None)
                 raise Stopped(stop.message())
 
-    def resume(
-        self,
-        model: torch.nn.Module,
-        optimizer: Any,
-        schedule: Any,
-        order: torch.Generator,
-        loop: _Loop,
-    ) -> tuple[int, int, dict[str, Any] | None] | None:
+    def prepare(self) -> _Training:
+        """The data, model, optimizer and schedule of the run, as the seed makes them."""
+        spec, device, parallel = self.spec, self.device, self.parallel
+        data = load_data(spec, device)
+        validation: tuple[Tensor, Tensor] | None = None
+        if spec.validation_split:
+            data, val_x, val_y = split_validation(data, spec.validation_split)
+            validation = (val_x, val_y)
+        n = len(data.train_y)
+        self.record.extra["data"] = {
+            "description": data.description,
+            "train_examples": n,
+            "test_examples": len(data.test_y),
+            "steps_per_epoch": max(1, n // spec.batch_size),
+            "validation_examples": spec.validation_split or 0,
+        }
+        seed_everything(spec.seed)
+        model = _build_model(spec, data, device)
+        model.train()
+        net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
+        optimizer = build_optimizer(
+            spec.optimizer, model.parameters(), spec.optimizer_params, process_group=_group_of(parallel)
+        )
+        self.record.extra["parallel"] = _parallel_record(parallel, optimizer, model, device)
+        schedule = None
+        if spec.lr_schedule:
+            schedule = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer.optimizer,
+                milestones=list(spec.lr_schedule["milestones"]),
+                gamma=float(spec.lr_schedule.get("gamma", 0.1)),
+            )
+        return _Training(
+            data=data,
+            validation=validation,
+            model=model,
+            net=net,
+            optimizer=optimizer,
+            schedule=schedule,
+            order=torch.Generator().manual_seed(spec.seed),
+            guard=RunningStatsGuard(model) if optimizer.second_order else None,
+            # the loss each step reports is the global one: LSR1 averages it over the ranks
+            # itself; for every other method the closure does, so all ranks decide alike
+            # (torch's L-BFGS line search reads the closure's loss)
+            reduce_loss=(lambda loss: loss) if optimizer.reduces_loss else parallel.average,
+            stop_after=stop_after_steps(),
+        )
+
+    def train_epoch(
+        self, t: _Training, epoch: int, position: int, recorded: _MeanLoss, stop: StopRequest
+    ) -> float | None:
+        """One epoch's steps from step ``position`` on; the non-finite loss that ended it, if any.
+
+        A stop request ends it after the step in progress: a checkpoint, then :class:`Stopped`."""
+        spec, device, parallel, data, model = self.spec, self.device, self.parallel, t.data, t.model
+        _sync(device)
+        epoch_start = time.perf_counter()
+        epoch_order = t.order.get_state()  # what draws this epoch's permutation
+        for step, index in enumerate(_batches(len(data.train_y), spec.batch_size, t.order, device)):
+            if step < position:
+                continue  # done before the checkpoint
+            rows = parallel.shard(index)  # this rank's rows of the global minibatch
+            xb, yb = data.train_x[rows], data.train_y[rows]
+
+            def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
+                loss = minibatch_objective(t.net(xb), yb, model, spec, parallel.world_size)
+                loss.backward()  # DDP averages the gradients over the ranks here
+                return t.reduce_loss(loss)
+
+            start_point = recorded.start(model)
+            if t.guard is None:
+                loss = t.optimizer.step(closure)
+            else:
+                loss = t.optimizer.step(t.guard.protect(closure))
+                t.guard.update(xb)
+            t.loop.samples += len(index)
+            recorded.add(loss, len(index), start_point)
+            if not math.isfinite(loss):
+                _sync(device)
+                t.loop.train_seconds += time.perf_counter() - epoch_start
+                return loss
+            t.steps_here += 1
+            if t.stop_after is not None and t.steps_here == t.stop_after:
+                stop.request(STOP_AFTER_STEPS_ENV)
+            if parallel.any_rank(stop.requested):  # every rank stops after the same step
+                _sync(device)
+                t.loop.train_seconds += time.perf_counter() - epoch_start
+                self.save_checkpoint(t, epoch - 1, step + 1, epoch_order, recorded)
+                raise Stopped(stop.message())
+        _sync(device)
+        t.loop.train_seconds += time.perf_counter() - epoch_start
+        return None
+
+    def row(self, t: _Training, epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
+        """The ``epochs.csv`` row after ``epoch``: evaluations and the optimizer's statistics."""
+        parallel, optimizer = self.parallel, t.optimizer
+        test_loss, test_error = evaluate(t.model, t.data.test_x, t.data.test_y, parallel)
+        stats = optimizer.statistics()
+        _update_parallel_record(self.record.extra["parallel"], parallel, optimizer, stats)
+        out: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "train_seconds": t.loop.train_seconds,
+            "total_seconds": time.perf_counter() - t.started,
+            "grad_evals": optimizer.closure_evaluations,
+            "samples": t.loop.samples,
+            "steps": stats.get("steps", optimizer.steps),
+            "lr": lr,  # the rate this epoch trained with
+        }
+        if t.validation is not None:
+            out["val_loss"], out["val_error"] = evaluate(t.model, *t.validation, parallel)
+        stats.update(optimizer.epoch_curvature())
+        for column in records.OPTIMIZER_COLUMNS:
+            value = stats.get(column)
+            out[column] = float(value) if column == "radius" and value is not None else value
+        return out
+
+    def resume(self, t: _Training) -> tuple[int, int, dict[str, Any] | None] | None:
         """Load the run's checkpoint, if any: ``(first epoch, steps done in it, partial sums)``."""
         content, problem = None, None
         if self.parallel.is_writer:
@@ -520,6 +550,7 @@ class _Run:
             return None
         if content is None:  # the other ranks read the file rank 0 checked
             content = torch.load(checkpoint_file.path(self.directory), map_location="cpu", weights_only=True)
+        model, optimizer, schedule = t.model, t.optimizer, t.schedule
         model.load_state_dict(content["model"])
         mine = content["ranks"][self.parallel.rank]
         with torch.no_grad():
@@ -530,8 +561,8 @@ class _Run:
             schedule.load_state_dict(content["schedule"])
         checkpoint_file.set_rng_state(mine["rng"], self.device)
         position = int(content["position"])
-        order.set_state(content["order"] if position == 0 else content["epoch_order"])
-        loop.__dict__.update(content["loop"])
+        t.order.set_state(content["order"] if position == 0 else content["epoch_order"])
+        t.loop.__dict__.update(content["loop"])
         self.rows = list(content["rows"])
         record = RunRecord.from_dict(content["record"])
         resumes = [*record.extra.get("resumes", [])]
@@ -556,19 +587,11 @@ class _Run:
         return int(content["epoch"]) + 1, position, partial
 
     def save_checkpoint(
-        self,
-        model: torch.nn.Module,
-        optimizer: Any,
-        schedule: Any,
-        order: torch.Generator,
-        loop: _Loop,
-        epoch: int,
-        position: int,
-        epoch_order: Tensor | None,
-        recorded: _MeanLoss | None,
+        self, t: _Training, epoch: int, position: int, epoch_order: Tensor | None, recorded: _MeanLoss | None
     ) -> None:
         """Write the checkpoint (a collective for a data-parallel run: every rank calls it)."""
-        parallel = self.parallel
+        parallel, model, optimizer, loop = self.parallel, t.model, t.optimizer, t.loop
+        loop.seconds_before = time.perf_counter() - t.started
         optimizer_state = optimizer.state_dict(full=parallel.world_size > 1)  # every rank: may gather
         local = {
             "buffers": [b.detach().cpu().clone() for b in model.buffers()],
@@ -584,8 +607,8 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "ranks": ranks,
             "optimizer": _to_device(optimizer_state, torch.device("cpu")),
-            "schedule": schedule.state_dict() if schedule is not None else None,
-            "order": order.get_state(),
+            "schedule": t.schedule.state_dict() if t.schedule is not None else None,
+            "order": t.order.get_state(),
             "epoch_order": epoch_order,
             "recorded": dict(recorded.__dict__) if recorded is not None else None,
             "loop": dict(loop.__dict__),
