@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import lsr1bench
+from lsr1bench.parallel import SingleProcess
 
 _GIT_COMMIT: list[str | None] = []
 
@@ -70,3 +71,45 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
+
+
+# ---------------------------------------------------------------------------- data-parallel runs
+
+
+def process_group_of(parallel: SingleProcess) -> Any:
+    """The process group an optimizer reduces over, or None for a one-process run."""
+    if parallel.world_size == 1:
+        return None
+    import torch.distributed as dist
+
+    return parallel.group if parallel.group is not None else dist.group.WORLD
+
+
+def parallel_record(
+    parallel: SingleProcess, optimizer: Any, model: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
+    """``run.json``'s ``parallel`` section: world size, backend, layout, batch norm, traffic."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in parameters)
+    return {
+        **parallel.describe(),
+        "layout": optimizer.layout(parallel.world_size),
+        "batch_norm": parallel.batch_norm_mode(model, device),
+        "threads_per_rank": torch.get_num_threads(),
+        "parameters": count,
+        # DDP all-reduces every gradient once per backward (the payload, not the wire bytes)
+        "gradient_bytes_per_backward": (
+            sum(p.numel() * p.element_size() for p in parameters) if parallel.world_size > 1 else 0
+        ),
+        "optimizer_memory_bytes": None,
+    }
+
+
+def update_parallel_record(
+    section: dict[str, Any], parallel: SingleProcess, optimizer: Any, stats: dict[str, Any]
+) -> None:
+    """Per-rank optimizer memory (a collective: every rank calls it) and the optimizer's traffic."""
+    section["optimizer_memory_bytes"] = parallel.gather(optimizer.memory_bytes())
+    for key in ("collectives", "bytes_communicated"):
+        if key in stats:
+            section[f"optimizer_{key}"] = stats[key]
