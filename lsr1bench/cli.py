@@ -371,6 +371,10 @@ class _Display:
             self.active[run_id] = {"device": event.get("device", ""), "epochs": event.get("epochs")}
             if not self.live:
                 self.console.print(f"start {run_id} on {event.get('device', '')}")
+        elif kind == "resume":
+            step = f" step {event['step']}" if event.get("step") else ""
+            line = f"  {run_id} resumes from its checkpoint after epoch {event.get('epoch')}{step}"
+            (self.progress.console if self.live else self.console).print(escape(line))
         elif kind == "epoch":
             row = self.active.setdefault(run_id, {})
             row.update({k: event.get(k) for k in ("epoch", "epochs", "train_loss", "test_error")})

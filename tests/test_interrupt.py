@@ -51,3 +51,13 @@ def test_a_real_signal_during_training_stops_at_a_step_boundary_with_a_checkpoin
     assert record.status == "interrupted" and signal.Signals(sig).name in record.error
     assert record.extra["checkpoint"]["epoch"] == 1 and checkpoint.path(folder).exists()
     assert signal.getsignal(sig) is not stop.handle  # the handler is gone after the block
+
+
+def test_a_request_left_from_an_earlier_suite_does_not_stop_the_next() -> None:
+    stop = StopRequest()
+    stop.request("SIGTERM")
+    with interrupt.installed(stop):
+        assert not stop.requested
+        stop.request("SIGUSR1")
+        with interrupt.installed(stop):  # nested: the request stands
+            assert stop.reason == "SIGUSR1"

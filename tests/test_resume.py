@@ -112,7 +112,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_records_and_parameters(
     assert left.status == "interrupted" and "resumes from its checkpoint" in (left.error or "")
     assert (left.extra["checkpoint"]["epoch"], left.extra["checkpoint"]["step"]) == resumed_at
     plan = scheduler.plan([spec], tmp_path / "resumed")[0]
-    assert plan.action == "rerun"
+    step = f" step {resumed_at[1]}" if resumed_at[1] else ""
+    assert (plan.action, plan.reason) == ("rerun", f"was interrupted; resumes after epoch {resumed_at[0]}{step}")
 
     record = runner.train(spec, tmp_path / "resumed", "cpu", stop=StopRequest())
     assert record.status == "completed", record.error

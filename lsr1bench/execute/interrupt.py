@@ -77,9 +77,18 @@ class StopRequest:
 STOP = StopRequest()
 
 
+_depth: dict[int, int] = {}  # id(stop) -> how many installed() blocks are open on it
+
+
 @contextlib.contextmanager
 def installed(stop: StopRequest = STOP) -> Iterator[StopRequest]:
-    """Route SIGINT, SIGTERM and SIGUSR1 to ``stop`` while the block runs (main thread only)."""
+    """Route SIGINT, SIGTERM and SIGUSR1 to ``stop`` while the block runs (main thread only).
+
+    The outermost block starts with no request: one left from an earlier suite in the same
+    process (a test, a notebook) does not stop this one."""
+    if not _depth.get(id(stop)):
+        stop.reset()
+    _depth[id(stop)] = _depth.get(id(stop), 0) + 1
     previous: dict[int, Any] = {}
     try:
         for sig in SIGNALS:
@@ -89,6 +98,7 @@ def installed(stop: StopRequest = STOP) -> Iterator[StopRequest]:
     try:
         yield stop
     finally:
+        _depth[id(stop)] -= 1
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
