@@ -224,3 +224,44 @@ def test_runs_of_a_rank_count_share_one_launch_and_a_failure_starts_a_new_one(tm
     assert [_record(output, run_id)["status"] for run_id in ids] == ["completed", "failed", "completed"]
     error = _record(output, ids[1])["error"]
     assert "ranks 0, 1: FloatingPointError: step 3 exploded" in error, error
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_two_rank_run_checkpoints_both_ranks_and_the_rerun_resumes_it(tmp_path: Path) -> None:
+    """The parent passes the stop to torchrun, which passes it to the ranks: both stop after the
+    same step, rank 0 writes the checkpoint, exit 130; the same command resumes to the records
+    of a run never stopped."""
+    import signal
+
+    suite = _suite(tmp_path, ranks="2", optimizer="lsr1")
+    suite.write_text(suite.read_text().replace("epochs: 1", "epochs: 3").replace("[60]", "[10]"))
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "lsr1bench", "run", str(suite), "--output", str(tmp_path / out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run(command("reference"), capture_output=True, text=True, env=env, timeout=600)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    run_id = "mlp-mnist-embedded-lsr1-b10-p2-s0"
+    proc = subprocess.Popen(command("out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    epochs = tmp_path / "out" / "dist" / run_id / records.EPOCHS_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (epochs.exists() and len(epochs.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    left = _record(tmp_path / "out", run_id)
+    assert left["status"] == "interrupted" and "SIGTERM" in left["error"], left["error"]
+    assert (tmp_path / "out" / "dist" / run_id / "checkpoint.pt").exists()
+    again = subprocess.run(command("out"), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = _record(tmp_path / "out", run_id)
+    assert record["status"] == "completed" and len(record["resumes"]) == 1
+    timing = ("train_seconds", "total_seconds")
+
+    def rows(folder: str) -> list[dict]:
+        found = records.read_epochs(tmp_path / folder / "dist" / run_id)
+        return [{k: v for k, v in row.items() if k not in timing} for row in found]
+
+    assert rows("out") == rows("reference")
