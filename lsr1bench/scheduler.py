@@ -78,6 +78,8 @@ def plan(runs: Sequence[RunSpec], output: str | Path, force: bool = False) -> li
             planned.append(PlannedRun(spec, "rerun", f"--force ({record.status} before)", fresh=True))
         elif record.finished:
             planned.append(PlannedRun(spec, "rerun", "the suite changed since this run", fresh=True))
+        elif force:  # --force: from the start, whatever it left
+            planned.append(PlannedRun(spec, "rerun", f"was {record.status}; --force: from the start", fresh=True))
         else:
             planned.append(PlannedRun(spec, "rerun", f"was {record.status}{_resume_point(record, directory)}"))
     return planned

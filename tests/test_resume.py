@@ -176,6 +176,16 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path, monkeypatch
     assert "different spec" in record.extra["checkpoint_problems"][0]
 
 
+def test_force_starts_an_interrupted_run_afresh(tmp_path: Path, monkeypatch) -> None:
+    spec = spec_for("adam", False, keep_checkpoints=False)
+    stopped_run(spec, tmp_path, STEPS_PER_EPOCH + 1, monkeypatch)
+    forced = scheduler.plan([spec], tmp_path, force=True)
+    assert [(p.action, p.fresh) for p in forced] == [("rerun", True)]
+    outcome = scheduler.run_suite(forced, tmp_path, ["cpu"])
+    record = records.read_run(records.run_dir(tmp_path, spec.suite, spec.run_id))
+    assert outcome.statuses == {spec.run_id: "completed"} and "resumes" not in record.extra
+
+
 def _rank(rank: int, world: int, spec_dict: dict, output: str, stop_after: int | None) -> str:
     """One rank of a 2-rank run: train (stopping after ``stop_after`` steps if given)."""
     import os
