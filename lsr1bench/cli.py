@@ -160,13 +160,38 @@ def _load(suite_path: Path) -> tuple[Suite, list[RunSpec]]:
 
 
 @app.command()
-def validate(suite_path: SuiteArg) -> None:
+def validate(
+    suite_path: SuiteArg,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build/--no-build",
+            help="build each plugin model and dataset once and check its output (--no-build: skip, "
+            "for expensive datasets)",
+        ),
+    ] = True,
+) -> None:
     """Check a suite and print its expanded runs (count and ids) without training."""
     suite, runs = _load(suite_path)
+    if build:
+        _check_builds(suite_path, suite, runs, download=False)
     out = _console()
     out.print(f"{escape(str(suite_path))}: suite '{escape(suite.name or '')}' is valid: {_plural(len(runs), 'run')}")
     for run in runs:
         out.print(f"  {run.run_id}  (epochs {run.epochs})")
+
+
+def _check_builds(suite_path: Path, suite: Suite, runs: list[RunSpec], download: bool) -> None:
+    """Exit 2 naming the key when a plugin model or dataset fails to build or has the wrong shape."""
+    if not any(r.model_path or r.dataset_path for r in runs):
+        return  # nothing but the tool's own models and datasets: no torch needed here
+    from lsr1bench.execute.checks import check_builds
+
+    report = check_builds(runs, suite, download=download)
+    if report.problems:
+        raise _bad_input(report.problems, str(suite_path))
+    for note in report.notes:
+        _console(stderr=True).print(f"[yellow]note:[/] {escape(note)}")
 
 
 LIST_WHAT = ("optimizers", "models", "datasets")
@@ -308,6 +333,14 @@ def run(
         str | None,
         typer.Option("--data-root", help="where MNIST/CIFAR-10 live (else the suite's, else $LSR1BENCH_DATA)"),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug/--no-debug",
+            show_default=False,
+            help="print each failed run's traceback (else only its message and where it is)",
+        ),
+    ] = False,
 ) -> None:
     """Train every run of a suite, skipping runs already completed in OUTPUT."""
     suite, runs = _load(suite_path)
@@ -371,6 +404,7 @@ def run(
             out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
         return
     try:
+        _check_builds(suite_path, suite, [p.spec for p in todo], download=True)
         scheduler.prepare_data([p.spec for p in todo])
     except scheduler.DataError as exc:
         raise _bad_input([str(exc)]) from None
@@ -388,6 +422,7 @@ def run(
     outcome = display.run(lambda on_event: scheduler.run_suite(todo, output, device_list, on_event))
     elapsed = time.perf_counter() - started
     _summary(out, planned, outcome, elapsed)
+    _failed_tracebacks(output / (suite.name or ""), outcome, debug)
     if not outcome.interrupted:
         _targets_summary(out, output / (suite.name or ""), [p.spec.run_id for p in planned])
     if outcome.interrupted:
@@ -397,7 +432,7 @@ def run(
         )
         err.print(
             f"[bold yellow]interrupted.[/] {finished} of {_plural(len(planned), 'run')} finished and kept; "
-            "the unfinished ones are marked interrupted and restart from scratch.\nResume with:\n  "
+            "the unfinished ones are marked interrupted and resume from their last checkpoint.\nResume with:\n  "
             + escape(
                 _resume_command(
                     suite_path,
@@ -426,9 +461,7 @@ def _run_as_torchrun_worker(
     the other ranks train in step and print nothing. A failed run stops the worker (its
     process group may be unusable): resume with the same command.
     """
-    import os
-
-    from lsr1bench import launch, runner, scheduler
+    from lsr1bench import launch, scheduler
 
     world = launch.external_world_size()
     mine = [r for r in runs if r.ranks == world]
@@ -448,7 +481,7 @@ def _run_as_torchrun_worker(
     out = _console() if writer else Console(quiet=True)
     failed = False
     try:
-        planned = parallel.broadcast(scheduler.plan(mine, output, force=force) if writer else None)
+        planned = launch.plan_as_rank(parallel, mine, output, force)
         todo = [p for p in planned if p.action != "skip"]
         left = len(runs) - len(mine)
         out.print(
@@ -460,30 +493,9 @@ def _run_as_torchrun_worker(
             for p in planned:
                 out.print(f"  {p.spec.run_id}  {p.action}{f' ({p.reason})' if p.reason else ''}")
             return
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one download per node
-            scheduler.prepare_data([p.spec for p in todo])
-        if writer and todo:
-            output.mkdir(parents=True, exist_ok=True)
-        parallel.barrier()
         display = _Display(out, total=len(planned), done=len(planned) - len(todo))
-        outcome = scheduler.SuiteOutcome()
-
-        def train_all(on_event: Any) -> scheduler.SuiteOutcome:
-            def sink(event: dict[str, Any]) -> None:
-                if event["type"] == "end":
-                    outcome.results[event["run_id"]] = event
-                on_event(event)
-
-            for p in todo:
-                record = runner.train(p.spec, output, device, sink, parallel=parallel)
-                outcome.statuses[p.spec.run_id] = record.status
-                if record.status == "failed":
-                    break
-            return outcome
-
         started = time.perf_counter()
-        with scheduler.sigterm_as_interrupt():
-            display.run(train_all)
+        outcome = display.run(lambda on_event: launch.train_as_rank(parallel, device, todo, output, on_event))
         if writer:
             _summary(out, planned, outcome, time.perf_counter() - started)
         failed = any(s == "failed" for s in outcome.statuses.values())
@@ -547,6 +559,10 @@ class _Display:
             self.active[run_id] = {"device": event.get("device", ""), "epochs": event.get("epochs")}
             if not self.live:
                 self.console.print(f"start {run_id} on {event.get('device', '')}")
+        elif kind == "resume":
+            step = f" step {event['step']}" if event.get("step") else ""
+            line = f"  {run_id} resumes from its checkpoint after epoch {event.get('epoch')}{step}"
+            (self.progress.console if self.live else self.console).print(escape(line))
         elif kind == "epoch":
             row = self.active.setdefault(run_id, {})
             row.update({k: event.get(k) for k in ("epoch", "epochs", "train_loss", "test_error")})
@@ -612,6 +628,22 @@ def _summary(console: Console, planned: list[Any], outcome: Any, elapsed: float)
                 console.print(f"[red]{escape(run_id)} failed:[/] {escape(str(result.get('error')))}")
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(f"done in {elapsed:.1f} s: {parts}")
+
+
+def _failed_tracebacks(folder: Path, outcome: Any, debug: bool) -> None:
+    """Where each failed run's traceback is, or (``--debug``) the tracebacks themselves."""
+    from lsr1bench.runner import TRACEBACK_FILE
+
+    failed = [run_id for run_id, status in outcome.statuses.items() if status == "failed"]
+    files = [folder / run_id / TRACEBACK_FILE for run_id in failed if (folder / run_id / TRACEBACK_FILE).is_file()]
+    if not files:
+        return
+    err = _console(stderr=True)
+    if debug:
+        for file in files:
+            _plain(err, f"--- {file} ---\n{file.read_text(errors='replace').rstrip()}")
+    else:
+        _plain(err, "tracebacks (or rerun with --debug): " + ", ".join(str(f) for f in files))
 
 
 def _targets_summary(console: Console, folder: Path, run_ids: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from lsr1bench.registry import names, plugins
 from lsr1bench.spec import DEFAULT_EPOCHS, Grid, OptimizerEntry, SpecError, Suite, sweep_axes
 
+DEFAULT_CHECKPOINT_EVERY = 1  # epochs between checkpoints
 RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -56,6 +57,10 @@ class RunSpec:
     # (variant_label), so such runs never merge with the default's as seeds of one cell.
     model_init: str = names.DEFAULT_MODEL_INIT  # names.MODEL_INITS (lenet5 only)
     loss_reduction: str = names.DEFAULT_LOSS_REDUCTION  # names.LOSS_REDUCTIONS
+    # Issue 23: how often the run saves a checkpoint (epochs; 0: only on a signal) and
+    # whether a completed run keeps it. How a run survives, not what it computes.
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         # a bare sequence of thresholds (the list form of a suite, records before
@@ -93,7 +98,8 @@ class RunSpec:
     def comparable(self) -> dict[str, Any]:
         """The fields that change results (the data root only says where the files are)."""
         out = self.to_dict()
-        out.pop("data_root")
+        for name in ("data_root", *_HOW_NOT_WHAT):
+            out.pop(name, None)
         return out
 
 
@@ -107,7 +113,12 @@ _LATER_FIELDS: dict[str, Any] = {
     "validation_split": None,
     "model_init": names.DEFAULT_MODEL_INIT,
     "loss_reduction": names.DEFAULT_LOSS_REDUCTION,
+    "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
+    "keep_checkpoints": False,
 }
+# Fields that say how a run is carried out, not what it computes: a change to them does
+# not make a finished run stale.
+_HOW_NOT_WHAT = ("checkpoint_every", "keep_checkpoints")
 
 
 def variant_label(label: str, model_init: str, loss_reduction: str) -> str:
@@ -279,8 +290,15 @@ def _entry_runs(suite: Suite, g: int, grid: Grid, o: int, entry: OptimizerEntry)
                                 validation_split=validation_split,
                                 model_init=model_init,
                                 loss_reduction=loss_reduction,
+                                checkpoint_every=_checkpoint_every(layers),
+                                keep_checkpoints=bool(_pick("keep_checkpoints", *layers) or False),
                             ),
                         )
+
+
+def _checkpoint_every(layers: Sequence[Any]) -> int:
+    value = _pick("checkpoint_every", *layers)
+    return DEFAULT_CHECKPOINT_EVERY if value is None else int(value)
 
 
 def _resolved_params(

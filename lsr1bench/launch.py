@@ -2,12 +2,13 @@
 
 Two ways in:
 
-* ``lsr1bench run`` meets a run with ``ranks: P > 1`` and starts it itself with
-  :func:`run_with_torchrun`: ``python -m torch.distributed.run --standalone
-  --nproc-per-node P -m lsr1bench.launch ...``, one process per GPU on NCCL, or P CPU
-  processes on gloo with the cores split among them. Rank 0 writes the records and
-  appends progress events to a file this process reads, so the display works as for
-  one-process runs.
+* ``lsr1bench run`` meets runs with ``ranks: P > 1`` and starts them itself with
+  :func:`run_group_with_torchrun`: one ``python -m torch.distributed.run --standalone
+  --nproc-per-node P -m lsr1bench.launch ...`` for all the runs with that P, one process
+  per GPU on NCCL, or P CPU processes on gloo with the cores split among them; the ranks
+  train the runs in turn, so starting them, importing torch and loading the data are
+  paid once. Rank 0 writes the records and appends progress events to a file this
+  process reads, so the display works as for one-process runs.
 * ``lsr1bench run`` is itself started by an external ``torchrun`` (``WORLD_SIZE``,
   ``RANK``, ``LOCAL_RANK`` in the environment; how multi-node runs go): the CLI calls
   :func:`init_from_environment` and trains as one worker.
@@ -31,15 +32,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from lsr1bench import records
+from lsr1bench.execute import EventSink, interrupt, usable_cpus
 from lsr1bench.grid import RunSpec
-
-EventSink = Callable[[dict[str, Any]], None]
 
 TIMEOUT_ENV = "LSR1BENCH_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -119,14 +119,16 @@ def _write_error(errors: Path, rank: int, message: str, trace: str | None) -> No
 # ---------------------------------------------------------------------------- a worker
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def worker(argv: Sequence[str] | None = None) -> int:
-    """One rank of a self-launched run (``python -m lsr1bench.launch``; torchrun starts it)."""
+    """One rank of a self-launched group (``python -m lsr1bench.launch``; torchrun starts it).
+
+    Trains the runs of ``--specs`` (a JSON list) in turn on one process group, the data
+    loaded once. Rank 0 appends each run's events to ``--events``. A run that fails ends
+    the group (its process group may be unusable; the parent starts a new one for the
+    runs left); so does a stop request, after the run in progress has checkpointed.
+    """
     parser = argparse.ArgumentParser(prog="lsr1bench.launch")
-    parser.add_argument("--spec", required=True, type=Path)
+    parser.add_argument("--specs", required=True, type=Path)
     parser.add_argument("--output", required=True)
     parser.add_argument("--errors", required=True, type=Path)
     parser.add_argument("--events", required=True, type=Path)
@@ -138,42 +140,85 @@ def worker(argv: Sequence[str] | None = None) -> int:
 
     from lsr1bench import runner
 
-    # SIGTERM (torchrun stopping the group, a cluster's time limit) marks the run interrupted
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     torch.set_num_threads(max(1, args.threads))
     rank = int(os.environ.get("RANK", "0"))
-    spec = RunSpec.from_dict(json.loads(args.spec.read_text(encoding="utf-8")))
+    specs = [RunSpec.from_dict(item) for item in json.loads(args.specs.read_text(encoding="utf-8"))]
     use_cuda = args.devices != "cpu"
     try:
-        parallel, device = init_from_environment(use_cuda, args.devices.split(",") if use_cuda else ())
-        _inject_fault(parallel.rank)
-        with args.events.open("a", encoding="utf-8") as events:
+        # SIGTERM (torchrun passing on the parent's stop), SIGUSR1 (Slurm), SIGINT: every
+        # rank checkpoints after the same step (the runner agrees on it over the group)
+        with interrupt.installed():
+            parallel, device = init_from_environment(use_cuda, args.devices.split(",") if use_cuda else ())
+            _inject_fault(parallel.rank)
+            with args.events.open("a", encoding="utf-8") as events:
 
-            def sink(event: dict[str, Any]) -> None:
-                events.write(json.dumps(event) + "\n")
-                events.flush()
+                def sink(event: dict[str, Any]) -> None:
+                    events.write(json.dumps(event) + "\n")
+                    events.flush()
 
-            record = runner.train(spec, args.output, device, sink, parallel=parallel)
+                for spec in specs:
+                    if parallel.any_rank(interrupt.STOP.requested):
+                        return interrupt.EXIT_INTERRUPTED
+                    record = runner.train(spec, args.output, device, sink, parallel=parallel)
+                    if record.status == records.FAILED:
+                        _write_error(args.errors, rank, record.error or "failed", None)
+                        return 1
     except KeyboardInterrupt:
-        return 130
+        return interrupt.EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - report, then end this rank
         _write_error(args.errors, rank, f"{type(exc).__name__}: {exc}".strip(), traceback.format_exc())
         return 1
     finally:
         shutdown()
-    if record.status == records.FAILED:
-        _write_error(args.errors, rank, record.error or "failed", None)
-        return 1
     return 0
 
 
+# ---------------------------------------------------------------------------- under an external torchrun
+
+
+def plan_as_rank(parallel: Any, runs: Sequence[RunSpec], output: str | Path, force: bool) -> list[Any]:
+    """Rank 0's resume plan (:func:`scheduler.plan`), the same on every rank."""
+    from lsr1bench import scheduler
+
+    return parallel.broadcast(scheduler.plan(runs, output, force=force) if parallel.is_writer else None)
+
+
+def train_as_rank(
+    parallel: Any, device: Any, todo: Sequence[Any], output: str | Path, on_event: EventSink
+) -> Any:
+    """This process as one rank of an external torchrun: train the planned runs in turn.
+
+    Local rank 0 of each node prepares the data (one download per node), rank 0 writes
+    the records and tells ``on_event``. A failed run stops the loop (its process group may
+    be unusable); a stop request (any rank's signal) ends it after the current run's
+    checkpoint, raising ``KeyboardInterrupt``. :class:`scheduler.DataError` if data is missing.
+    """
+    from lsr1bench import runner, scheduler
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        scheduler.prepare_data([p.spec for p in todo])
+    if parallel.is_writer and todo:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    parallel.barrier()
+    outcome = scheduler.SuiteOutcome()
+
+    def sink(event: dict[str, Any]) -> None:
+        if event["type"] == "end":
+            outcome.results[event["run_id"]] = event
+        on_event(event)
+
+    with interrupt.installed():
+        for planned in todo:
+            if parallel.any_rank(interrupt.STOP.requested):
+                raise KeyboardInterrupt
+            record = runner.train(planned.spec, output, device, sink, parallel=parallel)
+            outcome.statuses[planned.spec.run_id] = record.status
+            if record.status == records.FAILED:
+                break
+    return outcome
+
+
 # ---------------------------------------------------------------------------- the parent
-
-
-def _cpu_count() -> int:
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _rank_errors(errors: Path, ranks: int) -> tuple[list[dict[str, Any]], list[int]]:
@@ -207,68 +252,144 @@ def failure_message(reports: Sequence[dict[str, Any]], silent: Sequence[int], ex
 def run_with_torchrun(
     spec: RunSpec, output: str | Path, devices: Sequence[str], on_event: EventSink | None = None
 ) -> str:
-    """Train ``spec`` on ``spec.ranks`` processes started by ``torch.distributed.run``; its status.
+    """Train ``spec`` on ``spec.ranks`` processes started by ``torch.distributed.run``; its status."""
+    return run_group_with_torchrun([spec], output, devices, on_event)[spec.run_id]
 
-    ``devices``: ``["cpu"]`` (gloo, the cores split among the ranks) or at least
-    ``spec.ranks`` CUDA devices (NCCL, one per rank). Always leaves a finished record:
-    a rank that fails or hangs becomes a ``failed`` record naming the ranks.
-    Ctrl-C (SIGINT, or SIGTERM turned into it) stops the ranks, marks the run
-    ``interrupted`` and re-raises.
+
+def run_group_with_torchrun(
+    specs: Sequence[RunSpec], output: str | Path, devices: Sequence[str], on_event: EventSink | None = None
+) -> dict[str, str]:
+    """Train ``specs`` (all with the same ``ranks``) on one set of rank processes; their statuses.
+
+    One ``torch.distributed.run`` starts the ranks, which train the runs in turn (the
+    start-up, imports and data loading paid once, not per run). ``devices``: ``["cpu"]``
+    (gloo, the cores split among the ranks) or at least ``ranks`` CUDA devices (NCCL, one
+    per rank). Every run gets a finished record: a rank that fails or hangs ends the
+    group and makes the run in progress ``failed`` naming the ranks; the runs after it
+    start on a new group. A stop request (the process's signal handler) is passed on to
+    the ranks, which checkpoint the run in progress; a second signal stops them at once.
+    Either way ``KeyboardInterrupt`` is raised once the ranks are gone.
     """
     sink = on_event or (lambda event: None)
-    ranks = spec.ranks
+    if not specs:
+        return {}
+    ranks = specs[0].ranks
+    if any(spec.ranks != ranks for spec in specs):
+        raise ValueError("run_group_with_torchrun: every run of a group must have the same ranks")
     use_cuda = devices[0] != "cpu"
     if use_cuda and len(devices) < ranks:
-        raise ValueError(f"{spec.run_id} needs {ranks} GPUs, got {', '.join(devices)}")
-    threads = 1 if use_cuda else max(1, _cpu_count() // ranks)
-    directory = records.run_dir(output, spec.suite, spec.run_id)
-    started = time.perf_counter()
+        raise ValueError(f"{specs[0].run_id} needs {ranks} GPUs, got {', '.join(devices)}")
+    statuses: dict[str, str] = {}
+    left = list(specs)
+    while left:
+        interrupted = _launch(left, output, devices, sink, statuses)
+        left = [spec for spec in left if spec.run_id not in statuses]
+        if interrupted:
+            raise KeyboardInterrupt
+    return statuses
+
+
+def _launch(
+    specs: Sequence[RunSpec], output: str | Path, devices: Sequence[str], sink: EventSink, statuses: dict[str, str]
+) -> bool:
+    """One torchrun over ``specs``; fills ``statuses`` for every run it finished, and always
+    for at least one (so a group that keeps failing still ends). Whether it was interrupted."""
+    ranks = specs[0].ranks
+    use_cuda = devices[0] != "cpu"
+    threads = 1 if use_cuda else max(1, usable_cpus() // ranks)
+    where = _where(devices, ranks)
+    by_id = {spec.run_id: spec for spec in specs}
+    started: dict[str, float] = {}  # run id -> when this process said it started
+    current: list[str] = []  # the run the ranks are on (started, not ended)
+
+    def start(run_id: str) -> None:
+        if run_id not in started:
+            started[run_id] = time.perf_counter()
+            sink({"type": "start", "run_id": run_id, "device": where, "epochs": by_id[run_id].epochs})
+        current[:] = [run_id]
+
+    def relay(event: dict[str, Any]) -> None:
+        kind, run_id = event.get("type"), event.get("run_id")
+        if run_id not in by_id:
+            return
+        if kind == "start":
+            start(run_id)
+        elif kind == "end" and event.get("status") == records.FAILED:
+            pass  # the ranks end now; what each reported is settled below
+        elif kind == "end":
+            current.clear()
+            statuses[run_id] = event["status"]
+            sink({**event, "seconds": time.perf_counter() - started.get(run_id, time.perf_counter())})
+        else:
+            sink(event)
+
     with tempfile.TemporaryDirectory(prefix="lsr1bench-ranks-") as tmp:
         work = Path(tmp)
-        (work / "spec.json").write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        (work / "specs.json").write_text(json.dumps([spec.to_dict() for spec in specs]), encoding="utf-8")
         events_path = work / "events.jsonl"
         events_path.touch()
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
             f"--nproc-per-node={ranks}", "--max-restarts=0", "--monitor-interval=0.5",
             "-m", "lsr1bench.launch",
-            "--spec", str(work / "spec.json"), "--output", str(output), "--errors", str(work),
+            "--specs", str(work / "specs.json"), "--output", str(output), "--errors", str(work),
             "--events", str(events_path), "--threads", str(threads),
             "--devices", ",".join(devices[:ranks]) if use_cuda else "cpu",
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        sink({"type": "start", "run_id": spec.run_id, "device": _where(devices, ranks), "epochs": spec.epochs})
+        start(specs[0].run_id)  # the first run's wall-clock includes starting the ranks
         with (work / "torchrun.log").open("w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            interrupted, offset = False, 0
+            # torchrun has no SIGUSR1 handler (it would die of it and orphan the ranks):
+            # it ignores it; the ranks, which install their own, get it from Slurm directly
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_ignore_sigusr1
+            )
+            interrupted, offset, passed_on = False, 0, False
             try:
                 while process.poll() is None:
-                    time.sleep(0.2)
-                    offset = _forward_events(events_path, offset, sink)
-            except KeyboardInterrupt:
+                    time.sleep(0.1)
+                    offset = _forward_events(events_path, offset, relay)
+                    if interrupt.STOP.requested and not passed_on:
+                        # torchrun passes SIGTERM to the ranks: they checkpoint, then end
+                        with contextlib.suppress(OSError):
+                            process.send_signal(signal.SIGTERM)
+                        passed_on = interrupted = True
+            except KeyboardInterrupt:  # a second signal: now
                 interrupted = True
                 _stop(process)
-            offset = _forward_events(events_path, offset, sink)
+            offset = _forward_events(events_path, offset, relay)
         log_tail = " | ".join((work / "torchrun.log").read_text(errors="replace").strip().splitlines()[-3:])
         reports, silent = _rank_errors(work, ranks)
-        status, error = _finish_record(spec, directory, process.returncode, interrupted, reports, silent, log_tail)
-    rows = records.read_epochs(directory) if (directory / records.EPOCHS_FILE).exists() else []
-    last = rows[-1] if rows else {}
-    sink(
-        {
-            "type": "end",
-            "run_id": spec.run_id,
-            "status": status,
-            "error": error,
-            "test_error": last.get("test_error"),
-            "epochs_completed": last.get("epoch", 0),
-            "train_seconds": last.get("train_seconds"),
-            "seconds": time.perf_counter() - started,
-        }
-    )
-    if interrupted:
-        raise KeyboardInterrupt
-    return status
+        unsettled = current[0] if current else None
+        if unsettled is None and process.returncode != 0 and not interrupted:
+            # the ranks failed between runs or before the first: the next run takes the blame
+            unsettled = next((spec.run_id for spec in specs if spec.run_id not in statuses), None)
+            if unsettled is not None:
+                start(unsettled)
+        if unsettled is not None:
+            spec = by_id[unsettled]
+            directory = records.run_dir(output, spec.suite, spec.run_id)
+            status, error = _finish_record(spec, directory, process.returncode, interrupted, reports, silent, log_tail)
+            statuses[unsettled] = status
+            rows = records.read_epochs(directory) if (directory / records.EPOCHS_FILE).exists() else []
+            last = rows[-1] if rows else {}
+            sink(
+                {
+                    "type": "end",
+                    "run_id": unsettled,
+                    "status": status,
+                    "error": error,
+                    "test_error": last.get("test_error"),
+                    "epochs_completed": last.get("epoch", 0),
+                    "train_seconds": last.get("train_seconds"),
+                    "seconds": time.perf_counter() - started[unsettled],
+                }
+            )
+    return interrupted
+
+
+def _ignore_sigusr1() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _where(devices: Sequence[str], ranks: int) -> str:
@@ -284,10 +405,12 @@ def _forward_events(path: Path, offset: int, sink: EventSink) -> int:
         data = handle.read()
     end = data.rfind(b"\n") + 1
     for line in data[:end].splitlines():
-        with contextlib.suppress(ValueError):
+        try:
             event = json.loads(line)
-            if event.get("type") == "epoch":  # start and end are this process's to say
-                sink(event)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            sink(event)
     return offset + end
 
 

@@ -84,6 +84,10 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (so every rank takes the same branch)."""
+        return flag
+
     def before_evaluation(self, model: nn.Module) -> None:
         """Make what evaluation reads (batch-norm running statistics) equal on every rank."""
 
@@ -163,6 +167,9 @@ class DataParallel(SingleProcess):
         # a tiny all-reduce rather than dist.barrier(): it honours the group's timeout on
         # every backend and needs no device guess on NCCL
         self.sum(torch.zeros(1))
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self.sum(torch.tensor([1.0 if flag else 0.0]))[0] > 0)
 
     def before_evaluation(self, model: nn.Module) -> None:
         if self._sync_batch_norm:

@@ -2,7 +2,8 @@
 
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``), so a killed run leaves either the previous version of a file or the
-new one, never half of one. The layout is the contract in docs/ARCHITECTURE.md; the
+new one, never half of one, and with the mode a plain ``open`` would give it (0644 under
+umask 022), so colleagues can read results in a shared folder. The layout is the contract in docs/ARCHITECTURE.md; the
 report stage reads it with :func:`read_run` / :func:`iter_runs`. No torch here.
 """
 
@@ -111,13 +112,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``;
-    a failure or Ctrl-C part-way leaves the previous file (or none) and no temporary file."""
+    a failure or Ctrl-C part-way leaves the previous file (or none) and no temporary file.
+
+    ``mkstemp`` creates the temporary file with mode 0600 whatever the umask; it gets
+    ``0666 & ~umask`` before it replaces ``path``, what ``open(path, "w")`` would give."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

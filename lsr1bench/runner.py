@@ -30,189 +30,67 @@ minibatches are indexed there.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
 import random
 import signal
-import subprocess
 import time
 import traceback
-from collections import OrderedDict
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-import lsr1bench
 from lsr1bench import records
+from lsr1bench.execute import EventSink
+from lsr1bench.execute import checkpoint as checkpoint_file
+from lsr1bench.execute.data import (  # noqa: F401 - re-exported: the runner's public face
+    VALIDATION_SEED,
+    DeviceData,
+    clear_data_cache,
+    data_key,
+    load_data,
+    split_validation,
+)
+from lsr1bench.execute.interrupt import SIGNALS, STOP, STOP_AFTER_STEPS_ENV, Stopped, StopRequest, stop_after_steps
+from lsr1bench.execute.objective import (  # noqa: F401 - re-exported: the runner's public face
+    EVAL_BATCH,
+    RunningStatsGuard,
+    evaluate,
+    minibatch_objective,
+)
+from lsr1bench.execute.objective import MeanLoss as _MeanLoss
+from lsr1bench.execute.objective import batches as _batches
+from lsr1bench.execute.objective import current_lr as _current_lr
+from lsr1bench.execute.objective import initial_objective as _initial_objective
+from lsr1bench.execute.objective import sync as _sync
+from lsr1bench.execute.provenance import (  # noqa: F401
+    describe_device,
+    environment,
+    git_commit,
+    versions,
+)
+from lsr1bench.execute.provenance import parallel_record as _parallel_record
+from lsr1bench.execute.provenance import process_group_of as _group_of
+from lsr1bench.execute.provenance import update_parallel_record as _update_parallel_record
 from lsr1bench.grid import RunSpec
 from lsr1bench.parallel import SingleProcess
 from lsr1bench.records import RunRecord
-from lsr1bench.registry.datasets import load_dataset, load_plugin_dataset
-from lsr1bench.registry.models import build_model, build_plugin_model, l2_penalty
+from lsr1bench.registry.models import build_model, build_plugin_model
 from lsr1bench.registry.optimizers import build_optimizer
 
-EventSink = Callable[[dict[str, Any]], None]
-
-# Test-set evaluation batch: large enough to be quick, small enough for ResNet-20 on CPU.
-EVAL_BATCH = 1000
 TRACEBACK_FILE = "traceback.txt"
 
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class DeviceData:
-    """A dataset's tensors, already on the training device."""
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    description: str
-
-
-_DATA_CACHE: OrderedDict[tuple[Any, ...], DeviceData] = OrderedDict()
-_DATA_CACHE_SIZE = 2
-
-
-def data_key(spec: RunSpec) -> tuple[Any, ...]:
-    plugin = (spec.dataset_path, repr(sorted(spec.dataset_params.items()))) if spec.dataset_path else ()
-    return (spec.dataset, spec.data_root, spec.train_subset, spec.test_subset, *plugin)
-
-
-def load_data(spec: RunSpec, device: str | torch.device) -> DeviceData:
-    """The run's dataset on ``device``, loaded once per process and kept (2 most recent)."""
-    key = (*data_key(spec), str(device))
-    if key in _DATA_CACHE:
-        _DATA_CACHE.move_to_end(key)
-        return _DATA_CACHE[key]
-    if spec.dataset_path:
-        pair = load_plugin_dataset(
-            spec.dataset_path, spec.dataset_params, train_subset=spec.train_subset, test_subset=spec.test_subset
-        )
-    else:
-        pair = load_dataset(
-            spec.dataset,
-            root=spec.data_root,
-            train_subset=spec.train_subset,
-            test_subset=spec.test_subset,
-            download=True,
-            seed=0,  # a dataset name means one dataset; the run's seed is for init and order
-        )
-    data = DeviceData(
-        train_x=pair.train_x.to(device),
-        train_y=pair.train_y.to(device),
-        test_x=pair.test_x.to(device),
-        test_y=pair.test_y.to(device),
-        num_classes=pair.num_classes,
-        input_shape=tuple(pair.input_shape),
-        description=pair.description,
-    )
-    _DATA_CACHE[key] = data
-    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
-        _DATA_CACHE.popitem(last=False)
-    return data
-
-
-def clear_data_cache() -> None:
-    _DATA_CACHE.clear()
-
-
-# The held-out examples of ``validation_split`` are drawn once per dataset by this seed, not
-# the run's, so every optimizer and seed is tuned on the same examples.
-VALIDATION_SEED = 0
-
-
-def split_validation(data: DeviceData, count: int) -> tuple[DeviceData, Tensor, Tensor]:
-    """Hold out ``count`` training examples (a fixed random draw); the rest train, in order."""
-    n = len(data.train_y)
-    if not 1 <= count < n:
-        raise ValueError(f"validation_split {count} must leave training examples: the training split has {n}")
-    draw = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
-    held = draw[:count].sort().values.to(data.train_y.device)
-    kept = draw[count:].sort().values.to(data.train_y.device)
-    train = DeviceData(
-        train_x=data.train_x[kept],
-        train_y=data.train_y[kept],
-        test_x=data.test_x,
-        test_y=data.test_y,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        description=f"{data.description}; {count} training examples held out for validation",
-    )
-    return train, data.train_x[held], data.train_y[held]
-
-
-# ---------------------------------------------------------------------------- environment
-
-_GIT_COMMIT: list[str | None] = []
-
-
-def git_commit() -> str | None:
-    """The commit of the lsr1bench checkout (``+dirty`` if modified), or None if not in git."""
-    if not _GIT_COMMIT:
-        here = Path(lsr1bench.__file__).resolve().parent
-        commit = None
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-            if out.returncode == 0:
-                commit = out.stdout.strip()
-                dirty = subprocess.run(
-                    ["git", "status", "--porcelain", "--untracked-files=no"],
-                    cwd=here, capture_output=True, text=True, timeout=5,
-                )  # fmt: skip
-                if dirty.returncode == 0 and dirty.stdout.strip():
-                    commit += "+dirty"
-        except (OSError, subprocess.SubprocessError):
-            commit = None
-        _GIT_COMMIT.append(commit)
-    return _GIT_COMMIT[0]
-
-
-def versions() -> dict[str, str]:
-    import pydantic
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pydantic": pydantic.VERSION,
-        "lsr1bench": lsr1bench.__version__,
-        "cuda": torch.version.cuda or "",
-    }
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Numerics settings that change results: recorded, left at torch's defaults."""
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-    }
 
 
 def seed_everything(seed: int) -> None:
@@ -221,192 +99,52 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator too
 
 
-# ---------------------------------------------------------------------------- training
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, x: Tensor, y: Tensor, parallel: SingleProcess | None = None
-) -> tuple[float, float]:
-    """(mean cross-entropy, error %) over ``x, y`` in eval mode; restores train mode.
-
-    With P ranks each evaluates its 1/P of the rows and (loss sum, wrong, count) are summed.
-    """
-    parallel = parallel or SingleProcess()
-    parallel.before_evaluation(model)
-    was_training = model.training
-    model.eval()
-    lo, hi = parallel.local_rows(len(y))
-    totals = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss sum, wrong, count
-    for start in range(lo, hi, EVAL_BATCH):
-        stop = min(start + EVAL_BATCH, hi)
-        logits = model(x[start:stop])
-        target = y[start:stop]
-        totals[0] += F.cross_entropy(logits, target, reduction="sum").double()
-        totals[1] += (logits.argmax(dim=1) != target).sum()
-        totals[2] += stop - start
-    model.train(was_training)
-    loss_sum, wrong, n = (float(v) for v in parallel.sum(totals))
-    return loss_sum / n, 100.0 * wrong / n
-
-
-@torch.no_grad()
-def _initial_objective(
-    model: torch.nn.Module,
-    data: DeviceData,
-    batch_size: int,
-    weight_decay: float,
-    parallel: SingleProcess | None = None,
-) -> float:
-    """Epoch 0's train loss: cross-entropy + L2 at the initial point, as training sees it.
-
-    Train mode over consecutive minibatches of the run's batch size (batch norm uses
-    batch statistics, as in every later row), with the batch-norm running statistics
-    saved and restored, so measuring the start point does not change the run. With P
-    ranks each takes its rows of every minibatch, as in training, and the sums are added.
-    """
-    parallel = parallel or SingleProcess()
-    saved = [buffer.clone() for buffer in model.buffers()]
-    total = torch.zeros(1, dtype=torch.float64, device=data.train_y.device)
-    n = len(data.train_y)
-    # full minibatches, the remainder joining the last (a batch of one breaks batch norm)
-    edges = list(range(0, n, batch_size))[: max(1, n // batch_size)] + [n]
-    for start, stop in zip(edges, edges[1:]):
-        lo, hi = parallel.local_rows(stop - start)
-        x, y = data.train_x[start + lo : start + hi], data.train_y[start + lo : start + hi]
-        total += F.cross_entropy(model(x), y, reduction="sum").double()
-    for buffer, value in zip(model.buffers(), saved):
-        buffer.copy_(value)
-    return float(parallel.sum(total)[0]) / n + float(l2_penalty(model, weight_decay))
-
-
-def minibatch_objective(
-    logits: Tensor, targets: Tensor, model: torch.nn.Module, spec: RunSpec, world_size: int = 1
-) -> Tensor:
-    """The function the optimizer minimises on this rank's rows of one minibatch of b examples.
-
-    ``loss_reduction: mean`` (the paper's objective): mean cross-entropy + L2.
-    ``loss_reduction: sum``: the cross-entropy summed over the minibatch + L2. Only the data
-    term is b times larger; the L2 term is the same ``l2_penalty`` as with mean, so the
-    weight decay is relatively b times weaker. A first-order method's step on the data
-    term is then b times that of the mean at the same learning rate (what a framework whose
-    loss sums over the batch does). With P ranks each holds b / P rows and DDP averages the
-    gradients, so each rank's sum is multiplied by P: the average is the global sum.
-    """
-    if spec.loss_reduction == "sum":
-        data = F.cross_entropy(logits, targets, reduction="sum") * world_size
-    else:
-        data = F.cross_entropy(logits, targets)
-    return data + l2_penalty(model, spec.weight_decay)
-
-
-class _MeanLoss:
-    """An epoch's ``train_loss``: the per-example mean cross-entropy + L2 at each step's
-    start point, averaged over the steps, whatever ``loss_reduction`` the optimizer saw.
-
-    A step reports the objective it minimised; with ``sum`` that is b * mean + L2, so the
-    L2 term at the start point is taken before the step (``start``) and the mean recovered
-    as (loss - L2) / b + L2, summed on the device (no host transfer per step).
-    """
-
-    def __init__(self, loss_reduction: str, weight_decay: float) -> None:
-        self.summed = loss_reduction == "sum"
-        self.weight_decay = weight_decay
-        self.total = 0.0
-        self.l2_total: Tensor | float = 0.0
-        self.steps = 0
-
-    def start(self, model: torch.nn.Module) -> Tensor | None:
-        if not self.summed:
-            return None
-        with torch.no_grad():
-            return l2_penalty(model, self.weight_decay)
-
-    def add(self, loss: float, batch: int, l2_at_start: Tensor | None) -> None:
-        self.steps += 1
-        if l2_at_start is None:
-            self.total += loss
-        else:
-            self.total += loss / batch
-            self.l2_total = self.l2_total + l2_at_start * (1.0 - 1.0 / batch)
-
-    def mean(self) -> float:
-        return (self.total + float(self.l2_total)) / max(self.steps, 1)
-
-
-class RunningStatsGuard:
-    """Keeps batch-norm running statistics to one update per step, at the accepted point.
-
-    ``protect(closure)`` returns a closure that restores the running statistics (and
-    ``num_batches_tracked``) to their values at the start of the step after every call;
-    ``update(x)`` then runs one forward pass in train mode without gradients on the
-    step's minibatch at the current parameters, which updates them exactly once.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.buffers = [
-            b
-            for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-            if b is not None
-        ]
-
-    def protect(self, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
-        if not self.buffers:
-            return closure
-        saved = [b.clone() for b in self.buffers]
-
-        def guarded() -> Tensor:
-            loss = closure()
-            with torch.no_grad():
-                torch._foreach_copy_(self.buffers, saved)
-            return loss
-
-        return guarded
-
-    def update(self, x: Tensor) -> None:
-        if self.buffers:
-            with torch.no_grad():
-                self.model(x)
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=generator).to(device)
-    if batch_size >= n:
-        yield order
-        return
-    for start in range(0, n - batch_size + 1, batch_size):
-        yield order[start : start + batch_size]
-
-
-def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
-    lr = optimizer.param_groups[0].get("lr")
-    return float(lr) if isinstance(lr, (int, float, Tensor)) else None
-
-
 @contextlib.contextmanager
 def _no_second_interrupt() -> Iterator[None]:
-    """Ignore Ctrl-C while the final record is written (a second one must not lose it)."""
+    """Ignore further signals while the final record is written (one must not lose it)."""
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in SIGNALS:
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
     except ValueError:  # not the main thread: signals go elsewhere anyway
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Loop:
+    """The training loop's running totals, carried through a checkpoint."""
+
+    train_seconds: float = 0.0
+    samples: int = 0
+    seconds_before: float = 0.0  # wall-clock of the earlier attempts (total_seconds goes on)
+
+
+@dataclass
+class _Training:
+    """What one run trains with: built by :meth:`_Run.prepare`, restored by :meth:`_Run.resume`."""
+
+    data: DeviceData
+    validation: tuple[Tensor, Tensor] | None
+    model: torch.nn.Module
+    net: torch.nn.Module  # what the closure calls: DDP around the model, or the model
+    optimizer: Any
+    schedule: Any
+    order: torch.Generator  # draws each epoch's minibatch permutation
+    guard: RunningStatsGuard | None
+    reduce_loss: Callable[[Tensor], Tensor]
+    stop_after: int | None  # STOP_AFTER_STEPS_ENV, for tests of resuming
+    loop: _Loop = field(default_factory=_Loop)
+    started: float = 0.0  # perf_counter at the start of the epoch-0 evaluation (less earlier attempts)
+    steps_here: int = 0  # optimizer steps taken by this attempt
 
 
 class _Run:
-    """The state of one run while it trains; writes records as it goes."""
+    """The state of one run while it trains; writes records and checkpoints as it goes."""
 
     def __init__(
         self,
@@ -480,7 +218,52 @@ class _Run:
         epochs = [epoch for reached in self.record.targets_reached.values() for epoch in reached.values()]
         return bool(epochs) and all(epoch is not None for epoch in epochs)
 
-    def train(self) -> None:
+    def train(self, stop: StopRequest) -> None:
+        """Train from the start, or from the checkpoint a stopped attempt left."""
+        spec = self.spec
+        t = self.prepare()
+        resumed = self.resume(t)
+        t.started = time.perf_counter() - t.loop.seconds_before
+        if resumed is None:
+            initial = _initial_objective(t.model, t.data, spec.batch_size, spec.weight_decay, self.parallel)
+            self.add_row(self.row(t, 0, initial, _current_lr(t.optimizer.optimizer)))
+            first_epoch, position, partial = 1, 0, None
+        else:
+            first_epoch, position, partial = resumed
+        for epoch in range(first_epoch, spec.epochs + 1):
+            lr = _current_lr(t.optimizer.optimizer)
+            recorded = _MeanLoss(spec.loss_reduction, spec.weight_decay)
+            if partial is not None:  # the sums of the epoch a checkpoint stopped in
+                recorded.__dict__.update(partial)
+                partial = None
+            bad_loss = self.train_epoch(t, epoch, position, recorded, stop)
+            position = 0
+            if t.schedule is not None:
+                with warnings.catch_warnings():
+                    # resumed after an epoch's last step, this process has not stepped yet
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    t.schedule.step()
+            train_loss = bad_loss if bad_loss is not None else recorded.mean()
+            current = self.row(t, epoch, train_loss, lr)
+            self.add_row(current)
+            if bad_loss is not None or not math.isfinite(current["test_loss"]):
+                raise Diverged(
+                    f"loss became {train_loss if bad_loss is not None else current['test_loss']} in epoch {epoch}"
+                )
+            if spec.stop_at_targets and self.targets_all_reached():
+                self.record.extra["stopped_at_targets"] = True
+                break
+            every = spec.checkpoint_every
+            saved = bool(every) and epoch % every == 0 and (epoch < spec.epochs or spec.keep_checkpoints)
+            if saved:
+                self.save_checkpoint(t, epoch, 0, None, None)
+            if self.parallel.any_rank(stop.requested):
+                if not saved:
+                    self.save_checkpoint(t, epoch, 0, None, None)
+                raise Stopped(stop.message())
+
+    def prepare(self) -> _Training:
+        """The data, model, optimizer and schedule of the run, as the seed makes them."""
         spec, device, parallel = self.spec, self.device, self.parallel
         data = load_data(spec, device)
         validation: tuple[Tensor, Tensor] | None = None
@@ -496,25 +279,9 @@ class _Run:
             "validation_examples": spec.validation_split or 0,
         }
         seed_everything(spec.seed)
-        if spec.model_path:
-            model = build_plugin_model(
-                spec.model_path,
-                spec.model_params,
-                batch_norm=spec.batch_norm,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-            ).to(device)
-        else:
-            model = build_model(
-                spec.model,
-                batch_norm=spec.batch_norm,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-                init=spec.model_init,
-            ).to(device)
+        model = _build_model(spec, data, device)
         model.train()
         net = parallel.wrap(model, device)  # what training calls: DDP around the model, or the model
-        order = torch.Generator().manual_seed(spec.seed)
         optimizer = build_optimizer(
             spec.optimizer, model.parameters(), spec.optimizer_params, process_group=_group_of(parallel)
         )
@@ -526,87 +293,191 @@ class _Run:
                 milestones=list(spec.lr_schedule["milestones"]),
                 gamma=float(spec.lr_schedule.get("gamma", 0.1)),
             )
+        return _Training(
+            data=data,
+            validation=validation,
+            model=model,
+            net=net,
+            optimizer=optimizer,
+            schedule=schedule,
+            order=torch.Generator().manual_seed(spec.seed),
+            guard=RunningStatsGuard(model) if optimizer.second_order else None,
+            # the loss each step reports is the global one: LSR1 averages it over the ranks
+            # itself; for every other method the closure does, so all ranks decide alike
+            # (torch's L-BFGS line search reads the closure's loss)
+            reduce_loss=(lambda loss: loss) if optimizer.reduces_loss else parallel.average,
+            stop_after=stop_after_steps(),
+        )
 
-        train_seconds = 0.0
-        started = time.perf_counter()
-        samples = 0
+    def train_epoch(
+        self, t: _Training, epoch: int, position: int, recorded: _MeanLoss, stop: StopRequest
+    ) -> float | None:
+        """One epoch's steps from step ``position`` on; the non-finite loss that ended it, if any.
 
-        def row(epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
-            test_loss, test_error = evaluate(model, data.test_x, data.test_y, parallel)
-            stats = optimizer.statistics()
-            _update_parallel_record(self.record.extra["parallel"], parallel, optimizer, stats)
-            out: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "test_loss": test_loss,
-                "test_error": test_error,
-                "train_seconds": train_seconds,
-                "total_seconds": time.perf_counter() - started,
-                "grad_evals": optimizer.closure_evaluations,
-                "samples": samples,
-                "steps": stats.get("steps", optimizer.steps),
-                "lr": lr,  # the rate this epoch trained with
+        A stop request ends it after the step in progress: a checkpoint, then :class:`Stopped`."""
+        spec, device, parallel, data, model = self.spec, self.device, self.parallel, t.data, t.model
+        _sync(device)
+        epoch_start = time.perf_counter()
+        epoch_order = t.order.get_state()  # what draws this epoch's permutation
+        for step, index in enumerate(_batches(len(data.train_y), spec.batch_size, t.order, device)):
+            if step < position:
+                continue  # done before the checkpoint
+            rows = parallel.shard(index)  # this rank's rows of the global minibatch
+            xb, yb = data.train_x[rows], data.train_y[rows]
+
+            def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
+                loss = minibatch_objective(t.net(xb), yb, model, spec, parallel.world_size)
+                loss.backward()  # DDP averages the gradients over the ranks here
+                return t.reduce_loss(loss)
+
+            start_point = recorded.start(model)
+            if t.guard is None:
+                loss = t.optimizer.step(closure)
+            else:
+                loss = t.optimizer.step(t.guard.protect(closure))
+                t.guard.update(xb)
+            t.loop.samples += len(index)
+            recorded.add(loss, len(index), start_point)
+            if not math.isfinite(loss):
+                _sync(device)
+                t.loop.train_seconds += time.perf_counter() - epoch_start
+                return loss
+            t.steps_here += 1
+            if t.stop_after is not None and t.steps_here == t.stop_after:
+                stop.request(STOP_AFTER_STEPS_ENV)
+            if parallel.any_rank(stop.requested):  # every rank stops after the same step
+                _sync(device)
+                t.loop.train_seconds += time.perf_counter() - epoch_start
+                self.save_checkpoint(t, epoch - 1, step + 1, epoch_order, recorded)
+                raise Stopped(stop.message())
+        _sync(device)
+        t.loop.train_seconds += time.perf_counter() - epoch_start
+        return None
+
+    def row(self, t: _Training, epoch: int, train_loss: float, lr: float | None) -> dict[str, Any]:
+        """The ``epochs.csv`` row after ``epoch``: evaluations and the optimizer's statistics."""
+        parallel, optimizer = self.parallel, t.optimizer
+        test_loss, test_error = evaluate(t.model, t.data.test_x, t.data.test_y, parallel)
+        stats = optimizer.statistics()
+        _update_parallel_record(self.record.extra["parallel"], parallel, optimizer, stats)
+        out: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "train_seconds": t.loop.train_seconds,
+            "total_seconds": time.perf_counter() - t.started,
+            "grad_evals": optimizer.closure_evaluations,
+            "samples": t.loop.samples,
+            "steps": stats.get("steps", optimizer.steps),
+            "lr": lr,  # the rate this epoch trained with
+        }
+        if t.validation is not None:
+            out["val_loss"], out["val_error"] = evaluate(t.model, *t.validation, parallel)
+        stats.update(optimizer.epoch_curvature())
+        for column in records.OPTIMIZER_COLUMNS:
+            value = stats.get(column)
+            out[column] = float(value) if column == "radius" and value is not None else value
+        return out
+
+    def resume(self, t: _Training) -> tuple[int, int, dict[str, Any] | None] | None:
+        """Load the run's checkpoint, if any: ``(first epoch, steps done in it, partial sums)``."""
+        content, problem = None, None
+        if self.parallel.is_writer:
+            try:
+                content = checkpoint_file.load(self.directory, self.spec.comparable())
+            except checkpoint_file.CheckpointError as exc:
+                problem = str(exc)
+        found = self.parallel.broadcast(content is not None)
+        if problem is not None:
+            self.record.extra.setdefault("checkpoint_problems", []).append(problem)
+        if not found:
+            return None
+        if content is None:  # the other ranks read the file rank 0 checked
+            content = torch.load(checkpoint_file.path(self.directory), map_location="cpu", weights_only=True)
+        model, optimizer, schedule = t.model, t.optimizer, t.schedule
+        model.load_state_dict(content["model"])
+        mine = content["ranks"][self.parallel.rank]
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), mine["buffers"]):
+                buffer.copy_(value)
+        optimizer.load_state_dict(_to_device(content["optimizer"], self.device))
+        if schedule is not None:
+            schedule.load_state_dict(content["schedule"])
+        checkpoint_file.set_rng_state(mine["rng"], self.device)
+        position = int(content["position"])
+        t.order.set_state(content["order"] if position == 0 else content["epoch_order"])
+        t.loop.__dict__.update(content["loop"])
+        self.rows = list(content["rows"])
+        record = RunRecord.from_dict(content["record"])
+        resumes = [*record.extra.get("resumes", [])]
+        resumes.append(
+            {
+                "epoch": int(content["epoch"]),
+                "step": position,
+                "at": records.now_iso(),
+                "hostname": platform.node(),
+                "device": describe_device(self.device),
             }
-            if validation is not None:
-                out["val_loss"], out["val_error"] = evaluate(model, *validation, parallel)
-            stats.update(optimizer.epoch_curvature())
-            for column in records.OPTIMIZER_COLUMNS:
-                value = stats.get(column)
-                out[column] = float(value) if column == "radius" and value is not None else value
-            return out
+        )
+        record.extra.update(
+            {key: value for key, value in self.record.extra.items() if key in ("data", "parallel")}
+        )
+        record.extra["resumes"] = resumes
+        record.status, record.error, record.finished_at = records.RUNNING, None, None
+        self.record = record
+        self.save()
+        self.emit({"type": "resume", "run_id": self.spec.run_id, "epoch": int(content["epoch"]), "step": position})
+        partial = content["recorded"] if position else None
+        return int(content["epoch"]) + 1, position, partial
 
-        guard = RunningStatsGuard(model) if optimizer.second_order else None
-        # the loss each step reports is the global one: LSR1 averages it over the ranks
-        # itself; for every other method the closure does, so all ranks decide alike
-        # (torch's L-BFGS line search reads the closure's loss)
-        reduce_loss = (lambda loss: loss) if optimizer.reduces_loss else parallel.average
-        initial = _initial_objective(model, data, spec.batch_size, spec.weight_decay, parallel)
-        self.add_row(row(0, initial, _current_lr(optimizer.optimizer)))
-        for epoch in range(1, spec.epochs + 1):
-            _sync(device)
-            epoch_start = time.perf_counter()
-            lr = _current_lr(optimizer.optimizer)
-            recorded, bad_loss = _MeanLoss(spec.loss_reduction, spec.weight_decay), None
-            for index in _batches(n, spec.batch_size, order, device):
-                rows = parallel.shard(index)  # this rank's rows of the global minibatch
-                xb, yb = data.train_x[rows], data.train_y[rows]
-
-                def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
-                    model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
-                    loss = minibatch_objective(net(xb), yb, model, spec, parallel.world_size)
-                    loss.backward()  # DDP averages the gradients over the ranks here
-                    return reduce_loss(loss)
-
-                start_point = recorded.start(model)
-                if guard is None:
-                    loss = optimizer.step(closure)
-                else:
-                    loss = optimizer.step(guard.protect(closure))
-                    guard.update(xb)
-                samples += len(index)
-                recorded.add(loss, len(index), start_point)
-                if not math.isfinite(loss):
-                    bad_loss = loss
-                    break
-            _sync(device)
-            train_seconds += time.perf_counter() - epoch_start
-            if schedule is not None:
-                schedule.step()
-            train_loss = bad_loss if bad_loss is not None else recorded.mean()
-            current = row(epoch, train_loss, lr)
-            self.add_row(current)
-            if bad_loss is not None or not math.isfinite(current["test_loss"]):
-                raise Diverged(
-                    f"loss became {train_loss if bad_loss is not None else current['test_loss']} in epoch {epoch}"
-                )
-            if spec.stop_at_targets and self.targets_all_reached():
-                self.record.extra["stopped_at_targets"] = True
-                break
+    def save_checkpoint(
+        self, t: _Training, epoch: int, position: int, epoch_order: Tensor | None, recorded: _MeanLoss | None
+    ) -> None:
+        """Write the checkpoint (a collective for a data-parallel run: every rank calls it)."""
+        parallel, model, optimizer, loop = self.parallel, t.model, t.optimizer, t.loop
+        loop.seconds_before = time.perf_counter() - t.started
+        optimizer_state = optimizer.state_dict(full=parallel.world_size > 1)  # every rank: may gather
+        local = {
+            "buffers": [b.detach().cpu().clone() for b in model.buffers()],
+            "rng": checkpoint_file.rng_state(self.device),
+        }
+        ranks = parallel.gather(local)
+        if not parallel.is_writer:
+            return
+        content = {
+            "spec": self.spec.comparable(),
+            "epoch": epoch,  # epochs finished
+            "position": position,  # steps of epoch + 1 done (0: at the epoch boundary)
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ranks": ranks,
+            "optimizer": _to_device(optimizer_state, torch.device("cpu")),
+            "schedule": t.schedule.state_dict() if t.schedule is not None else None,
+            "order": t.order.get_state(),
+            "epoch_order": epoch_order,
+            "recorded": dict(recorded.__dict__) if recorded is not None else None,
+            "loop": dict(loop.__dict__),
+            # plain JSON values (a float survives json exactly): loads with weights_only
+            "rows": json.loads(json.dumps(self.rows)),
+            "record": json.loads(json.dumps(self.record.to_dict())),
+        }
+        checkpoint_file.save(self.directory, content)
+        self.record.extra["checkpoint"] = {
+            "file": checkpoint_file.CHECKPOINT_FILE,
+            "epoch": epoch,
+            "step": position,
+            "at": records.now_iso(),
+        }
+        self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.record.status = status
         self.record.error = error
         self.record.finished_at = records.now_iso()
+        if status in records.FINISHED and not self.spec.keep_checkpoints and self.parallel.is_writer:
+            checkpoint_file.remove(self.directory)  # a finished run is never resumed
+            self.record.extra.pop("checkpoint", None)
         self.save()
         last = self.rows[-1] if self.rows else {}
         self.emit(
@@ -629,18 +500,25 @@ def train(
     device: str | torch.device = "cpu",
     on_event: EventSink | None = None,
     parallel: SingleProcess | None = None,
+    stop: StopRequest | None = None,
 ) -> RunRecord:
     """Train ``spec`` on ``device`` into ``output/<suite>/<run_id>/``; return the final record.
 
-    NaN/inf loss -> status ``diverged``; any exception -> ``failed`` with its message (the
-    traceback goes to ``traceback.txt``); both return normally so a suite goes on.
-    Ctrl-C -> ``interrupted``, then the ``KeyboardInterrupt`` propagates.
+    A checkpoint the run left there (``checkpoint.pt``, for the same spec) is resumed
+    from: the records continue as if the run had never stopped, and ``run.json``'s
+    ``resumes`` says from which epoch and step. NaN/inf loss -> status ``diverged``; any
+    exception -> ``failed`` with its message (the traceback goes to ``traceback.txt``);
+    both return normally so a suite goes on. A stop requested through ``stop`` (the
+    process's signal handler, :mod:`lsr1bench.execute.interrupt`) -> a checkpoint at the
+    next step boundary, status ``interrupted``, then :class:`Stopped` (a
+    ``KeyboardInterrupt``) propagates; so does a second signal, without the checkpoint.
 
     ``parallel``: this process's place in a data-parallel run of ``spec.ranks`` ranks (see
     :mod:`lsr1bench.parallel`); every rank calls ``train``, only rank 0 writes and reports.
     """
     device = torch.device(device)
     parallel = parallel or SingleProcess()
+    stop = stop or STOP
     if parallel.world_size != spec.ranks:
         raise ValueError(
             f"run {spec.run_id} has ranks {spec.ranks} but is trained by {parallel.world_size} process(es)"
@@ -651,13 +529,14 @@ def train(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / TRACEBACK_FILE)
     run = _Run(spec, directory, device, on_event, parallel)
-    run.save()
+    if not checkpoint_file.path(directory).exists():
+        run.save()  # a resumed run keeps its record until the checkpoint is read
     run.emit({"type": "start", "run_id": spec.run_id, "device": str(device), "epochs": spec.epochs})
     try:
-        run.train()
-    except KeyboardInterrupt:
+        run.train(stop)
+    except KeyboardInterrupt as exc:
         with _no_second_interrupt():
-            run.finish(records.INTERRUPTED, "interrupted (Ctrl-C, SIGINT or SIGTERM)")
+            run.finish(records.INTERRUPTED, str(exc) or "interrupted at once (a second signal)")
         raise
     except Diverged as exc:
         run.finish(records.DIVERGED, str(exc))
@@ -672,43 +551,32 @@ def train(
     return run.record
 
 
-# ---------------------------------------------------------------------------- data-parallel records
+def _build_model(spec: RunSpec, data: DeviceData, device: torch.device) -> torch.nn.Module:
+    if spec.model_path:
+        model = build_plugin_model(
+            spec.model_path,
+            spec.model_params,
+            batch_norm=spec.batch_norm,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        )
+    else:
+        model = build_model(
+            spec.model,
+            batch_norm=spec.batch_norm,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            init=spec.model_init,
+        )
+    return model.to(device)
 
 
-def _group_of(parallel: SingleProcess) -> Any:
-    """The process group an optimizer reduces over, or None for a one-process run."""
-    if parallel.world_size == 1:
-        return None
-    import torch.distributed as dist
-
-    return parallel.group if parallel.group is not None else dist.group.WORLD
-
-
-def _parallel_record(
-    parallel: SingleProcess, optimizer: Any, model: torch.nn.Module, device: torch.device
-) -> dict[str, Any]:
-    """``run.json``'s ``parallel`` section: world size, backend, layout, batch norm, traffic."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in parameters)
-    return {
-        **parallel.describe(),
-        "layout": optimizer.layout(parallel.world_size),
-        "batch_norm": parallel.batch_norm_mode(model, device),
-        "threads_per_rank": torch.get_num_threads(),
-        "parameters": count,
-        # DDP all-reduces every gradient once per backward (the payload, not the wire bytes)
-        "gradient_bytes_per_backward": (
-            sum(p.numel() * p.element_size() for p in parameters) if parallel.world_size > 1 else 0
-        ),
-        "optimizer_memory_bytes": None,
-    }
-
-
-def _update_parallel_record(
-    section: dict[str, Any], parallel: SingleProcess, optimizer: Any, stats: dict[str, Any]
-) -> None:
-    """Per-rank optimizer memory (a collective: every rank calls it) and the optimizer's traffic."""
-    section["optimizer_memory_bytes"] = parallel.gather(optimizer.memory_bytes())
-    for key in ("collectives", "bytes_communicated"):
-        if key in stats:
-            section[f"optimizer_{key}"] = stats[key]
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (through dicts, lists, tuples) on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

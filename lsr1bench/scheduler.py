@@ -2,17 +2,19 @@
 
 * Resuming: a run whose ``run.json`` says ``completed`` or ``diverged`` for the same spec
   is skipped; anything else (no record, ``running`` from a killed process,
-  ``interrupted``, ``failed``, a spec that changed) runs again from the start. ``force``
-  reruns everything.
+  ``interrupted``, ``failed``) runs again, from its checkpoint where it left one
+  (the runner resumes it); a spec that changed, or ``force``, starts afresh.
 * Devices: one run at a time in this process for a single device; otherwise one worker
   process per slot (``spawn``), each taking the next run from a shared queue. Several
   GPUs give one slot per GPU; ``jobs`` N gives N slots per device, the CPU threads split
   among the CPU workers.
-* Data-parallel runs (``ranks`` > 1) come after the others, one at a time, each started
-  through ``torch.distributed.run`` over all the CPU cores or its first ``ranks`` GPUs
-  (:mod:`lsr1bench.launch`).
-* Ctrl-C (or SIGTERM, as a cluster scheduler sends at its time limit) marks the runs in
-  progress ``interrupted`` and leaves every finished run as it is.
+* Data-parallel runs (``ranks`` > 1) come after the others, one at a time, over all the
+  CPU cores or the first ``ranks`` GPUs; the runs with the same ``ranks`` share one set
+  of rank processes started through ``torch.distributed.run`` (:mod:`lsr1bench.launch`).
+* Ctrl-C, SIGTERM or SIGUSR1 (what a cluster scheduler sends before its time limit):
+  every worker finishes its step, writes its run's checkpoint and marks it
+  ``interrupted`` (:mod:`lsr1bench.execute.interrupt`); finished runs stay as they are.
+  A second signal stops at once, from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lsr1bench import records
+from lsr1bench.execute import EventSink, interrupt, usable_cpus
 from lsr1bench.grid import RunSpec
-
-EventSink = Callable[[dict[str, Any]], None]
 
 
 class DeviceError(ValueError):
@@ -47,6 +48,7 @@ class PlannedRun:
     spec: RunSpec
     action: str  # "run" (no record), "rerun" (unfinished, changed or forced), "skip" (done)
     reason: str = ""
+    fresh: bool = False  # start from scratch: a checkpoint it left is not resumed
 
 
 @dataclass
@@ -73,12 +75,23 @@ def plan(runs: Sequence[RunSpec], output: str | Path, force: bool = False) -> li
         if record.finished and same and not force:
             planned.append(PlannedRun(spec, "skip", record.status))
         elif record.finished and same:
-            planned.append(PlannedRun(spec, "rerun", f"--force ({record.status} before)"))
+            planned.append(PlannedRun(spec, "rerun", f"--force ({record.status} before)", fresh=True))
         elif record.finished:
-            planned.append(PlannedRun(spec, "rerun", "the suite changed since this run"))
+            planned.append(PlannedRun(spec, "rerun", "the suite changed since this run", fresh=True))
+        elif force:  # --force: from the start, whatever it left
+            planned.append(PlannedRun(spec, "rerun", f"was {record.status}; --force: from the start", fresh=True))
         else:
-            planned.append(PlannedRun(spec, "rerun", f"was {record.status}"))
+            planned.append(PlannedRun(spec, "rerun", f"was {record.status}{_resume_point(record, directory)}"))
     return planned
+
+
+def _resume_point(record: records.RunRecord, directory: Path) -> str:
+    """``; resumes from epoch E step S`` when the run left a checkpoint, else nothing."""
+    saved = record.extra.get("checkpoint")
+    if not isinstance(saved, dict) or not (directory / str(saved.get("file", ""))).is_file():
+        return ""
+    step = f" step {saved.get('step')}" if saved.get("step") else ""
+    return f"; resumes after epoch {saved.get('epoch')}{step}"
 
 
 def _comparable(spec_dict: dict[str, Any]) -> dict[str, Any] | None:
@@ -139,25 +152,6 @@ def prepare_data(runs: Sequence[RunSpec]) -> None:
             raise DataError(f"data ({spec.dataset}, used by {spec.run_id}): {exc}") from None
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so a scheduler's kill leaves records marked interrupted."""
-
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_suite(
     todo: Sequence[PlannedRun],
     output: str | Path,
@@ -174,16 +168,21 @@ def run_suite(
             outcome.results[event["run_id"]] = event
         sink(event)
 
+    from lsr1bench.execute import checkpoint
+
+    for p in todo:
+        if p.fresh:  # forced or changed: a checkpoint kept from before is not this run's
+            checkpoint.remove(records.run_dir(output, p.spec.suite, p.spec.run_id))
     specs = [p.spec for p in todo if p.spec.ranks == 1]
     ranked = [p.spec for p in todo if p.spec.ranks > 1]
-    with sigterm_as_interrupt():
+    with interrupt.installed():
         if len(specs) == 0:
             pass
         elif len(devices) == 1 or len(specs) == 1:
             _run_here(specs, output, devices[0], record, outcome)
         else:
             _run_workers(specs, output, list(devices)[: len(specs)], record, outcome)
-        if ranked and not outcome.interrupted:
+        if ranked and not outcome.interrupted and not interrupt.STOP.requested:
             _run_ranked(ranked, output, devices, record, outcome)
     return outcome
 
@@ -195,11 +194,17 @@ def _run_ranked(
     from lsr1bench import launch
 
     unique = list(dict.fromkeys(devices))
+    groups: dict[int, list[RunSpec]] = {}
+    for spec in specs:  # one set of rank processes for all the runs of a rank count
+        groups.setdefault(spec.ranks, []).append(spec)
     try:
-        for spec in specs:
-            launch.run_with_torchrun(spec, output, unique, sink)
+        for group in groups.values():
+            if interrupt.STOP.requested:
+                break
+            launch.run_group_with_torchrun(group, output, unique, sink)
     except KeyboardInterrupt:
-        outcome.interrupted = True
+        pass
+    outcome.interrupted = outcome.interrupted or interrupt.STOP.requested or _was_interrupted(outcome)
 
 
 def _run_here(
@@ -209,16 +214,20 @@ def _run_here(
 
     try:
         for spec in specs:
+            if interrupt.STOP.requested:  # a signal between two runs: start no other
+                break
             runner.train(spec, output, device, sink)
     except KeyboardInterrupt:
-        outcome.interrupted = True
+        pass
+    outcome.interrupted = outcome.interrupted or interrupt.STOP.requested or _was_interrupted(outcome)
+
+
+def _was_interrupted(outcome: SuiteOutcome) -> bool:
+    return any(status == records.INTERRUPTED for status in outcome.statuses.values())
 
 
 def _threads_per_worker(devices: Sequence[str]) -> int:
-    cpus = os.cpu_count() or 1
-    with contextlib.suppress(AttributeError, OSError):
-        cpus = len(os.sched_getaffinity(0))
-    return max(1, cpus // len(devices))
+    return max(1, usable_cpus() // len(devices))
 
 
 def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> None:
@@ -228,16 +237,18 @@ def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> 
     from lsr1bench import runner
 
     torch.set_num_threads(threads)
-    # Ctrl-C, and SIGINT forwarded by the main process, even where the shell started
-    # the suite with SIGINT ignored (a background job)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C, SIGTERM or SIGUSR1 (from the terminal, the cluster or passed on by the main
+    # process), even where the shell started the suite with SIGINT ignored (a background
+    # job): checkpoint at the next step boundary, then stop
     try:
-        while True:
-            item = tasks.get()
-            if item is None:
-                break
-            runner.train(RunSpec.from_dict(item), output, device, events.put)
+        with interrupt.installed():
+            while not interrupt.STOP.requested:
+                item = tasks.get()
+                if item is None:
+                    break
+                runner.train(RunSpec.from_dict(item), output, device, events.put)
+            if interrupt.STOP.requested:
+                events.put({"type": "worker_interrupted", "device": device})
     except KeyboardInterrupt:
         events.put({"type": "worker_interrupted", "device": device})
     except BaseException as exc:  # noqa: BLE001 - report, then let the process end
@@ -266,12 +277,11 @@ def _run_workers(
     running: dict[str, str] = {}  # run id -> device
     try:
         _pump(workers, events, sink, running, outcome)
+        if interrupt.STOP.requested:
+            outcome.interrupted = True
     except KeyboardInterrupt:
-        outcome.interrupted = True
-        for w in workers:
-            if w.is_alive() and w.pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(w.pid, signal.SIGINT)
+        outcome.interrupted = True  # a second signal: the workers stop at once too
+        _pass_on(workers, signal.SIGINT)
         with contextlib.suppress(KeyboardInterrupt):
             _pump(workers, events, sink, running, outcome, deadline=time.monotonic() + 30)
     finally:
@@ -284,6 +294,13 @@ def _run_workers(
         _mark_lost(output, specs, run_id, outcome, sink)
 
 
+def _pass_on(workers: Sequence[Any], sig: int) -> None:
+    for w in workers:
+        if w.is_alive() and w.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(w.pid, sig)
+
+
 def _pump(
     workers: Sequence[Any],
     events: Any,
@@ -292,7 +309,12 @@ def _pump(
     outcome: SuiteOutcome,
     deadline: float | None = None,
 ) -> None:
+    passed_on = False
     while True:
+        if interrupt.STOP.requested and not passed_on:
+            # the workers checkpoint at their next step boundary and end; wait for them
+            _pass_on(workers, signal.SIGTERM)
+            passed_on = True
         try:
             event = events.get(timeout=0.2)
         except queue.Empty:

@@ -127,6 +127,10 @@ class Settings(_Strict):
     validation_split: int | None = Field(default=None, ge=1)
     # mean (the paper's objective) or sum: the minibatch's cross-entropy the optimizer sees
     loss_reduction: str | None = None
+    # a checkpoint every this many epochs (0: none; a signal still writes one), and whether
+    # a completed run keeps its last one; neither changes the results
+    checkpoint_every: int | None = Field(default=None, ge=0)
+    keep_checkpoints: bool | None = None
 
     _as_lists = field_validator("batch_sizes", "ranks", mode="before")(classmethod(lambda cls, v: _as_list(v)))
 

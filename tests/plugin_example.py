@@ -48,3 +48,38 @@ class SignSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     p.add_(p.grad.sign(), alpha=-group["lr"])
+
+
+# --- broken plugins, for the checks before training (issue 23) ---
+
+
+def wide_net(extra: int = 2, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """A model with ``extra`` logits too many: it would train silently on the wrong problem."""
+    return tiny_net(8, input_shape, num_classes + extra)
+
+
+def failing_net(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    raise RuntimeError("no weights file at /nowhere/net.pt")
+
+
+def corrupt_blobs(train: int = 200):
+    """A dataset factory that raises, as one whose archive is corrupt does."""
+    raise OSError(f"blobs archive is corrupt (wanted {train} examples)")
+
+
+class ExplodingSGD(torch.optim.Optimizer):
+    """Steps like SGD, then raises on its third step: a failure only training can find."""
+
+    def __init__(self, params, lr: float = 0.01):
+        super().__init__(params, {"lr": lr})
+        self.calls = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.calls += 1
+        if self.calls == 3:
+            raise FloatingPointError("step 3 exploded")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])

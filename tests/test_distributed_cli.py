@@ -188,3 +188,76 @@ def test_failure_message_puts_the_first_report_first_and_names_silent_ranks() ->
         "rank 3 reported nothing (hung or stopped by torchrun)"
     )
     assert failure_message([], [0, 1], -9, "killed") == "torch.distributed.run exited with code -9: killed"
+
+
+@pytest.mark.slow
+def test_runs_of_a_rank_count_share_one_launch_and_a_failure_starts_a_new_one(tmp_path: Path, monkeypatch) -> None:
+    """Three 2-rank runs, the second of which fails in its third step: the first and third
+    complete, the failure is recorded with the ranks' message, and torchrun is started
+    twice (once for all three, once more for the run after the failure), not three times."""
+    from lsr1bench import launch
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # tests.plugin_example imports from here
+    launches: list[list[str]] = []
+    real_launch = launch._launch
+
+    def counted(specs, *args, **kwargs):
+        launches.append([spec.run_id for spec in specs])
+        return real_launch(specs, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "_launch", counted)
+    suite = _suite(
+        tmp_path, ranks="2",
+        optimizer='{name: torch.optim.SGD, label: a, params: {lr: 0.01}}, '
+        '{name: "tests.plugin_example:ExplodingSGD", label: boom, params: {lr: 0.01}}, '
+        '{name: torch.optim.SGD, label: c, params: {lr: 0.02}}',
+    )  # fmt: skip
+    output = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(suite), "--output", str(output)])
+    assert result.exit_code == 1, result.output
+    ids = ["mlp-mnist-embedded-a-b60-p2-s0", "mlp-mnist-embedded-boom-b60-p2-s0", "mlp-mnist-embedded-c-b60-p2-s0"]
+    assert launches == [ids, ids[2:]]
+    assert [_record(output, run_id)["status"] for run_id in ids] == ["completed", "failed", "completed"]
+    error = _record(output, ids[1])["error"]
+    assert "ranks 0, 1: FloatingPointError: step 3 exploded" in error, error
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_two_rank_run_checkpoints_both_ranks_and_the_rerun_resumes_it(tmp_path: Path) -> None:
+    """The parent passes the stop to torchrun, which passes it to the ranks: both stop after the
+    same step, rank 0 writes the checkpoint, exit 130; the same command resumes to the records
+    of a run never stopped."""
+    import signal
+
+    suite = _suite(tmp_path, ranks="2", optimizer="lsr1")
+    suite.write_text(suite.read_text().replace("epochs: 1", "epochs: 3").replace("[60]", "[10]"))
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "lsr1bench", "run", str(suite), "--output", str(tmp_path / out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run(command("reference"), capture_output=True, text=True, env=env, timeout=600)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    run_id = "mlp-mnist-embedded-lsr1-b10-p2-s0"
+    proc = subprocess.Popen(command("out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    epochs = tmp_path / "out" / "dist" / run_id / records.EPOCHS_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (epochs.exists() and len(epochs.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    left = _record(tmp_path / "out", run_id)
+    assert left["status"] == "interrupted" and "SIGTERM" in left["error"], left["error"]
+    assert (tmp_path / "out" / "dist" / run_id / "checkpoint.pt").exists()
+    again = subprocess.run(command("out"), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = _record(tmp_path / "out", run_id)
+    assert record["status"] == "completed" and len(record["resumes"]) == 1
+    timing = ("train_seconds", "total_seconds")
+
+    def rows(folder: str) -> list[dict]:
+        found = records.read_epochs(tmp_path / folder / "dist" / run_id)
+        return [{k: v for k, v in row.items() if k not in timing} for row in found]
+
+    assert rows("out") == rows("reference")

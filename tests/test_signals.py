@@ -131,3 +131,68 @@ def test_a_killed_worker_leaves_its_run_failed_and_the_others_complete(tmp_path:
     code, out, err = finish(start(tmp_path, epochs=60), timeout=300)
     assert code == 0, (out, err)
     assert set(statuses(tmp_path).values()) == {"completed"}
+
+
+RESUME_SUITE = """
+name: sig
+epochs: 3
+seeds: [0]
+train_subset: 1000
+test_subset: 100
+devices: cpu
+grids:
+  - models: [mlp]
+    datasets: [mnist-embedded]
+    batch_sizes: [10]
+    optimizers: [adam, lsr1]
+"""
+
+
+def _records(folder: Path) -> dict[str, list[dict]]:
+    from lsr1bench import records
+
+    timing = ("train_seconds", "total_seconds")
+    return {
+        run.name: [{k: v for k, v in row.items() if k not in timing} for row in records.read_epochs(run)]
+        for run in sorted((folder / "sig").iterdir())
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "jobs"), [(signal.SIGTERM, "1"), (signal.SIGUSR1, "2")])
+def test_a_signal_mid_epoch_then_the_same_command_gives_the_uninterrupted_records(
+    tmp_path: Path, sig: int, jobs: str
+) -> None:
+    """The issue's 'done': stop a suite in the middle of an epoch, rerun it, and every run's
+    records equal those of a run never stopped. The signal goes to the whole process group,
+    as Slurm signals every process of a job step (workers get it twice: from Slurm and
+    passed on by the main process)."""
+    suite = tmp_path / "sig.yaml"
+    suite.write_text(RESUME_SUITE)
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "lsr1bench", "run", str(suite), "--output", str(tmp_path / out), "--jobs", jobs]
+
+    reference = subprocess.run(command("reference"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+
+    proc = subprocess.Popen(command("out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)  # fmt: skip
+    wait_for_epochs(tmp_path, 2)  # epoch 1 done: the signal lands in epoch 2's 100 steps
+    os.killpg(proc.pid, sig)
+    code, out, err = finish(proc)
+    assert code == 130, (out, err)
+    assert "resume from their last checkpoint" in err
+    left = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out" / "sig").glob("*/run.json")}
+    assert "interrupted" in {r["status"] for r in left.values()}
+    assert all(r["status"] != "running" for r in left.values())
+    stopped = [r for r in left.values() if r["status"] == "interrupted"]
+    assert all(signal.Signals(sig).name in r["error"] for r in stopped)
+
+    code, out, err = finish(subprocess.Popen(command("out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True, cwd=tmp_path), timeout=600)  # fmt: skip
+    assert code == 0, (out, err)
+    resumed = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out" / "sig").glob("*/run.json")}
+    assert {r["status"] for r in resumed.values()} == {"completed"}
+    assert any(r.get("resumes") for r in resumed.values())
+    assert _records(tmp_path / "out") == _records(tmp_path / "reference")

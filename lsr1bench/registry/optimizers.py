@@ -69,6 +69,41 @@ class TrainOptimizer:
         # counters at the last ``epoch_curvature`` call (per-epoch differences)
         self._curvature_steps = 0
         self._negative_steps = 0
+        # skip-test cosines of the epoch in progress that a checkpoint carried over
+        self._carried_cosines: list[float] = []
+
+    # ``state_dict`` / ``load_state_dict``: the torch optimizer's own state (its public
+    # state dict, or ``full_state_dict`` for one whose state is split over ranks) plus this
+    # wrapper's counters, so a run resumed from a checkpoint continues bit for bit.
+    _COUNTERS: tuple[str, ...] = ("closure_evaluations", "steps", "_curvature_steps", "_negative_steps")
+
+    def state_dict(self, full: bool = False) -> dict[str, Any]:
+        """Everything a resumed run needs. ``full``: the one-process form of a state split
+        over ranks (``full_state_dict``, a collective: every rank must call it)."""
+        opt = self.optimizer
+        inner = opt.full_state_dict() if full and hasattr(opt, "full_state_dict") else opt.state_dict()
+        cosines = list(self._carried_cosines)
+        if hasattr(opt, "update_cosines"):
+            cosines += opt.update_cosines(clear=False)
+        return {
+            "optimizer": inner,
+            "full": bool(full and hasattr(opt, "full_state_dict")),
+            "counters": {name: getattr(self, name) for name in self._COUNTERS},
+            "epoch_cosines": cosines,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (into this rank's layout if ``full``)."""
+        opt = self.optimizer
+        if state.get("full") and hasattr(opt, "load_full_state_dict"):
+            opt.load_full_state_dict(state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
+        if hasattr(opt, "update_cosines"):
+            opt.update_cosines(clear=True)
+        self._carried_cosines = [float(v) for v in state.get("epoch_cosines", [])]
 
     def layout(self, world_size: int) -> str:
         """Where the optimizer's state lives: one process, or each of P ranks (all or a share)."""
@@ -124,7 +159,8 @@ class TrainOptimizer:
             eigenvalues.append(model.gamma)
         negative = sum(1 for v in eigenvalues[: model.k] if v < 0.0)
         negative += gamma_multiplicity if model.gamma < 0.0 else 0
-        cosines = opt.update_cosines()
+        cosines = self._carried_cosines + opt.update_cosines()
+        self._carried_cosines = []
         out: dict[str, Any] = {
             "min_eigenvalue": min(eigenvalues) if eigenvalues else None,
             "negative_eigenvalues": negative,
@@ -231,6 +267,8 @@ class LBFGSTrainOptimizer(TrainOptimizer):
             return _flat_grad(self._params)
         finally:
             _set_flat_params(self._params, current)
+
+    _COUNTERS = (*TrainOptimizer._COUNTERS, "forgettings", "skipped_updates", "_previous_point")
 
     def memory_bytes(self) -> int:
         extra = [self._previous_point] if self._previous_point is not None else []
