@@ -96,9 +96,14 @@ class GroupReducer(Reducer):
 
 
 def decision_digest(stats: dict, radius: float | None, k: int) -> float:
-    """A number every rank computes identically while their decisions agree."""
+    """A number every rank computes identically while their decisions agree.
+
+    It includes ``steps``: a rank whose closure raised (an aborted step) and that goes on
+    is one step ahead of the others, which would otherwise pair its collectives with
+    theirs one batch out of step without notice."""
     value = (stats["accepted_steps"] + 3.0 * stats["rejected_steps"] + 7.0 * stats["skipped_updates"]
-             + 13.0 * stats["dropped_pairs"] + 17.0 * k + 19.0 * stats["nonfinite_points"])
+             + 13.0 * stats["dropped_pairs"] + 17.0 * k + 19.0 * stats["nonfinite_points"]
+             + 23.0 * stats["steps"] + 29.0 * stats.get("aborted_steps", 0))
     if radius is not None and math.isfinite(radius):
         value += radius
     return value

@@ -38,6 +38,8 @@ class Spectral:
     U: Tensor  # orthonormal eigenvectors of R M R^T, columns in ascending eigenvalue order
     lambda_par: Tensor  # Lambda_1 = Lhat + gamma, ascending (k,)
     gamma: float
+    # range(Psi) is the whole (trainable) space, k = n: gamma is then no eigenvalue of B
+    complete: bool = False
 
     @property
     def k(self) -> int:
@@ -48,6 +50,8 @@ class Spectral:
         """Smallest eigenvalue of B; gamma counts only when range(Psi) is not everything."""
         if self.k == 0:
             return self.gamma
+        if self.complete:
+            return float(self.lambda_par[0])
         return min(float(self.lambda_par[0]), self.gamma)
 
     def parallel_coordinates(self, psi_t_v: Tensor) -> Tensor:
@@ -64,8 +68,9 @@ class Spectral:
         return torch.linalg.solve_triangular(self.R, (self.U @ par).unsqueeze(1), upper=True).squeeze(1)
 
 
-def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float) -> Spectral:
-    """OBS steps 1-4 from Psi^T Psi and M^{-1} (both k x k, float64).
+def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float, *, complete: bool = False) -> Spectral:
+    """OBS steps 1-4 from Psi^T Psi and M^{-1} (both k x k, float64). ``complete``: the k
+    columns of Psi span the whole space (k = n), so B has no eigenvalue gamma.
 
     M is never formed: R M R^T = R (M^{-1})^{-1} R^T is computed by solving with M^{-1}.
     Raises ``torch.linalg.LinAlgError`` when Psi^T Psi is not positive definite or
@@ -80,7 +85,7 @@ def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float) -> Spectral:
     W = R @ X
     W = 0.5 * (W + W.T)
     lhat, U = torch.linalg.eigh(W)
-    return Spectral(R, U, lhat + gamma, float(gamma))
+    return Spectral(R, U, lhat + gamma, float(gamma), complete)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ def solve_subproblem(
     a = torch.cat([g_par.to(torch.float64), g_par.new_tensor([g_perp_norm], dtype=torch.float64)])
     lam = torch.cat([spectral.lambda_par, spectral.lambda_par.new_tensor([gamma])])
     active = a.abs() > zero_tol
+    if spectral.complete:  # g_perp is rounding only, and gamma no eigenvalue of B
+        active[k] = False
     lambda_min = spectral.lambda_min
 
     def finish(
@@ -149,7 +156,7 @@ def solve_subproblem(
         perp_unit = 0.0
         if hard and extra_norm > 0.0:
             # z: unit eigenvector for lambda_min; prefer P_par's first column when it attains it.
-            if k > 0 and float(spectral.lambda_par[0]) <= gamma:
+            if k > 0 and (spectral.complete or float(spectral.lambda_par[0]) <= gamma):
                 par[0] = par[0] + extra_norm
                 coef = coef.clone()
                 coef[0] = coef[0] + extra_norm
@@ -196,8 +203,8 @@ def solve_subproblem(
         w = a[active] / d
         norm_sq = float((w**2).sum())
         norm = math.sqrt(norm_sq)
-        if abs(norm - radius) <= NEWTON_RTOL * radius:
-            break
+        if abs(norm - radius) <= NEWTON_RTOL * radius or not norm_sq * norm > 0.0:
+            break  # converged, or ||p|| underflowed (no Newton step can be formed)
         # phi'(sigma) = ||p||^{-3} * sum a_i^2 / (lam_i + sigma)^3
         dphi = float((w**2 / d).sum()) / (norm_sq * norm)
         phi = 1.0 / norm - 1.0 / radius

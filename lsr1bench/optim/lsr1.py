@@ -31,9 +31,19 @@ _METHODS = ("trust_region", "line_search")
 _LINE_SEARCHES = ("strong_wolfe", "armijo")
 # Keys of the global state that hold float64 CPU tensors; torch's load_state_dict would
 # cast them to the parameters' dtype and device, so they are restored after it.
-_SMALL_KEYS = ("gram_ss", "gram_sp", "gram_pp")
+_SMALL_KEYS = ("gram_sp", "gram_pp", "ss_diag")
 
 _PAIR_POLICIES = ("paper", "scaled")
+# Settings the stored state depends on: the memory's shape (memory), Psi = Y - gamma S
+# (gamma), which factors the pairs were checked against (method) and whether S is kept
+# (keep_pairs). They cannot change
+# under a state; every other setting is read from param_groups[0] at each step.
+_STRUCTURAL = ("method", "memory", "gamma", "keep_pairs")
+# The radius never shrinks below this: a step that short moves no parameter of any usual
+# scale (it rounds to x, a negligible step), and the squares and cubes of the secular
+# equation stay normal float64 numbers (the unfloored radius reached 1e-159 and the
+# Newton iteration divided by zero).
+MIN_RADIUS = 1e-60
 # A value computed as a difference of terms of total size ``size`` is trusted when it is at
 # least CANCELLATION_GUARD * eps * size (eps of the parameters' dtype): the chunked products
 # are accurate to a few eps, so that leaves about three correct digits. Below it the value
@@ -46,6 +56,9 @@ OUTCOMES = (
     "rejected_steps",  # trial point evaluated and refused (rho <= eta, non-finite, no decrease)
     "nonfinite_points",  # loss or gradient at x not finite: no trial point evaluated
     "nonpositive_pred",  # the model predicted no decrease (g = 0 or rounding): no trial point
+    "negligible_steps",  # converged to rounding: x + s rounded to x (the same loss and the
+    #                      same gradient at the trial point); nothing changes, not even the radius
+    "aborted_steps",  # the closure raised: parameters back at x, the exception propagated
 )
 _STAT_KEYS = (
     "steps",
@@ -57,12 +70,13 @@ _STAT_KEYS = (
     "linalg_failures",  # k x k factorisations that failed; each dropped the oldest pair
     "inconsistent_models",  # steps whose model with g != 0 predicted no decrease; each dropped the oldest pair
     "closure_evaluations",
-    "hard_cases",
-    "newton_iterations",
-    "newton_unconverged",  # boundary solves that stopped early (the step is clamped to the radius)
-    "step_clamps",  # steps scaled back inside the radius (with the rounding margin of ||s||)
+    "hard_cases",  # steps whose subproblem was a hard case (p = p_hat + alpha z)
+    "newton_iterations",  # Newton iterations of the solves the steps were taken from
+    "newton_unconverged",  # steps whose boundary solve stopped early (s clamped to the radius)
+    "step_clamps",  # steps whose s came out longer than the radius and was scaled back onto it
+    #                 (the rounding margin's own scaling, a few ulps, is not counted)
     "pred_sign_changes",  # part of rejected_steps: pred of the applied s was <= 0 after rounding
-    "negative_curvature_steps",  # steps whose model B had a negative eigenvalue
+    "negative_curvature_steps",  # steps whose model B (the one solved) had a negative eigenvalue
     "explicit_passes",  # extra passes over the memory against cancellation (g_perp, y - Bs, hard case)
     "host_syncs",  # blocking device-to-host transfers (two per step on the common path)
     "descent_fallbacks",
@@ -191,6 +205,7 @@ class LSR1(Optimizer):
         max_line_search_evaluations: int = 10,
         process_group: Any = None,
         shard_memory: bool = True,
+        keep_pairs: bool = False,
     ) -> None:
         if method not in _METHODS:
             raise ValueError(f"Invalid method: {method!r} (expected one of {_METHODS})")
@@ -231,13 +246,15 @@ class LSR1(Optimizer):
             raise ValueError(f"Invalid shard_memory: {shard_memory!r} (expected True or False)")
         if not isinstance(max_line_search_evaluations, int) or max_line_search_evaluations < 1:
             raise ValueError(f"Invalid max_line_search_evaluations: {max_line_search_evaluations!r}")
+        if not isinstance(keep_pairs, bool):
+            raise ValueError(f"Invalid keep_pairs: {keep_pairs!r} (expected True or False)")
         defaults = dict(
             method=method, memory=memory, gamma=float(gamma), initial_radius=initial_radius, eta=eta,
             skip_tol=skip_tol, radius_increase=radius_increase, radius_decrease=radius_decrease,
             increase_threshold=increase_threshold, decrease_threshold=decrease_threshold,
             boundary_fraction=boundary_fraction, max_radius=max_radius, rank_tol=rank_tol,
             pair_policy=pair_policy, skip_noise_floor=skip_noise_floor, line_search=line_search, c1=c1, c2=c2,
-            max_line_search_evaluations=max_line_search_evaluations,
+            max_line_search_evaluations=max_line_search_evaluations, keep_pairs=keep_pairs,
         )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
@@ -278,6 +295,9 @@ class LSR1(Optimizer):
         self._cosines: list[float] = []
         self._step_loss: float | None = None
         self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
+        # the saved x while the parameters sit at a trial point (restored if the step aborts)
+        self._moved_from: Tensor | None = None
+        self._structure = {key: self.param_groups[0][key] for key in _STRUCTURAL}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
     def _views_of(self, flat: Tensor) -> list[Tensor]:
@@ -337,11 +357,6 @@ class LSR1(Optimizer):
             else:
                 target.copy_(grad.reshape(-1)[a:b])
 
-    def _save_local_params(self, local: Tensor) -> None:
-        """This rank's slice of the parameters into ``local``."""
-        for index, a, b, start in self._overlaps():
-            local[start : start + b - a].copy_(self._params[index].detach().reshape(-1)[a:b])
-
     def _full(self, local: Tensor, name: str) -> Tensor:
         """The whole flat vector from every rank's slice (an all-gather when sharded)."""
         if not self._layout.sharded:
@@ -389,13 +404,40 @@ class LSR1(Optimizer):
         return state
 
     def _memory(self, state: dict) -> CurvatureMemory:
-        m = min(self.defaults["memory"], self._n)
+        m = min(self.param_groups[0]["memory"], self._n)
         state.setdefault("layout", self._layout.describe())
-        return CurvatureMemory(state, m, self._layout.width, self._params[0])
+        return CurvatureMemory(state, m, self._layout.width, self._params[0], self.param_groups[0]["keep_pairs"])
+
+    def _trainable_numel(self) -> int:
+        """Coordinates that can move (parameters with requires_grad): the space the pairs
+        can span."""
+        return sum(numel for numel, p in zip(self._numels, self._params) if p.requires_grad)
 
     def _rank_tol(self) -> float:
-        tol = self.defaults["rank_tol"]
+        tol = self.param_groups[0]["rank_tol"]
         return tol if tol is not None else 100.0 * torch.finfo(self._params[0].dtype).eps
+
+    def _check_structure(self) -> None:
+        """The settings the stored pairs depend on (see ``_STRUCTURAL``) may not change under
+        them: refuse a step after one was edited in ``param_groups``."""
+        group = self.param_groups[0]
+        for key in _STRUCTURAL:
+            if group[key] != self._structure[key]:
+                raise ValueError(
+                    f"LSR1: param_groups[0][{key!r}] is {group[key]!r}, but the optimizer's state (its "
+                    f"curvature pairs) was built with {key}={self._structure[key]!r}; {key} cannot change "
+                    "during a run: build a new LSR1 to use another value"
+                )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused after construction, as torch.optim.LBFGS refuses several groups: the
+        curvature pairs span all parameters together."""
+        if self.param_groups:
+            raise ValueError(
+                "LSR1 supports a single parameter group (like torch.optim.LBFGS, no per-parameter "
+                "options): its curvature pairs span all parameters together, so no group can be added"
+            )
+        super().add_param_group(param_group)
 
     def statistics(self) -> dict[str, Any]:
         """Counters since construction (or the loaded state), and the last step's values:
@@ -407,7 +449,7 @@ class LSR1(Optimizer):
             out[key] = state[key]
         out["last_step_length"] = state["last_step_length"]
         out["stored_pairs"] = len(state.get("order", []))
-        out["method"] = self.defaults["method"]
+        out["method"] = self.param_groups[0]["method"]
         if isinstance(self._reducer, GroupReducer):
             out["world_size"] = self._layout.world_size
             out["layout"] = "sharded" if self._layout.sharded else "replicated"
@@ -436,21 +478,45 @@ class LSR1(Optimizer):
     def curvature(self) -> CurvatureOperator:
         """The quasi-Newton model B = gamma I + Psi M Psi^T of the stored pairs, as an
         operator (a snapshot: later steps do not change it). For the line-search method it
-        is the inverse of the H its directions use (same pairs, H0 = I / gamma)."""
+        is the inverse of the H its directions use (same pairs, H0 = I / gamma). Its
+        ``pairs()`` needs the s vectors, which the optimizer keeps only with
+        ``keep_pairs=True``."""
         state = self._global_state()
         memory = self._memory(state)
-        buffer = memory.buffer
-        if self._layout.sharded:  # a collective: every rank must call it
-            full = buffer.new_zeros((buffer.shape[0], self._layout.total))
-            for row in range(buffer.shape[0]):
-                self._reducer.all_gather(buffer[row], full[row])  # type: ignore[attr-defined]
-            buffer = full
-        idx = torch.tensor(memory.order, dtype=torch.long, device=buffer.device)
-        S = buffer[: memory.slots, : self._n].index_select(0, idx).clone()
-        Psi = buffer[memory.slots :, : self._n].index_select(0, idx).clone()
-        return CurvatureOperator(S, Psi, *memory.grams(), self.defaults["gamma"])
+        idx = torch.tensor(memory.order, dtype=torch.long, device=memory.buffer.device)
+
+        def full_rows(buffer: Tensor) -> Tensor:
+            if self._layout.sharded:  # a collective: every rank must call it
+                full = buffer.new_zeros((buffer.shape[0], self._layout.total))
+                for row in range(buffer.shape[0]):
+                    self._reducer.all_gather(buffer[row], full[row])  # type: ignore[attr-defined]
+                buffer = full
+            return buffer[:, : self._n].index_select(0, idx).clone()
+
+        Psi = full_rows(memory.buffer)
+        S = full_rows(memory.s_buffer) if memory.s_buffer is not None else None
+        return CurvatureOperator(Psi, *memory.grams(), self.param_groups[0]["gamma"], S=S)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved0 = state_dict.get("state", {}).get(0)
+        if saved0 is not None and "gram_ss" in saved0:
+            # the format before issue 22 stored [S; Psi] and S^T S: keep what B reads
+            saved0 = dict(saved0)
+            m = saved0["gram_ss"].shape[0]
+            both, gram_ss = saved0.pop("memory"), saved0.pop("gram_ss")
+            saved0["memory"], saved0["ss_diag"] = both[m:], torch.diagonal(gram_ss).clone()
+            if self.param_groups[0]["keep_pairs"]:
+                saved0["pairs_s"] = both[:m]
+            state_dict = {**state_dict, "state": {**state_dict["state"], 0: saved0}}
+        saved_groups = state_dict.get("param_groups") or [{}]
+        mine_group = self.param_groups[0]
+        for key in _STRUCTURAL:
+            if key in saved_groups[0] and saved_groups[0][key] != mine_group[key]:
+                raise ValueError(
+                    f"LSR1.load_state_dict: the state was made with {key}={saved_groups[0][key]!r}, "
+                    f"this optimizer has {key}={mine_group[key]!r}; the stored pairs depend on {key}, "
+                    f"so build the optimizer with {key}={saved_groups[0][key]!r} to load it"
+                )
         saved_layout = state_dict.get("state", {}).get(0, {}).get("layout")
         if saved_layout is not None:
             mine = self._layout.describe()
@@ -468,9 +534,10 @@ class LSR1(Optimizer):
         for key in _SMALL_KEYS:
             if key in saved:
                 state[key] = saved[key].detach().to(device="cpu", dtype=torch.float64).clone()
-        if "memory" in state:
-            # torch's cast is a no-op for a tensor already of the right dtype/device: no aliasing.
-            state["memory"] = state["memory"].clone()
+        for key in ("memory", "pairs_s"):
+            if key in state:
+                # torch's cast is a no-op for a tensor already of the right dtype/device: no aliasing.
+                state[key] = state[key].clone()
         if "order" in state:
             state["order"] = [int(i) for i in state["order"]]
         if "stats" in state:
@@ -486,14 +553,16 @@ class LSR1(Optimizer):
         sd = {"state": copy.deepcopy(sd["state"]), "param_groups": copy.deepcopy(sd["param_groups"])}
         state = sd["state"].get(0)
         single = make_layout(self._n, 1, 0, False)
-        if state is not None and "memory" in state:
-            memory = state["memory"]
+        for key in ("memory", "pairs_s"):
+            if state is None or key not in state:
+                continue
+            memory = state[key]
             if self._layout.sharded:
                 full = memory.new_zeros((memory.shape[0], self._layout.total))
                 for row in range(memory.shape[0]):
                     self._reducer.all_gather(memory[row], full[row])  # type: ignore[attr-defined]
                 memory = full
-            state["memory"] = _resize_columns(memory, single.total)
+            state[key] = _resize_columns(memory, single.total)
         if state is not None:
             state["layout"] = single.describe()
         return sd
@@ -509,9 +578,10 @@ class LSR1(Optimizer):
             state = dict(state)
             sd["state"][0] = state
             layout = self._layout
-            if "memory" in state:
-                full = _resize_columns(state["memory"], layout.total)
-                state["memory"] = full[:, layout.lo : layout.hi].clone()
+            for key in ("memory", "pairs_s"):
+                if key in state:
+                    full = _resize_columns(state[key], layout.total)
+                    state[key] = full[:, layout.lo : layout.hi].clone()
             state["layout"] = layout.describe()
         self.load_state_dict(sd)
 
@@ -530,9 +600,12 @@ class LSR1(Optimizer):
             )
         grad_closure = torch.enable_grad()(closure)
         state = self._global_state()
+        self._check_structure()
         stats = state["stats"]
         stats["steps"] += 1
         syncs_before = self._reducer.syncs
+        outcomes_before = sum(stats[key] for key in OUTCOMES)
+        self._moved_from = None
 
         def evaluate(out: Tensor) -> tuple[Tensor, Tensor]:
             """Loss and gradient at the current parameters; the gradient goes into ``out``.
@@ -547,12 +620,21 @@ class LSR1(Optimizer):
             return loss, value
 
         g = self._pair_rows()[3]
-        loss, f = evaluate(g)
         try:
-            if self.defaults["method"] == "trust_region":
+            loss, f = evaluate(g)
+            if self.param_groups[0]["method"] == "trust_region":
                 self._trust_region_step(state, f, g, evaluate)
             else:
                 self._line_search_step(state, f, g, evaluate)
+        except BaseException:
+            # The closure (or anything else) raised mid-step: put x back if the parameters
+            # were moved to a trial point, count the step as aborted, and let it propagate.
+            if self._moved_from is not None:
+                self._load_params(self._moved_from)
+                self._moved_from = None
+            if sum(stats[key] for key in OUTCOMES) == outcomes_before:
+                stats["aborted_steps"] += 1
+            raise
         finally:
             stats["host_syncs"] += self._reducer.syncs - syncs_before
         if self._group is not None and self._step_loss is not None:
@@ -624,10 +706,10 @@ class LSR1(Optimizer):
                 "pp": float(gram[1, 1]), "yy": float(gram[2, 2])}
         slots = memory.slots
         if k > 0:
-            both = second[offset + 16 :].reshape(2 * slots, 2)
+            both = second[offset + 16 :].reshape(slots, 2)
             s_products, p_products = both[:, 0].clone(), both[:, 1].clone()
         else:
-            s_products = p_products = torch.zeros(2 * slots, dtype=torch.float64)
+            s_products = p_products = torch.zeros(slots, dtype=torch.float64)
         return f_t, dots, s_products, p_products, bool(torch.isfinite(second).all())
 
     def _form_step(self, memory: CurvatureMemory, g: Tensor, beta: float, w: Tensor, out: Tensor) -> None:
@@ -646,7 +728,7 @@ class LSR1(Optimizer):
 
     # --- Algorithm 1 --------------------------------------------------------------------------
     def _trust_region_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.defaults
+        d = self.param_groups[0]
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
@@ -667,27 +749,32 @@ class LSR1(Optimizer):
         s, psi, y = rows[0], rows[1], rows[2]
         eps = torch.finfo(g.dtype).eps
 
-        # the saved x: full length, or this rank's slice when sharded (a rejected step then
-        # all-gathers it back; rare, and every rank rejects together)
-        x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
+        # the saved x, full length on every rank (sharded too: a rejected step then restores
+        # it without a second all-gather)
+        x_saved = self._buffer("x")
         solved = self._solve_for_step(state, memory, g, gg, g_products, radius, s)
         if solved is None:
             return
         k, psi_gram, m_inv, ss_model = solved
 
         # Trial point x + s on the same minibatch.
-        if self._layout.sharded:
-            self._save_local_params(x_saved)
-        else:
-            self._save_params(x_saved)
+        self._save_params(x_saved)
+        self._moved_from = x_saved
         self._add_to_params(self._full(s, "step"))
         _, f_trial = evaluate(y)
         y.sub_(g)
         torch.add(y, s, alpha=-gamma, out=psi)
         f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
         finite = finite and math.isfinite(f_t)
+        if finite and f_t == f and dots["yy"] == 0.0:
+            # x + s rounded to x (same loss, same gradient): nothing to decide or learn.
+            stats["negligible_steps"] += 1
+            self._load_params(x_saved)
+            self._moved_from = None
+            state["last_rho"] = None
+            return
         ss = dots["ss"]
-        psi_s = memory.split(s_products)[1] if k > 0 else empty
+        psi_s = memory.split(s_products) if k > 0 else empty
         if finite:
             # pred of the s that was applied, from its own products (no cancellation between
             # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
@@ -708,13 +795,14 @@ class LSR1(Optimizer):
             stats["accepted_steps"] += 1
         else:
             stats["rejected_steps"] += 1
-            self._load_params(self._full(x_saved, "step"))
+            self._load_params(x_saved)
+        self._moved_from = None
         step_norm = state["last_step_norm"]
         if rho > d["increase_threshold"]:
             if step_norm > d["boundary_fraction"] * radius:
                 radius *= d["radius_increase"]
         elif rho < d["decrease_threshold"]:
-            radius *= d["radius_decrease"]
+            radius = max(radius * d["radius_decrease"], MIN_RADIUS)
         if d["max_radius"] is not None:
             radius = min(radius, d["max_radius"])
         state["radius"] = radius
@@ -725,7 +813,7 @@ class LSR1(Optimizer):
 
         # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
         # y - B s = psi - Psi M Psi^T s.
-        psi_psi = memory.split(p_products)[1] if k > 0 else empty
+        psi_psi = memory.split(p_products) if k > 0 else empty
         s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # y - B s is small next to psi: form it explicitly (cancellation).
@@ -751,7 +839,7 @@ class LSR1(Optimizer):
         A model that predicts no decrease while g != 0 is inconsistent: it drops its oldest
         pair and is solved again, so the optimizer cannot stall on the same pairs."""
         stats = state["stats"]
-        gamma = self.defaults["gamma"]
+        gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
         reducer = self._reducer
@@ -759,14 +847,11 @@ class LSR1(Optimizer):
         while True:  # until the model predicts a decrease (or no pair is left)
             solved = self._solve_subproblem(memory, stats, g, gg, g_products, radius, s)
             k, psi_gram, m_inv, spectral, psi_g, u, solution, explicit_perp = solved
-            stats["newton_iterations"] += solution.newton_iterations
-            stats["newton_unconverged"] += int(not solution.converged)
-            stats["hard_cases"] += int(solution.hard_case)
-            stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
             state["last_solve_radius"] = radius
             # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
             beta = solution.perp_scale
             w = spectral.psi_coefficients(solution.par) - beta * u
+            clamped = False
             if not (explicit_perp or solution.perp_unit != 0.0):
                 # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
                 # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
@@ -790,8 +875,9 @@ class LSR1(Optimizer):
                     # gamma ||s||^2 can nearly cancel against (Psi^T s)^T M (Psi^T s)
                     # where the pairs saw almost no curvature (y ~ 0): counting radius^2
                     # there turned pred negative and froze issue 10's batch-10000 run.
+                    # counted only beyond the margin: within it the scaling is rounding only
+                    clamped = ss_model > radius * radius + margin
                     ss_model = ss_model * factor * factor
-                    stats["step_clamps"] += 1
                 gs_model = beta * gg + g_w
                 psi_s = beta * psi_g + gram_w if k > 0 else empty
                 self._form_step(memory, g, beta, w, s)
@@ -809,20 +895,28 @@ class LSR1(Optimizer):
                 stats["explicit_passes"] += 1
                 ss_model, gs_model = float(measured[0]), float(measured[1])
                 if k > 0:
-                    psi_s = memory.split(measured[2:])[1]
+                    psi_s = memory.split(measured[2:])
                 else:
                     psi_s = empty
                 if ss_model > radius * radius:
                     factor = radius / math.sqrt(ss_model)
                     s.mul_(factor)
+                    clamped = ss_model > radius * radius * (1.0 + CANCELLATION_GUARD * eps)
                     ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
-                    stats["step_clamps"] += 1
             # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
             curvature_term = gamma * ss_model
             if k > 0:
                 curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
             pred = -(gs_model + 0.5 * curvature_term)
             state["last_pred"] = state["last_model_pred"] = pred
+            # an inconsistent model is solved again below; only the solve the step ends with
+            # is counted, so these counters are per step
+            if not (memory.k > 0 and gg > 0.0 and not (pred > 0.0 and math.isfinite(pred))):
+                stats["newton_iterations"] += solution.newton_iterations
+                stats["newton_unconverged"] += int(not solution.converged)
+                stats["hard_cases"] += int(solution.hard_case)
+                stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
+                stats["step_clamps"] += int(clamped)
             if not (pred > 0.0 and math.isfinite(pred)):
                 if memory.k > 0 and gg > 0.0:
                     # The trust-region minimiser of a consistent model decreases it whenever
@@ -845,7 +939,7 @@ class LSR1(Optimizer):
         """The k x k algebra of this step's model and its trust-region subproblem's solution;
         a factorisation that fails (or gives non-finite values) drops the oldest pair and tries
         again. ``s`` may be used as work space (g_perp formed explicitly)."""
-        gamma = self.defaults["gamma"]
+        gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
         reducer = self._reducer
@@ -854,8 +948,8 @@ class LSR1(Optimizer):
             k = memory.k
             try:
                 psi_gram, m_inv = memory.b_factors(gamma)
-                spectral = spectral_form(psi_gram, m_inv, gamma)
-                psi_g = memory.split(g_products)[1] if k > 0 else empty
+                spectral = spectral_form(psi_gram, m_inv, gamma, complete=k >= self._trainable_numel())
+                psi_g = memory.split(g_products) if k > 0 else empty
                 g_par = spectral.parallel_coordinates(psi_g)
                 u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
                 if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
@@ -900,8 +994,9 @@ class LSR1(Optimizer):
         cosine = abs(numerator) / denominator if denominator > 0.0 else 0.0
         state["last_update_cosine"] = cosine
         self._cosines.append(cosine)
-        skip = not abs(numerator) >= self.defaults["skip_tol"] * denominator
-        if self.defaults["skip_noise_floor"]:
+        # a zero denominator (s = 0, or y = B s exactly) leaves the SR1 update undefined: skip
+        skip = not (denominator > 0.0 and abs(numerator) >= self.param_groups[0]["skip_tol"] * denominator)
+        if self.param_groups[0]["skip_noise_floor"]:
             skip = skip or residual_norm <= 100.0 * torch.finfo(s.dtype).eps * reference_norm
         if skip:
             stats["skipped_updates"] += 1
@@ -909,8 +1004,8 @@ class LSR1(Optimizer):
         memory.append(s, psi, s_products, p_products, diag)
         tol = self._rank_tol()
         # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
-        check_gram = self.defaults["method"] == "trust_region"
-        scaled = self.defaults["pair_policy"] == "scaled"
+        check_gram = self.param_groups[0]["method"] == "trust_region"
+        scaled = self.param_groups[0]["pair_policy"] == "scaled"
         while memory.k > 0:
             if well_posed(*factors(), tol, check_gram=check_gram, scaled=scaled):
                 break
@@ -922,18 +1017,24 @@ class LSR1(Optimizer):
         generator = torch.Generator(device=out.device).manual_seed(1_000_003 + seed)
         full = torch.randn(self._layout.total, generator=generator, device=out.device, dtype=out.dtype)
         full[self._n :] = 0.0  # the padding stays zero
+        for piece, p in zip(torch.split(full[: self._n], self._numels), self._params):
+            if not p.requires_grad:  # frozen parameters never move, hard cases included
+                piece.zero_()
         out.copy_(full[self._layout.lo : self._layout.hi])
         with exact_float32_matmul(out.device):
             if memory.k > 0:
-                psi_v = memory.split(self._reducer.rows(memory.buffer, out))[1]
+                psi_v = memory.split(self._reducer.rows(memory.buffer, out))
                 u = spectral.psi_coefficients(spectral.parallel_coordinates(psi_v))
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-u), out), out)
-            out.div_(math.sqrt(float(self._reducer.dots([(out, out)])[0])))
+            norm_sq = float(self._reducer.dots([(out, out)])[0])
+        if norm_sq > 0.0:
+            out.div_(math.sqrt(norm_sq))
+        # else range(Psi) holds every trainable coordinate: no such z; out is zero
         return out
 
     # --- Algorithm 2 --------------------------------------------------------------------------
     def _line_search_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.defaults
+        d = self.param_groups[0]
         stats = state["stats"]
         memory = self._memory(state)
         reducer = self._reducer
@@ -959,14 +1060,14 @@ class LSR1(Optimizer):
             try:
                 phi_gram, n_inv = memory.h_factors(delta)
                 if k > 0:
-                    phi_g = -delta * memory.split(g_products)[1]  # Phi^T g, Phi = -delta Psi
+                    phi_g = -delta * memory.split(g_products)  # Phi^T g, Phi = -delta Psi
                     c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
                     if not bool(torch.isfinite(c).all()):
                         raise _Breakdown
                 break
             except (torch.linalg.LinAlgError, _Breakdown):
                 self._drop_after_breakdown(memory, stats)
-        stats["negative_curvature_steps"] += int(_has_negative_eigenvalue(phi_gram, n_inv, delta))
+        stats["negative_curvature_steps"] += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, k >= self._trainable_numel()))
         fallback = True
         if k > 0:
             # d = -H g = -delta g - Phi c = -delta g + delta Psi c
@@ -982,6 +1083,7 @@ class LSR1(Optimizer):
 
         x_saved = self._buffer("x")
         self._save_params(x_saved)
+        self._moved_from = x_saved
         x_views, d_views = self._views_of(x_saved), self._views_of(self._full(direction, "step"))
 
         def phi(alpha: float) -> tuple[float, float]:
@@ -1007,12 +1109,14 @@ class LSR1(Optimizer):
         if result.alpha <= 0.0:
             stats["rejected_steps"] += 1
             self._load_params(x_saved)
+            self._moved_from = None
             rows.zero_()
             return
-        stats["accepted_steps"] += 1
-        state["last_step_length"] = result.alpha
         if not result.last_is_alpha:
             phi(result.alpha)
+        self._moved_from = None
+        stats["accepted_steps"] += 1
+        state["last_step_length"] = result.alpha
         y.sub_(g)
         s = direction.mul_(result.alpha)  # s = alpha d
         torch.add(y, s, alpha=-gamma, out=psi)
@@ -1024,8 +1128,8 @@ class LSR1(Optimizer):
         ss, sy, yy = dots["ss"], dots["sy"], dots["yy"]
         state["last_step_norm"] = math.sqrt(ss)
         if k > 0:
-            psi_s = memory.split(s_products)[1]
-            psi_y = memory.split(p_products)[1] + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
+            psi_s = memory.split(s_products)
+            psi_y = memory.split(p_products) + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
             basis_s, basis_y = -delta * psi_s, -delta * psi_y  # Phi^T s, Phi^T y
         else:
             basis_s = basis_y = empty
@@ -1074,15 +1178,16 @@ class _Breakdown(Exception):
     """The k x k algebra produced non-finite values."""
 
 
-def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float) -> bool:
+def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float, complete: bool = False) -> bool:
     """Whether scale I + Omega W Omega^T (W = middle_inv^{-1}, Omega^T Omega = gram) has a
-    negative eigenvalue; False when the factors cannot be formed."""
-    if scale < 0.0:
+    negative eigenvalue; False when the factors cannot be formed. ``complete``: Omega's
+    columns span the whole space, so ``scale`` is no eigenvalue."""
+    if scale < 0.0 and not complete:
         return True
     if gram.shape[0] == 0:
         return False
     try:
-        return spectral_form(gram, middle_inv, scale).lambda_min < 0.0
+        return spectral_form(gram, middle_inv, scale, complete=complete).lambda_min < 0.0
     except torch.linalg.LinAlgError:
         return False
 
