@@ -2,7 +2,7 @@
 
 L-SR1's algebra does not separate by layers (every Gram entry, Psi^T g, rho and the skip
 test are inner products over all n coordinates), so the memory is split by coordinates:
-rank r holds columns [lo_r, hi_r) of the (2m x n) memory and of the work rows, computes
+rank r holds columns [lo_r, hi_r) of the (m x n) memory and of the work rows, computes
 partial inner products, and one all-reduce of O(m) float64 values completes them. Every
 decision is then taken from reduced (identical) values on every rank, so all ranks call
 the closure the same number of times. Imports torch only; no call is made without a group.

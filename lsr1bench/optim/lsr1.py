@@ -142,6 +142,8 @@ class LSR1(Optimizer):
             returns the loss averaged over the group.
         shard_memory: with a group, each rank keeps only its slice of the coordinates of
             the memory (``False``: every rank keeps all of it).
+        keep_pairs: also store the s vectors (another ``param_bytes * m``), so that
+            ``curvature().pairs()`` and ``.basis()`` can return S; the step never reads them.
 
     Example::
 
@@ -159,17 +161,21 @@ class LSR1(Optimizer):
     state where both passes compute the same function (e.g. no dropout randomness
     between them) if the ratio rho should be meaningful.
 
-    Cost: memory ``param_bytes * (2m + 5)`` (padded to a multiple of 4,096 values): S and
-    Psi = Y - gamma S in one (2m x n) ring buffer, four work rows (s, psi, y, g) and a saved
-    copy of x (so a rejected step restores x bit for bit). Time per step: three passes
-    over the ring buffer ([S; Psi]^T g, the step s = beta g + Psi w, and the fused
-    [S; Psi]^T [s, psi] that gives the new pair's Gram row from the vectors) plus O(n)
-    vector work and O(m^3) float64 work on k x k matrices. Two blocking device-to-host
-    transfers per step on the common path; a fourth pass (and a transfer) forms g_perp or
-    y - B s explicitly only when cancellation would make the algebraic value inaccurate.
-    Inner products over n are summed in float64 over chunks of 4,096 coordinates. All
-    of them go through one ``Reducer``, so a data-parallel version can shard the
-    coordinates and all-reduce only O(m) values.
+    Cost: memory ``param_bytes * (m + 5)`` on the common path, ``(m + 6)`` once an extra pass
+    against cancellation has run (padded to a multiple of 4,096 values): Psi = Y - gamma S
+    in one (m x n) ring buffer (the state; B needs nothing else of the pairs, only
+    Psi^T Psi, the lower triangle of S^T Psi and ||s_i||^2, kept as k x k float64), four
+    work rows (s, psi, y, g), a saved copy of x (so a rejected step restores x bit for bit)
+    and one more work row for the explicit passes. ``keep_pairs=True`` adds the (m x n) S.
+    With a sharded group the memory and work rows are this rank's slice, and x and the
+    all-gathered s are full length. Time per step: three passes over the (m x n) memory
+    (Psi^T g, the step s = beta g + Psi w, and the fused Psi^T [s, psi] that gives the new
+    pair's Gram row from the vectors) plus O(n) vector work and O(m^3) float64 work on
+    k x k matrices. Two blocking device-to-host transfers per step on the common path; a
+    fourth pass (and a transfer) forms g_perp or y - B s explicitly only when cancellation
+    would make the algebraic value inaccurate. Inner products over n are summed in float64
+    over chunks of 4,096 coordinates. All of them go through one ``Reducer``, so a
+    data-parallel version can shard the coordinates and all-reduce only O(m) values.
 
     Options beyond the paper: ``pair_policy="scaled"`` (default) tests the pairs after
     scaling out their lengths; ``"paper"`` is the paper's unscaled test, which in float32
@@ -177,8 +183,18 @@ class LSR1(Optimizer):
     a pair whose y - B s is at the rounding level of y.
 
     ``statistics()`` counts every outcome (``steps`` = accepted + rejected +
-    nonfinite_points + nonpositive_pred) and every fallback; ``curvature()`` returns B as
-    an operator; ``update_cosines()`` the skip test's cosines.
+    nonfinite_points + nonpositive_pred + negligible + aborted; see ``OUTCOMES`` and
+    ``_STAT_KEYS`` for what each counter means) and every fallback; ``curvature()`` returns
+    B as an operator; ``update_cosines()`` the skip test's cosines.
+
+    Settings are read from ``param_groups[0]`` at every step (edit them there, as with any
+    torch optimizer); ``method``, ``memory``, ``gamma`` and ``keep_pairs`` shape the stored
+    state and cannot change during a run, nor differ in a state loaded with
+    ``load_state_dict`` (a ValueError names the setting). If the closure raises, the
+    parameters are put back at x, the step counts as ``aborted_steps`` and the exception
+    propagates. A trial point indistinguishable from x (x + s rounded to x: the same loss
+    and gradient) is a ``negligible_steps`` outcome that changes nothing, and the radius
+    never shrinks below ``MIN_RADIUS``, so full-batch runs to convergence go on quietly.
     """
 
     def __init__(
