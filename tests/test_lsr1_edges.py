@@ -265,3 +265,21 @@ def test_frozen_parameters_never_move_in_a_hard_case():
         opt.step(closure)
     assert opt.statistics()["hard_cases"] >= 1  # the path is exercised
     assert torch.equal(frozen, torch.tensor([0.5, 0.25], dtype=F64))
+
+
+def test_state_dict_loads_with_weights_only_and_keeps_counting():
+    import io
+
+    f, x0 = _small_problem()
+    x = x0.clone().requires_grad_(True)
+    opt = LSR1([x], memory=3)
+    closure = _closure(opt, [x], f)
+    for _ in range(4):
+        opt.step(closure)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)  # counters are a plain dict of ints
+    other = LSR1([x0.clone().requires_grad_(True)], memory=3)
+    other.load_state_dict(loaded)
+    assert other.statistics()["steps"] == 4 and _outcomes_add_up(other.statistics())

@@ -607,7 +607,7 @@ def test_the_frozen_batch_10000_state_takes_a_step():
         s_pad[:n], psi_pad[:n] = s_i, psi_i
         memory.push(s_pad, psi_pad + s_pad, 1.0)  # y = psi + gamma s, gamma = 1
     state["radius"] = FROZEN_RADIUS
-    state["stats"] = dict.fromkeys(state["stats"], 0)
+    state["stats"] = {}  # every counter back to zero
     x.data.zero_()
 
     opt.step(closure)

@@ -22,6 +22,7 @@ from ._compact import (
     residual,
     well_posed,
 )
+from ._counters import OUTCOMES, Counters
 from ._distributed import GroupReducer, check_consistent, decision_digest, make_layout
 from ._line_search import armijo_backtracking, strong_wolfe
 from ._trust_region import solve_subproblem, spectral_form
@@ -50,38 +51,6 @@ MIN_RADIUS = 1e-60
 # is formed from the vectors by an extra pass (counted in ``explicit_passes``).
 CANCELLATION_GUARD = 1e3
 
-# What a step ended as: every step is exactly one of these, so they sum to ``steps``.
-OUTCOMES = (
-    "accepted_steps",  # trial point (or line-search point) taken
-    "rejected_steps",  # trial point evaluated and refused (rho <= eta, non-finite, no decrease)
-    "nonfinite_points",  # loss or gradient at x not finite: no trial point evaluated
-    "nonpositive_pred",  # the model predicted no decrease (g = 0 or rounding): no trial point
-    "negligible_steps",  # converged to rounding: x + s rounded to x (the same loss and the
-    #                      same gradient at the trial point); nothing changes, not even the radius
-    "aborted_steps",  # the closure raised: parameters back at x, the exception propagated
-)
-_STAT_KEYS = (
-    "steps",
-    *OUTCOMES,
-    "nonfinite_trials",  # part of rejected_steps: the loss or gradient at x + s was not finite
-    "skip_tests",  # SR1 skip tests made (one per finite trial, or accepted line-search step)
-    "skipped_updates",
-    "dropped_pairs",  # by the pair policy or after a k x k linear-algebra failure
-    "linalg_failures",  # k x k factorisations that failed; each dropped the oldest pair
-    "inconsistent_models",  # steps whose model with g != 0 predicted no decrease; each dropped the oldest pair
-    "closure_evaluations",
-    "hard_cases",  # steps whose subproblem was a hard case (p = p_hat + alpha z)
-    "newton_iterations",  # Newton iterations of the solves the steps were taken from
-    "newton_unconverged",  # steps whose boundary solve stopped early (s clamped to the radius)
-    "step_clamps",  # steps whose s came out longer than the radius and was scaled back onto it
-    #                 (the rounding margin's own scaling, a few ulps, is not counted)
-    "pred_sign_changes",  # part of rejected_steps: pred of the applied s was <= 0 after rounding
-    "negative_curvature_steps",  # steps whose model B (the one solved) had a negative eigenvalue
-    "explicit_passes",  # extra passes over the memory against cancellation (g_perp, y - Bs, hard case)
-    "host_syncs",  # blocking device-to-host transfers (two per step on the common path)
-    "descent_fallbacks",
-    "line_search_evaluations",
-)
 # The k-vectors of a model without pairs; shared (never written), so the step allocates nothing for it.
 _NO_PAIRS = torch.zeros(0, dtype=torch.float64)
 # last_model_pred: the pred the step was decided on, from the solver's products before the
@@ -183,8 +152,8 @@ class LSR1(Optimizer):
     a pair whose y - B s is at the rounding level of y.
 
     ``statistics()`` counts every outcome (``steps`` = accepted + rejected +
-    nonfinite_points + nonpositive_pred + negligible + aborted; see ``OUTCOMES`` and
-    ``_STAT_KEYS`` for what each counter means) and every fallback; ``curvature()`` returns
+    nonfinite_points + nonpositive_pred + negligible + aborted; see ``Counters`` in
+    ``_counters.py`` for what each counter means) and every fallback; ``curvature()`` returns
     B as an operator; ``update_cosines()`` the skip test's cosines.
 
     Settings are read from ``param_groups[0]`` at every step (edit them there, as with any
@@ -410,11 +379,11 @@ class LSR1(Optimizer):
     def _global_state(self) -> dict:
         state = self.state[self._params[0]]
         if "stats" not in state:
-            state["stats"] = {}
+            state["stats"] = Counters()
             state["radius"] = None
             state["last_step_length"] = 1.0
-        for key in _STAT_KEYS:  # also fills counters a state saved by an older version lacks
-            state["stats"].setdefault(key, 0)
+        elif not isinstance(state["stats"], Counters):  # a loaded (or edited) plain dict
+            state["stats"] = Counters.from_dict(state["stats"])
         for key in _LAST_KEYS:
             state.setdefault(key, None)
         return state
@@ -459,7 +428,7 @@ class LSR1(Optimizer):
         """Counters since construction (or the loaded state), and the last step's values:
         a plain dict of numbers. ``steps`` equals the sum of the ``OUTCOMES`` counters."""
         state = self._global_state()
-        out: dict[str, Any] = dict(state["stats"])
+        out: dict[str, Any] = state["stats"].as_dict()
         out["radius"] = state["radius"]
         for key in _LAST_KEYS:
             out[key] = state[key]
@@ -557,7 +526,16 @@ class LSR1(Optimizer):
         if "order" in state:
             state["order"] = [int(i) for i in state["order"]]
         if "stats" in state:
-            state["stats"] = dict(state["stats"])
+            state["stats"] = Counters.from_dict(state["stats"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with the counters as a plain dict of ints (so a checkpoint
+        loads with ``torch.load(weights_only=True)``)."""
+        sd = super().state_dict()
+        entry = sd["state"].get(0)
+        if entry is not None and isinstance(entry.get("stats"), Counters):
+            sd["state"][0] = {**entry, "stats": entry["stats"].as_dict()}
+        return sd
 
     def full_state_dict(self) -> dict[str, Any]:
         """The state in the one-process format (a collective when the memory is sharded):
@@ -618,16 +596,16 @@ class LSR1(Optimizer):
         state = self._global_state()
         self._check_structure()
         stats = state["stats"]
-        stats["steps"] += 1
+        stats.steps += 1
         syncs_before = self._reducer.syncs
-        outcomes_before = sum(stats[key] for key in OUTCOMES)
+        outcomes_before = stats.outcomes()
         self._moved_from = None
 
         def evaluate(out: Tensor) -> tuple[Tensor, Tensor]:
             """Loss and gradient at the current parameters; the gradient goes into ``out``.
             The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
-            stats["closure_evaluations"] += 1
+            stats.closure_evaluations += 1
             self._grad_into(out)
             if isinstance(loss, Tensor):
                 value = loss.detach().reshape(())
@@ -648,11 +626,11 @@ class LSR1(Optimizer):
             if self._moved_from is not None:
                 self._load_params(self._moved_from)
                 self._moved_from = None
-            if sum(stats[key] for key in OUTCOMES) == outcomes_before:
-                stats["aborted_steps"] += 1
+            if stats.outcomes() == outcomes_before:
+                stats.aborted_steps += 1
             raise
         finally:
-            stats["host_syncs"] += self._reducer.syncs - syncs_before
+            stats.host_syncs += self._reducer.syncs - syncs_before
         if self._group is not None and self._step_loss is not None:
             # the loss averaged over the group (every rank returns the same value)
             return torch.tensor(self._step_loss, dtype=self._params[0].dtype)
@@ -692,7 +670,7 @@ class LSR1(Optimizer):
             checked = isinstance(self._reducer, GroupReducer)
             if checked:
                 state = self._global_state()
-                h = decision_digest(state["stats"], state["radius"], memory.k)
+                h = decision_digest(state["stats"].as_dict(), state["radius"], memory.k)
                 parts.append(torch.tensor([h, h * h], dtype=SMALL, device=g.device))
                 self._reducer.checks = 2  # type: ignore[attr-defined]
             parts.append(products(gg, gg).reshape(1))
@@ -700,7 +678,7 @@ class LSR1(Optimizer):
                 parts.append(products(memory.buffer, gg).reshape(-1))
             first = self._reducer.gather(parts, means=1)
         if checked:
-            steps = self._global_state()["stats"]["steps"]
+            steps = self._global_state()["stats"].steps
             check_consistent(float(first[1]), float(first[2]), self._layout.world_size, steps)
             first = torch.cat([first[:1], first[3:]])
         self._step_loss = float(first[0])
@@ -736,11 +714,11 @@ class LSR1(Optimizer):
             else:
                 torch.mul(g, beta, out=out)
 
-    def _drop_after_breakdown(self, memory: CurvatureMemory, stats: dict) -> None:
+    def _drop_after_breakdown(self, memory: CurvatureMemory, stats: Counters) -> None:
         """A k x k factorisation failed or gave non-finite values: drop the oldest pair."""
-        stats["linalg_failures"] += 1
+        stats.linalg_failures += 1
         memory.drop_oldest()
-        stats["dropped_pairs"] += 1
+        stats.dropped_pairs += 1
 
     # --- Algorithm 1 --------------------------------------------------------------------------
     def _trust_region_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
@@ -752,7 +730,7 @@ class LSR1(Optimizer):
         device = g.device
         f, gg, g_products = self._first_products(memory, f_device, g)
         if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
-            stats["nonfinite_points"] += 1
+            stats.nonfinite_points += 1
             state["last_rho"] = None
             return
         if state["radius"] is None:
@@ -784,7 +762,7 @@ class LSR1(Optimizer):
         finite = finite and math.isfinite(f_t)
         if finite and f_t == f and dots["yy"] == 0.0:
             # x + s rounded to x (same loss, same gradient): nothing to decide or learn.
-            stats["negligible_steps"] += 1
+            stats.negligible_steps += 1
             self._load_params(x_saved)
             self._moved_from = None
             state["last_rho"] = None
@@ -800,7 +778,7 @@ class LSR1(Optimizer):
             pred = -(dots["gs"] + 0.5 * curvature_term)
             state["last_pred"] = pred
             if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
-                stats["pred_sign_changes"] += 1
+                stats.pred_sign_changes += 1
                 finite_pred = False
             else:
                 finite_pred = True
@@ -808,9 +786,9 @@ class LSR1(Optimizer):
         state["last_rho"] = rho if finite else None
         state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
         if rho > d["eta"]:
-            stats["accepted_steps"] += 1
+            stats.accepted_steps += 1
         else:
-            stats["rejected_steps"] += 1
+            stats.rejected_steps += 1
             self._load_params(x_saved)
         self._moved_from = None
         step_norm = state["last_step_norm"]
@@ -823,7 +801,7 @@ class LSR1(Optimizer):
             radius = min(radius, d["max_radius"])
         state["radius"] = radius
         if not finite:
-            stats["nonfinite_trials"] += 1
+            stats.nonfinite_trials += 1
             rows.zero_()  # never leave inf/nan in the work rows
             return
 
@@ -839,7 +817,7 @@ class LSR1(Optimizer):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
                 sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
             s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
-            stats["explicit_passes"] += 1
+            stats.explicit_passes += 1
         self._maybe_store_pair(
             state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
             math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
@@ -901,14 +879,14 @@ class LSR1(Optimizer):
                 # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
                 self._form_step(memory, g, beta, w, s)
                 if solution.perp_unit != 0.0:
-                    z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
+                    z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats.steps, self._local("r"))
                     s.add_(z, alpha=solution.perp_unit)
                 with exact_float32_matmul(device):
                     parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
                     if k > 0:
                         parts.append(products(memory.buffer, s.unsqueeze(0)).reshape(-1))
                     measured = reducer.gather(parts)
-                stats["explicit_passes"] += 1
+                stats.explicit_passes += 1
                 ss_model, gs_model = float(measured[0]), float(measured[1])
                 if k > 0:
                     psi_s = memory.split(measured[2:])
@@ -928,11 +906,11 @@ class LSR1(Optimizer):
             # an inconsistent model is solved again below; only the solve the step ends with
             # is counted, so these counters are per step
             if not (memory.k > 0 and gg > 0.0 and not (pred > 0.0 and math.isfinite(pred))):
-                stats["newton_iterations"] += solution.newton_iterations
-                stats["newton_unconverged"] += int(not solution.converged)
-                stats["hard_cases"] += int(solution.hard_case)
-                stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
-                stats["step_clamps"] += int(clamped)
+                stats.newton_iterations += solution.newton_iterations
+                stats.newton_unconverged += int(not solution.converged)
+                stats.hard_cases += int(solution.hard_case)
+                stats.negative_curvature_steps += int(spectral.lambda_min < 0.0)
+                stats.step_clamps += int(clamped)
             if not (pred > 0.0 and math.isfinite(pred)):
                 if memory.k > 0 and gg > 0.0:
                     # The trust-region minimiser of a consistent model decreases it whenever
@@ -940,17 +918,17 @@ class LSR1(Optimizer):
                     # down (near-singular M^{-1} or Psi^T Psi that the pair policy let
                     # through). Keeping the pairs would repeat this at every step (the state
                     # would never change), so drop the oldest and solve again.
-                    stats["inconsistent_models"] += 1
+                    stats.inconsistent_models += 1
                     memory.drop_oldest()
-                    stats["dropped_pairs"] += 1
+                    stats.dropped_pairs += 1
                     continue
                 # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
-                stats["nonpositive_pred"] += 1
+                stats.nonpositive_pred += 1
                 state["last_rho"] = None
                 return None
             return _StepModel(k, psi_gram, m_inv, ss_model)
 
-    def _solve_subproblem(self, memory: CurvatureMemory, stats: dict, g: Tensor, gg: float, g_products: Tensor,
+    def _solve_subproblem(self, memory: CurvatureMemory, stats: Counters, g: Tensor, gg: float, g_products: Tensor,
                           radius: float, s: Tensor) -> _Solved:
         """The k x k algebra of this step's model and its trust-region subproblem's solution;
         a factorisation that fails (or gives non-finite values) drops the oldest pair and tries
@@ -980,7 +958,7 @@ class LSR1(Optimizer):
                     with exact_float32_matmul(device):
                         combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
                         g_perp_sq = float(reducer.dots([(s, s)])[0])
-                    stats["explicit_passes"] += 1
+                    stats.explicit_passes += 1
                 solution = solve_subproblem(
                     spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
                     zero_tol=100.0 * eps * math.sqrt(gg),
@@ -1005,7 +983,7 @@ class LSR1(Optimizer):
         rounding level of ``reference_norm`` (||y||, or ||s||) is also skipped.
         """
         stats = state["stats"]
-        stats["skip_tests"] += 1
+        stats.skip_tests += 1
         denominator = other_norm * residual_norm
         cosine = abs(numerator) / denominator if denominator > 0.0 else 0.0
         state["last_update_cosine"] = cosine
@@ -1015,7 +993,7 @@ class LSR1(Optimizer):
         if self.param_groups[0]["skip_noise_floor"]:
             skip = skip or residual_norm <= 100.0 * torch.finfo(s.dtype).eps * reference_norm
         if skip:
-            stats["skipped_updates"] += 1
+            stats.skipped_updates += 1
             return
         memory.append(s, psi, s_products, p_products, diag)
         tol = self._rank_tol()
@@ -1026,7 +1004,7 @@ class LSR1(Optimizer):
             if well_posed(*factors(), tol, check_gram=check_gram, scaled=scaled):
                 break
             memory.drop_oldest()
-            stats["dropped_pairs"] += 1
+            stats.dropped_pairs += 1
 
     def _unit_orthogonal_to_psi(self, memory, spectral, gamma: float, seed: int, out: Tensor) -> Tensor:
         """A unit vector orthogonal to range(Psi): the hard case with lambda_min = gamma."""
@@ -1059,12 +1037,12 @@ class LSR1(Optimizer):
         device = g.device
         f, gg, g_products = self._first_products(memory, f_device, g)
         if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
-            stats["nonfinite_points"] += 1
+            stats.nonfinite_points += 1
             state["last_rho"] = None
             return
         state["last_rho"] = None
         if gg == 0.0:  # a stationary point: no descent direction exists
-            stats["nonpositive_pred"] += 1
+            stats.nonpositive_pred += 1
             state["last_pred"] = 0.0
             return
         empty = _NO_PAIRS
@@ -1083,7 +1061,7 @@ class LSR1(Optimizer):
                 break
             except (torch.linalg.LinAlgError, _Breakdown):
                 self._drop_after_breakdown(memory, stats)
-        stats["negative_curvature_steps"] += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, k >= self._trainable_numel()))
+        stats.negative_curvature_steps += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, k >= self._trainable_numel()))
         fallback = True
         if k > 0:
             # d = -H g = -delta g - Phi c = -delta g + delta Psi c
@@ -1092,7 +1070,7 @@ class LSR1(Optimizer):
                         base=g, beta=-delta)
             slope = -delta * gg - float(phi_g @ c)
             fallback = not slope < 0.0
-            stats["descent_fallbacks"] += int(fallback)
+            stats.descent_fallbacks += int(fallback)
         if fallback:
             torch.neg(g, out=direction)
             slope = -gg
@@ -1110,7 +1088,7 @@ class LSR1(Optimizer):
                                     means=1)
             return float(values[0]), float(values[1])
 
-        alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats["steps"] > 1 else 1.0
+        alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats.steps > 1 else 1.0
         if d["line_search"] == "strong_wolfe":
             result = strong_wolfe(
                 phi, f, slope, alpha0, c1=d["c1"], c2=d["c2"],
@@ -1120,10 +1098,10 @@ class LSR1(Optimizer):
             result = armijo_backtracking(
                 phi, f, slope, alpha0, c1=d["c1"], max_evaluations=d["max_line_search_evaluations"]
             )
-        stats["line_search_evaluations"] += result.evaluations
+        stats.line_search_evaluations += result.evaluations
         state["last_pred"] = -result.alpha * slope
         if result.alpha <= 0.0:
-            stats["rejected_steps"] += 1
+            stats.rejected_steps += 1
             self._load_params(x_saved)
             self._moved_from = None
             rows.zero_()
@@ -1131,14 +1109,14 @@ class LSR1(Optimizer):
         if not result.last_is_alpha:
             phi(result.alpha)
         self._moved_from = None
-        stats["accepted_steps"] += 1
+        stats.accepted_steps += 1
         state["last_step_length"] = result.alpha
         y.sub_(g)
         s = direction.mul_(result.alpha)  # s = alpha d
         torch.add(y, s, alpha=-gamma, out=psi)
         _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, k)
         if not finite:
-            stats["nonfinite_trials"] += 1
+            stats.nonfinite_trials += 1
             rows.zero_()
             return
         ss, sy, yy = dots["ss"], dots["sy"], dots["yy"]
@@ -1160,7 +1138,7 @@ class LSR1(Optimizer):
                 r.add_(y, alpha=-delta)
                 yr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
             y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
-            stats["explicit_passes"] += 1
+            stats.explicit_passes += 1
         self._maybe_store_pair(
             state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), y_dot_r,
             math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
