@@ -266,7 +266,7 @@ def test_collective_budget_per_step(two_ranks):
     for shard in (True, False):
         _, _, per_step, stats = two_ranks[0]["runs"][("trust_region", shard)]
         assert any(rejected for *_, rejected in per_step)  # rejected steps are covered
-        for collectives, explicit, hard, rejected in per_step:
+        for collectives, explicit, hard, _rejected in per_step:
             assert collectives == 2 + int(shard) + explicit + 2 * hard
         assert sum(c for c, *_ in per_step) == stats["collectives"]
         assert stats["bytes_communicated"] > 0

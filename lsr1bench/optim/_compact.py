@@ -1,5 +1,6 @@
-"""Curvature pairs in preallocated ring buffers, their Gram matrices, and the one layer
-through which every inner product over the n parameters passes.
+"""Curvature pairs in preallocated ring buffers, their Gram matrices, and the chunked
+float64 products every inner product over the n parameters is made of (the layout,
+``_layout.py``, reduces them).
 
 The compact representations (Byrd, Nocedal & Schnabel 1994, Theorem 5.1; N&W eq. 7.24):
 
@@ -45,44 +46,6 @@ def exact_float32_matmul(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
-
-
-class Reducer:
-    """The one place where values computed over the n parameters reach the host.
-
-    ``gather`` takes device tensors (partial inner products, losses), concatenates them
-    as float64 on the device and copies the result to the host in ONE blocking transfer;
-    ``syncs`` counts those transfers. A step makes two on its common path: one after the
-    gradient at x, one after the trial point. A data-parallel version overrides
-    ``_reduce`` to all-reduce the small concatenated vector before the copy, so every
-    reduction over n costs the group one collective of O(m) float64 values.
-    """
-
-    def __init__(self) -> None:
-        self.syncs = 0
-
-    def gather(self, parts: list[Tensor], *, means: int = 0) -> Tensor:
-        """[parts...] flattened into one float64 CPU vector (one blocking transfer).
-
-        The first ``means`` entries are averages over the data (losses), the rest are
-        sums over the parameters (inner products); a sharded reducer treats them so.
-        """
-        flat = torch.cat([p.detach().reshape(-1).to(SMALL) for p in parts])
-        flat = self._reduce(flat, means)
-        self.syncs += 1
-        return flat.to("cpu")
-
-    def _reduce(self, flat: Tensor, means: int) -> Tensor:
-        return flat
-
-    # Compatibility helpers for one-off products (tests, rare paths); each is one transfer.
-    def rows(self, matrix: Tensor, vector: Tensor) -> Tensor:
-        """matrix (r x n) times a vector (n,) -> (r,), float64 CPU."""
-        return self.gather([products(matrix, vector.unsqueeze(0))]).reshape(-1)
-
-    def dots(self, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """[u_i . v_i] for each pair, in one small float64 CPU tensor."""
-        return self.gather([products(u.unsqueeze(0), v.unsqueeze(0)).reshape(1) for u, v in pairs])
 
 
 # Inner products over n are summed in chunks of this many coordinates: each chunk's dot

@@ -213,3 +213,46 @@ def solve_subproblem(
             break
         sigma = sigma + step
     return finish(sigma, hard=False, interior=False, extra_norm=0.0, newton=newton, boundary=True)
+
+
+# The radius never shrinks below this: a step that short moves no parameter of any usual
+# scale (it rounds to x, a negligible step), and the squares and cubes of the secular
+# equation stay normal float64 numbers (the unfloored radius reached 1e-159 and the
+# Newton iteration divided by zero).
+MIN_RADIUS = 1e-60
+
+
+def model_decrease(g_dot_s: float, s_dot_s: float, psi_s: Tensor, m_inv: Tensor, gamma: float) -> float:
+    """pred = -(g^T s + 1/2 s^T B s), with s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)
+    and M applied by solving with M^{-1} (never inverted); ``psi_s`` = Psi^T s (k,)."""
+    curvature = gamma * s_dot_s
+    if psi_s.numel():
+        curvature += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+    return -(g_dot_s + 0.5 * curvature)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What Algorithm 1 decides from a trial point."""
+
+    rho: float  # ared / pred; -inf when the trial point or pred is unusable
+    accepted: bool  # rho > eta: x <- x + s
+    radius: float  # the next trust-region radius
+
+
+def decide(f: float, f_trial: float, pred: float, step_norm: float, radius: float, settings: dict) -> Decision:
+    """rho = (f - f_trial) / pred, accept when rho > eta, and the radius rule of
+    Algorithm 1: grow by ``radius_increase`` when rho > ``increase_threshold`` and
+    ||s|| > ``boundary_fraction`` * radius, shrink by ``radius_decrease`` (never below
+    MIN_RADIUS) when rho < ``decrease_threshold``, cap at ``max_radius``. A non-finite
+    f_trial or a pred <= 0 gives rho = -inf: a rejected step and a smaller radius."""
+    usable = math.isfinite(f_trial) and pred > 0.0 and math.isfinite(pred)
+    rho = (f - f_trial) / pred if usable else -math.inf
+    if rho > settings["increase_threshold"]:
+        if step_norm > settings["boundary_fraction"] * radius:
+            radius *= settings["radius_increase"]
+    elif rho < settings["decrease_threshold"]:
+        radius = max(radius * settings["radius_decrease"], MIN_RADIUS)
+    if settings["max_radius"] is not None:
+        radius = min(radius, settings["max_radius"])
+    return Decision(rho, rho > settings["eta"], radius)

@@ -14,7 +14,6 @@ from ._compact import (
     CHUNK,
     SMALL,
     CurvatureMemory,
-    Reducer,
     combine,
     exact_float32_matmul,
     padded_length,
@@ -23,10 +22,13 @@ from ._compact import (
     well_posed,
 )
 from ._counters import OUTCOMES, Counters
-from ._distributed import GroupReducer, check_consistent, decision_digest, make_layout
+from ._distributed import decision_digest, make_coordinates
+from ._layout import LocalLayout, make_layout
 from ._line_search import armijo_backtracking, strong_wolfe
-from ._trust_region import solve_subproblem, spectral_form
+from ._trust_region import MIN_RADIUS, decide, model_decrease, solve_subproblem, spectral_form
 from .curvature import CurvatureOperator
+
+__all__ = ["LSR1", "MIN_RADIUS", "OUTCOMES"]
 
 _METHODS = ("trust_region", "line_search")
 _LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -40,11 +42,6 @@ _PAIR_POLICIES = ("paper", "scaled")
 # (keep_pairs). They cannot change
 # under a state; every other setting is read from param_groups[0] at each step.
 _STRUCTURAL = ("method", "memory", "gamma", "keep_pairs")
-# The radius never shrinks below this: a step that short moves no parameter of any usual
-# scale (it rounds to x, a negligible step), and the squares and cubes of the secular
-# equation stay normal float64 numbers (the unfloored radius reached 1e-159 and the
-# Newton iteration divided by zero).
-MIN_RADIUS = 1e-60
 # A value computed as a difference of terms of total size ``size`` is trusted when it is at
 # least CANCELLATION_GUARD * eps * size (eps of the parameters' dtype): the chunked products
 # are accurate to a few eps, so that leaves about three correct digits. Below it the value
@@ -143,8 +140,9 @@ class LSR1(Optimizer):
     k x k matrices. Two blocking device-to-host transfers per step on the common path; a
     fourth pass (and a transfer) forms g_perp or y - B s explicitly only when cancellation
     would make the algebraic value inaccurate. Inner products over n are summed in float64
-    over chunks of 4,096 coordinates. All of them go through one ``Reducer``, so a
-    data-parallel version can shard the coordinates and all-reduce only O(m) values.
+    over chunks of 4,096 coordinates. All of them go through the layout object
+    (``_layout.py``: local, replicated or sharded), so a data-parallel run can shard the
+    coordinates and all-reduce only O(m) values; the step never asks which layout it has.
 
     Options beyond the paper: ``pair_policy="scaled"`` (default) tests the pairs after
     scaling out their lengths; ``"paper"`` is the paper's unscaled test, which in float32
@@ -261,17 +259,7 @@ class LSR1(Optimizer):
                 raise ValueError(f"LSR1 needs floating-point parameters, got {p.dtype}")
         self._numels = [p.numel() for p in self._params]
         self._n = sum(self._numels)
-        self._group = process_group
-        if process_group is None:
-            self._layout = make_layout(self._n, 1, 0, False)
-            self._reducer: Reducer = Reducer()
-        else:
-            import torch.distributed as dist
-
-            self._layout = make_layout(
-                self._n, dist.get_world_size(process_group), dist.get_rank(process_group), shard_memory
-            )
-            self._reducer = GroupReducer(process_group, self._layout)
+        self._layout: LocalLayout = make_layout(self._n, self._numels, process_group, shard_memory)
         # Full flat buffers hold n values, then zeros up to the padded length; a rank's slice
         # of the coordinates is [lo, hi) (everything without a group or when replicated).
         self._n_pad = self._layout.total
@@ -282,6 +270,7 @@ class LSR1(Optimizer):
         self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
         # the saved x while the parameters sit at a trial point (restored if the step aborts)
         self._moved_from: Tensor | None = None
+        self._f_trial: Tensor | None = None  # the loss at the trial point, on the device
         self._structure = {key: self.param_groups[0][key] for key in _STRUCTURAL}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
@@ -315,54 +304,10 @@ class LSR1(Optimizer):
             self._work[key] = buf
         return buf
 
-    def _overlaps(self) -> list[tuple[int, int, int, int]]:
-        """(parameter index, start in it, end in it, start in the local slice) for every
-        parameter that overlaps this rank's coordinates [lo, hi)."""
-        if not hasattr(self, "_overlap_cache"):
-            out, offset = [], 0
-            lo, hi = self._layout.lo, self._layout.hi
-            for index, numel in enumerate(self._numels):
-                a, b = max(lo, offset), min(hi, offset + numel)
-                if a < b:
-                    out.append((index, a - offset, b - offset, a - lo))
-                offset += numel
-            self._overlap_cache = out
-        return self._overlap_cache
-
-    def _grad_into(self, local: Tensor) -> None:
-        """This rank's slice of the flat gradient into ``local`` (no full-length copy)."""
-        if not self._layout.sharded:
-            self._gather_grad(local)
-            return
-        for index, a, b, start in self._overlaps():
-            grad = self._params[index].grad
-            target = local[start : start + b - a]
-            if grad is None:
-                target.zero_()
-            else:
-                target.copy_(grad.reshape(-1)[a:b])
-
     def _full(self, local: Tensor, name: str) -> Tensor:
-        """The whole flat vector from every rank's slice (an all-gather when sharded)."""
-        if not self._layout.sharded:
-            return local
-        return self._reducer.all_gather(local, self._buffer(name))  # type: ignore[attr-defined]
-
-    def _gather_grad(self, out: Tensor) -> Tensor:
-        views = self._views_of(out)
-        grads = [p.grad for p in self._params]
-        if any(g is None for g in grads):
-            for view, grad in zip(views, grads):
-                if grad is None:
-                    view.zero_()
-            pairs = [(v, g) for v, g in zip(views, grads) if g is not None]
-            if pairs:
-                torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
-        else:
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("LSR1 does not support sparse gradients")
-            torch._foreach_copy_(views, grads)
-        return out
+        """The whole flat vector of which ``local`` is this rank's slice (the layout decides
+        whether that takes an all-gather)."""
+        return self._layout.full(local, self._buffer(name))
 
     def _save_params(self, out: Tensor) -> None:
         torch._foreach_copy_(self._views_of(out), [p.detach() for p in self._params])
@@ -435,11 +380,7 @@ class LSR1(Optimizer):
         out["last_step_length"] = state["last_step_length"]
         out["stored_pairs"] = len(state.get("order", []))
         out["method"] = self.param_groups[0]["method"]
-        if isinstance(self._reducer, GroupReducer):
-            out["world_size"] = self._layout.world_size
-            out["layout"] = "sharded" if self._layout.sharded else "replicated"
-            out["collectives"] = self._reducer.collectives
-            out["bytes_communicated"] = self._reducer.bytes
+        out.update(self._layout.statistics())
         return out
 
     def memory_bytes(self) -> int:
@@ -470,13 +411,8 @@ class LSR1(Optimizer):
         memory = self._memory(state)
         idx = torch.tensor(memory.order, dtype=torch.long, device=memory.buffer.device)
 
-        def full_rows(buffer: Tensor) -> Tensor:
-            if self._layout.sharded:  # a collective: every rank must call it
-                full = buffer.new_zeros((buffer.shape[0], self._layout.total))
-                for row in range(buffer.shape[0]):
-                    self._reducer.all_gather(buffer[row], full[row])  # type: ignore[attr-defined]
-                buffer = full
-            return buffer[:, : self._n].index_select(0, idx).clone()
+        def full_rows(buffer: Tensor) -> Tensor:  # a collective when sharded: every rank calls it
+            return self._layout.full_rows(buffer)[:, : self._n].index_select(0, idx).clone()
 
         Psi = full_rows(memory.buffer)
         S = full_rows(memory.s_buffer) if memory.s_buffer is not None else None
@@ -546,17 +482,11 @@ class LSR1(Optimizer):
         sd = self.state_dict()
         sd = {"state": copy.deepcopy(sd["state"]), "param_groups": copy.deepcopy(sd["param_groups"])}
         state = sd["state"].get(0)
-        single = make_layout(self._n, 1, 0, False)
+        single = make_coordinates(self._n, 1, 0, False)
         for key in ("memory", "pairs_s"):
             if state is None or key not in state:
                 continue
-            memory = state[key]
-            if self._layout.sharded:
-                full = memory.new_zeros((memory.shape[0], self._layout.total))
-                for row in range(memory.shape[0]):
-                    self._reducer.all_gather(memory[row], full[row])  # type: ignore[attr-defined]
-                memory = full
-            state[key] = _resize_columns(memory, single.total)
+            state[key] = _resize_columns(self._layout.full_rows(state[key]), single.total)
         if state is not None:
             state["layout"] = single.describe()
         return sd
@@ -597,7 +527,7 @@ class LSR1(Optimizer):
         self._check_structure()
         stats = state["stats"]
         stats.steps += 1
-        syncs_before = self._reducer.syncs
+        syncs_before = self._layout.syncs
         outcomes_before = stats.outcomes()
         self._moved_from = None
 
@@ -606,7 +536,7 @@ class LSR1(Optimizer):
             The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
             stats.closure_evaluations += 1
-            self._grad_into(out)
+            self._layout.grad_into(self._params, out, self._views_of)
             if isinstance(loss, Tensor):
                 value = loss.detach().reshape(())
             else:
@@ -630,11 +560,8 @@ class LSR1(Optimizer):
                 stats.aborted_steps += 1
             raise
         finally:
-            stats.host_syncs += self._reducer.syncs - syncs_before
-        if self._group is not None and self._step_loss is not None:
-            # the loss averaged over the group (every rank returns the same value)
-            return torch.tensor(self._step_loss, dtype=self._params[0].dtype)
-        return loss
+            stats.host_syncs += self._layout.syncs - syncs_before
+        return self._layout.step_loss(loss, self._step_loss, self._params[0].dtype)
 
     # --- pieces shared by both methods ------------------------------------------------------
     def _pair_rows(self) -> Tensor:
@@ -666,21 +593,13 @@ class LSR1(Optimizer):
         all-reduce, which also carries the check that every rank's decisions agree)."""
         with exact_float32_matmul(g.device):
             gg = g.unsqueeze(0)
-            parts = [f.reshape(1).to(SMALL)]
-            checked = isinstance(self._reducer, GroupReducer)
-            if checked:
-                state = self._global_state()
-                h = decision_digest(state["stats"].as_dict(), state["radius"], memory.k)
-                parts.append(torch.tensor([h, h * h], dtype=SMALL, device=g.device))
-                self._reducer.checks = 2  # type: ignore[attr-defined]
+            state = self._global_state()
+            digest = decision_digest(state["stats"].as_dict(), state["radius"], memory.k)
+            parts = [f.reshape(1).to(SMALL), *self._layout.consistency_parts(digest, g.device)]
             parts.append(products(gg, gg).reshape(1))
             if memory.k > 0:
                 parts.append(products(memory.buffer, gg).reshape(-1))
-            first = self._reducer.gather(parts, means=1)
-        if checked:
-            steps = self._global_state()["stats"].steps
-            check_consistent(float(first[1]), float(first[2]), self._layout.world_size, steps)
-            first = torch.cat([first[:1], first[3:]])
+            first = self._layout.consistent(self._layout.gather(parts, means=1), 1, state["stats"].steps)
         self._step_loss = float(first[0])
         return float(first[0]), float(first[1]), first[2:]
 
@@ -692,7 +611,7 @@ class LSR1(Optimizer):
             parts.append(products(rows, rows))
             if k > 0:
                 parts.append(products(memory.buffer, rows[:2]))
-            second = self._reducer.gather(parts, means=0 if f_trial is None else 1)
+            second = self._layout.gather(parts, means=0 if f_trial is None else 1)
         offset = 0 if f_trial is None else 1
         f_t = float(second[0]) if f_trial is not None else None
         gram = second[offset : offset + 16].reshape(4, 4)
@@ -722,104 +641,118 @@ class LSR1(Optimizer):
 
     # --- Algorithm 1 --------------------------------------------------------------------------
     def _trust_region_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.param_groups[0]
-        stats = state["stats"]
+        """Algorithm 1, one iteration, as its phases: reduce at x, solve (and form s), trial,
+        reduce at the trial point, decide, store."""
+        settings, stats = self.param_groups[0], state["stats"]
         memory = self._memory(state)
-        reducer = self._reducer
-        gamma = d["gamma"]
-        device = g.device
-        f, gg, g_products = self._first_products(memory, f_device, g)
-        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
+        at_x = self._reduce_at_x(memory, f_device, g)
+        if at_x is None:
             stats.nonfinite_points += 1
             state["last_rho"] = None
             return
-        if state["radius"] is None:
-            state["radius"] = d["initial_radius"] if d["initial_radius"] is not None else math.sqrt(gg)
-            if not state["radius"] > 0:
-                state["radius"] = 1.0
-        radius = state["radius"]
-        empty = _NO_PAIRS
+        radius = self._radius(state, at_x.gg)
         rows = self._pair_rows()
-        s, psi, y = rows[0], rows[1], rows[2]
-        eps = torch.finfo(g.dtype).eps
-
-        # the saved x, full length on every rank (sharded too: a rejected step then restores
-        # it without a second all-gather)
-        x_saved = self._buffer("x")
-        solved = self._solve_for_step(state, memory, g, gg, g_products, radius, s)
-        if solved is None:
+        model = self._solve_for_step(state, memory, g, at_x.gg, at_x.g_products, radius, rows[0])
+        if model is None:
             return
-        k, psi_gram, m_inv, ss_model = solved
-
-        # Trial point x + s on the same minibatch.
-        self._save_params(x_saved)
-        self._moved_from = x_saved
-        self._add_to_params(self._full(s, "step"))
-        _, f_trial = evaluate(y)
-        y.sub_(g)
-        torch.add(y, s, alpha=-gamma, out=psi)
-        f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
-        finite = finite and math.isfinite(f_t)
-        if finite and f_t == f and dots["yy"] == 0.0:
+        x_saved = self._trial(evaluate, rows, g, settings["gamma"])
+        at_trial = self._reduce_at_trial(memory, f_device, rows, model)
+        if at_trial.finite and at_trial.f == at_x.f and at_trial.dots["yy"] == 0.0:
             # x + s rounded to x (same loss, same gradient): nothing to decide or learn.
             stats.negligible_steps += 1
-            self._load_params(x_saved)
-            self._moved_from = None
+            self._restore(x_saved)
             state["last_rho"] = None
             return
-        ss = dots["ss"]
-        psi_s = memory.split(s_products) if k > 0 else empty
-        if finite:
+        ss = at_trial.dots["ss"]
+        pred = -math.inf
+        if at_trial.finite:
             # pred of the s that was applied, from its own products (no cancellation between
-            # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
-            curvature_term = gamma * ss
-            if k > 0:
-                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-            pred = -(dots["gs"] + 0.5 * curvature_term)
+            # derived terms)
+            pred = model_decrease(at_trial.dots["gs"], ss, at_trial.psi_s, model.m_inv, settings["gamma"])
             state["last_pred"] = pred
-            if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
-                stats.pred_sign_changes += 1
-                finite_pred = False
-            else:
-                finite_pred = True
-        rho = (f - f_t) / pred if finite and finite_pred else -math.inf
-        state["last_rho"] = rho if finite else None
-        state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
-        if rho > d["eta"]:
+            stats.pred_sign_changes += int(not pred > 0.0)  # rounded away: the step is refused
+        step_norm = math.sqrt(ss) if at_trial.finite else math.sqrt(model.ss_model)
+        f_trial = at_trial.f if at_trial.finite else math.inf
+        decision = decide(at_x.f, f_trial, pred, step_norm, radius, settings)
+        state["last_rho"] = decision.rho if at_trial.finite else None
+        state["last_step_norm"] = step_norm
+        if decision.accepted:
             stats.accepted_steps += 1
+            self._moved_from = None
         else:
             stats.rejected_steps += 1
-            self._load_params(x_saved)
-        self._moved_from = None
-        step_norm = state["last_step_norm"]
-        if rho > d["increase_threshold"]:
-            if step_norm > d["boundary_fraction"] * radius:
-                radius *= d["radius_increase"]
-        elif rho < d["decrease_threshold"]:
-            radius = max(radius * d["radius_decrease"], MIN_RADIUS)
-        if d["max_radius"] is not None:
-            radius = min(radius, d["max_radius"])
-        state["radius"] = radius
-        if not finite:
+            self._restore(x_saved)
+        state["radius"] = decision.radius
+        if not at_trial.finite:
             stats.nonfinite_trials += 1
             rows.zero_()  # never leave inf/nan in the work rows
             return
+        self._store(state, memory, model, at_trial, rows, g)
 
-        # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
-        # y - B s = psi - Psi M Psi^T s.
-        psi_psi = memory.split(p_products) if k > 0 else empty
-        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
+    # --- the trust-region step's phases --------------------------------------------------------
+    def _reduce_at_x(self, memory: CurvatureMemory, f_device: Tensor, g: Tensor) -> _AtX | None:
+        """Sync 1 (see ``_first_products``); None when f, g^T g or Psi^T g is not finite."""
+        f, gg, g_products = self._first_products(memory, f_device, g)
+        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
+            return None
+        return _AtX(f, gg, g_products)
+
+    def _radius(self, state: dict, gg: float) -> float:
+        """The trust-region radius; the first step's is ``initial_radius`` or ||g||."""
+        if state["radius"] is None:
+            initial = self.param_groups[0]["initial_radius"]
+            state["radius"] = initial if initial is not None else math.sqrt(gg)
+            if not state["radius"] > 0:
+                state["radius"] = 1.0
+        return state["radius"]
+
+    def _trial(self, evaluate, rows: Tensor, g: Tensor, gamma: float) -> Tensor:
+        """x + s on the same minibatch: save x (full length on every rank, so a rejected
+        step restores it without a collective), move, evaluate; rows get y = g(x + s) - g
+        and psi = y - gamma s. Returns the saved x."""
+        s, psi, y = rows[0], rows[1], rows[2]
+        x_saved = self._buffer("x")
+        self._save_params(x_saved)
+        self._moved_from = x_saved
+        self._add_to_params(self._full(s, "step"))
+        _, self._f_trial = evaluate(y)
+        y.sub_(g)
+        torch.add(y, s, alpha=-gamma, out=psi)
+        return x_saved
+
+    def _reduce_at_trial(self, memory: CurvatureMemory, f_device: Tensor, rows: Tensor, model: _StepModel) -> _AtTrial:
+        """Sync 2 (see ``_second_products``), with Psi^T s and Psi^T psi in logical order."""
+        f_t, dots, s_products, p_products, finite = self._second_products(memory, self._f_trial, rows, model.k)
+        finite = finite and math.isfinite(f_t)
+        psi_s = memory.split(s_products) if model.k > 0 else _NO_PAIRS
+        psi_psi = memory.split(p_products) if model.k > 0 else _NO_PAIRS
+        return _AtTrial(f_t, dots, s_products, p_products, psi_s, psi_psi, finite)
+
+    def _restore(self, x_saved: Tensor) -> None:
+        self._load_params(x_saved)
+        self._moved_from = None
+
+    def _store(self, state: dict, memory: CurvatureMemory, model: _StepModel, at_trial: _AtTrial, rows: Tensor,
+               g: Tensor) -> None:
+        """The SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s|| with B the model of this
+        step (y - B s = psi - Psi M Psi^T s), then the pair policy."""
+        gamma, stats = self.param_groups[0]["gamma"], state["stats"]
+        s, psi = rows[0], rows[1]
+        dots, ss, k = at_trial.dots, at_trial.dots["ss"], model.k
+        eps = torch.finfo(s.dtype).eps
+        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, at_trial.psi_psi, at_trial.psi_s,
+                                       model.psi_gram, model.m_inv, 0.0)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # y - B s is small next to psi: form it explicitly (cancellation).
             r = self._local("r")
-            w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
-            with exact_float32_matmul(device):
+            w_s = torch.linalg.solve(model.m_inv, at_trial.psi_s) if k > 0 else _NO_PAIRS
+            with exact_float32_matmul(s.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
-                sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
+                sr_rr = self._layout.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
             s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
             stats.explicit_passes += 1
         self._maybe_store_pair(
-            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
+            state, memory, s, psi, at_trial.s_products, at_trial.p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
             math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
             lambda: memory.b_policy_inputs(gamma),
         )
@@ -836,7 +769,7 @@ class LSR1(Optimizer):
         gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
-        reducer = self._reducer
+        reducer = self._layout
         empty = _NO_PAIRS
         while True:  # until the model predicts a decrease (or no pair is left)
             solved = self._solve_subproblem(memory, stats, g, gg, g_products, radius, s)
@@ -897,11 +830,7 @@ class LSR1(Optimizer):
                     s.mul_(factor)
                     clamped = ss_model > radius * radius * (1.0 + CANCELLATION_GUARD * eps)
                     ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
-            # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
-            curvature_term = gamma * ss_model
-            if k > 0:
-                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-            pred = -(gs_model + 0.5 * curvature_term)
+            pred = model_decrease(gs_model, ss_model, psi_s, m_inv, gamma)
             state["last_pred"] = state["last_model_pred"] = pred
             # an inconsistent model is solved again below; only the solve the step ends with
             # is counted, so these counters are per step
@@ -936,7 +865,7 @@ class LSR1(Optimizer):
         gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
-        reducer = self._reducer
+        reducer = self._layout
         empty = _NO_PAIRS
         while True:
             k = memory.k
@@ -1017,10 +946,10 @@ class LSR1(Optimizer):
         out.copy_(full[self._layout.lo : self._layout.hi])
         with exact_float32_matmul(out.device):
             if memory.k > 0:
-                psi_v = memory.split(self._reducer.rows(memory.buffer, out))
+                psi_v = memory.split(self._layout.rows(memory.buffer, out))
                 u = spectral.psi_coefficients(spectral.parallel_coordinates(psi_v))
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-u), out), out)
-            norm_sq = float(self._reducer.dots([(out, out)])[0])
+            norm_sq = float(self._layout.dots([(out, out)])[0])
         if norm_sq > 0.0:
             out.div_(math.sqrt(norm_sq))
         # else range(Psi) holds every trainable coordinate: no such z; out is zero
@@ -1031,7 +960,7 @@ class LSR1(Optimizer):
         d = self.param_groups[0]
         stats = state["stats"]
         memory = self._memory(state)
-        reducer = self._reducer
+        reducer = self._layout
         eps = torch.finfo(g.dtype).eps
         delta = 1.0 / d["gamma"]
         device = g.device
@@ -1061,7 +990,8 @@ class LSR1(Optimizer):
                 break
             except (torch.linalg.LinAlgError, _Breakdown):
                 self._drop_after_breakdown(memory, stats)
-        stats.negative_curvature_steps += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, k >= self._trainable_numel()))
+        complete = k >= self._trainable_numel()
+        stats.negative_curvature_steps += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, complete))
         fallback = True
         if k > 0:
             # d = -H g = -delta g - Phi c = -delta g + delta Psi c
@@ -1157,6 +1087,26 @@ class _Solved(NamedTuple):
     u: Tensor
     solution: Any
     explicit_perp: bool
+
+
+class _AtX(NamedTuple):
+    """What the step knows at x after its first sync: f, g^T g and Psi^T g (slot order)."""
+
+    f: float
+    gg: float
+    g_products: Tensor
+
+
+class _AtTrial(NamedTuple):
+    """What the step knows at x + s after its second sync."""
+
+    f: float | None  # the loss at x + s (averaged over a group)
+    dots: dict  # the 4 x 4 Gram of (s, psi, y, g), by name (ss, sp, sy, gs, pp, yy)
+    s_products: Tensor  # Psi^T s, slot order
+    p_products: Tensor  # Psi^T psi, slot order
+    psi_s: Tensor  # Psi^T s, oldest pair first
+    psi_psi: Tensor  # Psi^T psi, oldest pair first
+    finite: bool
 
 
 class _StepModel(NamedTuple):
