@@ -957,33 +957,57 @@ class LSR1(Optimizer):
 
     # --- Algorithm 2 --------------------------------------------------------------------------
     def _line_search_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.param_groups[0]
+        """Algorithm 2, one iteration, as its phases: reduce at x, direction, search, reduce
+        at the new point, store."""
         stats = state["stats"]
         memory = self._memory(state)
-        reducer = self._layout
-        eps = torch.finfo(g.dtype).eps
-        delta = 1.0 / d["gamma"]
-        device = g.device
-        f, gg, g_products = self._first_products(memory, f_device, g)
-        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
-            stats.nonfinite_points += 1
-            state["last_rho"] = None
-            return
+        at_x = self._reduce_at_x(memory, f_device, g)
         state["last_rho"] = None
-        if gg == 0.0:  # a stationary point: no descent direction exists
+        if at_x is None:
+            stats.nonfinite_points += 1
+            return
+        if at_x.gg == 0.0:  # a stationary point: no descent direction exists
             stats.nonpositive_pred += 1
             state["last_pred"] = 0.0
             return
-        empty = _NO_PAIRS
         rows = self._pair_rows()
-        direction, psi, y = rows[0], rows[1], rows[2]
-        gamma = d["gamma"]
+        inverse, slope = self._direction(state, memory, g, at_x, rows[0])
+        result, x_saved, views = self._search(state, evaluate, rows, at_x.f, slope)
+        state["last_pred"] = -result.alpha * slope
+        if result.alpha <= 0.0:
+            stats.rejected_steps += 1
+            self._restore(x_saved)
+            rows.zero_()
+            return
+        if not result.last_is_alpha:
+            self._line_point(evaluate, rows, views, result.alpha)
+        self._moved_from = None
+        stats.accepted_steps += 1
+        state["last_step_length"] = result.alpha
+        gamma = self.param_groups[0]["gamma"]
+        y = rows[2].sub_(g)
+        s = rows[0].mul_(result.alpha)  # s = alpha d
+        torch.add(y, s, alpha=-gamma, out=rows[1])
+        _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, inverse.k)
+        if not finite:
+            stats.nonfinite_trials += 1
+            rows.zero_()
+            return
+        self._store_inverse(state, memory, inverse, rows, g, dots, s_products, p_products)
+
+    # --- the line search's phases ---------------------------------------------------------------
+    def _direction(self, state: dict, memory: CurvatureMemory, g: Tensor, at_x: _AtX,
+                   direction: Tensor) -> tuple[_InverseModel, float]:
+        """d = -H g into ``direction`` (-g when that is no descent direction); returns the
+        inverse model it used and the slope g^T d. A k x k failure drops the oldest pair."""
+        stats = state["stats"]
+        delta = 1.0 / self.param_groups[0]["gamma"]
         while True:
             k = memory.k
             try:
                 phi_gram, n_inv = memory.h_factors(delta)
                 if k > 0:
-                    phi_g = -delta * memory.split(g_products)  # Phi^T g, Phi = -delta Psi
+                    phi_g = -delta * memory.split(at_x.g_products)  # Phi^T g, Phi = -delta Psi
                     c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
                     if not bool(torch.isfinite(c).all()):
                         raise _Breakdown
@@ -995,60 +1019,58 @@ class LSR1(Optimizer):
         fallback = True
         if k > 0:
             # d = -H g = -delta g - Phi c = -delta g + delta Psi c
-            with exact_float32_matmul(device):
+            with exact_float32_matmul(g.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(delta * c), g), direction,
                         base=g, beta=-delta)
-            slope = -delta * gg - float(phi_g @ c)
+            slope = -delta * at_x.gg - float(phi_g @ c)
             fallback = not slope < 0.0
             stats.descent_fallbacks += int(fallback)
         if fallback:
             torch.neg(g, out=direction)
-            slope = -gg
+            slope = -at_x.gg
+        return _InverseModel(k, phi_gram, n_inv, delta), slope
 
+    def _line_point(self, evaluate, rows: Tensor, views: tuple[list[Tensor], list[Tensor]],
+                    alpha: float) -> tuple[float, float]:
+        """(f, g^T d) at x + alpha d (the gradient into the y row): one closure call, one sync.
+        ``views``: per-parameter views of the saved x and of the full direction."""
+        direction, y = rows[0], rows[2]
+        torch._foreach_copy_(self._params, views[0])
+        torch._foreach_add_(self._params, views[1], alpha=alpha)
+        _, f_a = evaluate(y)
+        values = self._layout.gather(
+            [f_a.reshape(1), products(y.unsqueeze(0), direction.unsqueeze(0)).reshape(1)], means=1
+        )
+        return float(values[0]), float(values[1])
+
+    def _search(self, state: dict, evaluate, rows: Tensor, f: float, slope: float):
+        """The step length along d (strong Wolfe or Armijo), from min(1, 2 alpha_prev);
+        returns the search's result, the saved x and the views ``_line_point`` moves along."""
+        settings, stats = self.param_groups[0], state["stats"]
         x_saved = self._buffer("x")
         self._save_params(x_saved)
         self._moved_from = x_saved
-        x_views, d_views = self._views_of(x_saved), self._views_of(self._full(direction, "step"))
+        views = (self._views_of(x_saved), self._views_of(self._full(rows[0], "step")))  # one all-gather
 
         def phi(alpha: float) -> tuple[float, float]:
-            torch._foreach_copy_(self._params, x_views)
-            torch._foreach_add_(self._params, d_views, alpha=alpha)
-            _, f_a = evaluate(y)
-            values = reducer.gather([f_a.reshape(1), products(y.unsqueeze(0), direction.unsqueeze(0)).reshape(1)],
-                                    means=1)
-            return float(values[0]), float(values[1])
+            return self._line_point(evaluate, rows, views, alpha)
 
         alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats.steps > 1 else 1.0
-        if d["line_search"] == "strong_wolfe":
-            result = strong_wolfe(
-                phi, f, slope, alpha0, c1=d["c1"], c2=d["c2"],
-                max_evaluations=d["max_line_search_evaluations"],
-            )
+        budget = settings["max_line_search_evaluations"]
+        if settings["line_search"] == "strong_wolfe":
+            result = strong_wolfe(phi, f, slope, alpha0, c1=settings["c1"], c2=settings["c2"], max_evaluations=budget)
         else:
-            result = armijo_backtracking(
-                phi, f, slope, alpha0, c1=d["c1"], max_evaluations=d["max_line_search_evaluations"]
-            )
+            result = armijo_backtracking(phi, f, slope, alpha0, c1=settings["c1"], max_evaluations=budget)
         stats.line_search_evaluations += result.evaluations
-        state["last_pred"] = -result.alpha * slope
-        if result.alpha <= 0.0:
-            stats.rejected_steps += 1
-            self._load_params(x_saved)
-            self._moved_from = None
-            rows.zero_()
-            return
-        if not result.last_is_alpha:
-            phi(result.alpha)
-        self._moved_from = None
-        stats.accepted_steps += 1
-        state["last_step_length"] = result.alpha
-        y.sub_(g)
-        s = direction.mul_(result.alpha)  # s = alpha d
-        torch.add(y, s, alpha=-gamma, out=psi)
-        _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, k)
-        if not finite:
-            stats.nonfinite_trials += 1
-            rows.zero_()
-            return
+        return result, x_saved, views
+
+    def _store_inverse(self, state: dict, memory: CurvatureMemory, inverse: _InverseModel, rows: Tensor,
+                       g: Tensor, dots: dict, s_products: Tensor, p_products: Tensor) -> None:
+        """The inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||, then the pair policy."""
+        stats, gamma = state["stats"], self.param_groups[0]["gamma"]
+        s, psi, y = rows[0], rows[1], rows[2]
+        k, delta = inverse.k, inverse.delta
+        eps = torch.finfo(s.dtype).eps
         ss, sy, yy = dots["ss"], dots["sy"], dots["yy"]
         state["last_step_norm"] = math.sqrt(ss)
         if k > 0:
@@ -1056,17 +1078,16 @@ class LSR1(Optimizer):
             psi_y = memory.split(p_products) + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
             basis_s, basis_y = -delta * psi_s, -delta * psi_y  # Phi^T s, Phi^T y
         else:
-            basis_s = basis_y = empty
-        # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
-        y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
+            basis_s = basis_y = _NO_PAIRS
+        y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, inverse.phi_gram, inverse.n_inv, delta)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # s - H y = s - delta y - Phi N Phi^T y = s - delta y + delta Psi (N Phi^T y)
             r = self._local("r")
-            w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
-            with exact_float32_matmul(device):
+            w_y = torch.linalg.solve(inverse.n_inv, basis_y) if k > 0 else _NO_PAIRS
+            with exact_float32_matmul(s.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(delta * w_y), g), r, base=s)
                 r.add_(y, alpha=-delta)
-                yr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
+                yr_rr = self._layout.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
             y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
             stats.explicit_passes += 1
         self._maybe_store_pair(
@@ -1074,6 +1095,15 @@ class LSR1(Optimizer):
             math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
             lambda: memory.h_policy_inputs(delta),
         )
+
+
+class _InverseModel(NamedTuple):
+    """The line search's H = delta I + Phi N Phi^T of k pairs (Phi^T Phi, N^{-1})."""
+
+    k: int
+    phi_gram: Tensor
+    n_inv: Tensor
+    delta: float
 
 
 class _Solved(NamedTuple):
