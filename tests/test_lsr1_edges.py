@@ -283,3 +283,31 @@ def test_state_dict_loads_with_weights_only_and_keeps_counting():
     other = LSR1([x0.clone().requires_grad_(True)], memory=3)
     other.load_state_dict(loaded)
     assert other.statistics()["steps"] == 4 and _outcomes_add_up(other.statistics())
+
+
+def test_pairs_need_keep_pairs_and_round_trip_with_it():
+    f, x0 = _small_problem()
+    x = x0.clone().requires_grad_(True)
+    plain = LSR1([x], memory=3)
+    closure = _closure(plain, [x], f)
+    for _ in range(4):
+        plain.step(closure)
+    with pytest.raises(RuntimeError, match="keep_pairs=True"):
+        plain.curvature().pairs()
+    assert plain.curvature().k > 0 and plain.curvature().eigenvalues().numel() > 0  # B needs no S
+
+    x = x0.clone().requires_grad_(True)
+    kept = LSR1([x], memory=3, keep_pairs=True)
+    closure = _closure(kept, [x], f)
+    for _ in range(4):
+        kept.step(closure)
+    S, Y = kept.curvature().pairs()
+    other = LSR1([x0.clone().requires_grad_(True)], memory=3, keep_pairs=True)
+    other.load_full_state_dict(kept.full_state_dict())
+    S2, Y2 = other.curvature().pairs()
+    assert torch.equal(S, S2) and torch.equal(Y, Y2)
+    # the state's n-long rows: Psi (and S with keep_pairs), m n and 2 m n elements
+    n = x0.numel()
+    elements = [sum(t.numel() for t in opt.state[p].values() if torch.is_tensor(t) and t.shape[-1:] == (n,))
+                for opt, p in ((plain, plain.param_groups[0]["params"][0]), (kept, x))]
+    assert elements == [3 * n, 6 * n]
