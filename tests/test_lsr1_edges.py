@@ -311,3 +311,19 @@ def test_pairs_need_keep_pairs_and_round_trip_with_it():
     elements = [sum(t.numel() for t in opt.state[p].values() if torch.is_tensor(t) and t.shape[-1:] == (n,))
                 for opt, p in ((plain, plain.param_groups[0]["params"][0]), (kept, x))]
     assert elements == [3 * n, 6 * n]
+
+
+def test_the_ranks_digest_tells_a_rank_one_step_ahead():
+    # A rank whose closure raised before the first collective and that goes on is one
+    # step ahead with every other counter equal: the digest must differ (Cauchy-Schwarz
+    # check in check_consistent), or its collectives pair with the others' one batch late.
+    from lsr1bench.optim._distributed import check_consistent, decision_digest
+
+    behind = dict.fromkeys(("accepted_steps", "rejected_steps", "skipped_updates", "dropped_pairs",
+                            "nonfinite_points", "aborted_steps"), 0)
+    behind["steps"] = 7
+    ahead = {**behind, "steps": 8}
+    a, b = decision_digest(behind, 1.0, 3), decision_digest(ahead, 1.0, 3)
+    assert a != b
+    with pytest.raises(RuntimeError, match="disagree"):
+        check_consistent(a + b, a * a + b * b, 2, 8)
