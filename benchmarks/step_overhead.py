@@ -12,11 +12,16 @@ For each (n, m) it prints median times over ``--repeats`` steps, with the memory
 - ``adam``: one torch.optim.Adam step (gradients already in place).
 - ``lbfgs``: one torch.optim.LBFGS iteration (max_iter=1, history_size=m, no line
   search) minus the time inside its closure call.
-- ``gemv``: one product of the (2m x n) curvature memory with a vector: one read of it.
+- ``gemv``: one product of a (2m x n) matrix with a vector (the size of S and Y together,
+  what torch's L-BFGS holds): the unit of ``lsr1/gemv``.
 - ``syncs``: blocking device-to-host transfers per L-SR1 step (``statistics()["host_syncs"]``).
+- ``state n``: elements of the optimizer's state tensors (``opt.state``) per parameter;
+  ``bytes n``: ``memory_bytes()`` (state and work buffers) per parameter byte, checked
+  against the docstring's footprint ``param_bytes * (m + 6)`` (``ok``).
 
 Goals (issue 8): lsr1 / gemv <= 5 at m = 5, n = 4e6 on CPU; two host syncs per step; on an
-H200-class GPU at n = 1e7, m = 5, lsr1 <= 1.0 ms.
+H200-class GPU at n = 1e7, m = 5, lsr1 <= 1.0 ms. Issue 22 (S no longer stored): at n = 4e6
+on CPU, lsr1 / lbfgs <= 1 at m = 5 and 10, lsr1 / gemv <= 2.5 at m = 5, state <= (m + 1) n.
 """
 
 from __future__ import annotations
@@ -35,14 +40,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The clock: wall time (default), or this process's CPU time (``--clock cpu``: on a shared,
+# loaded machine it leaves out the time other processes hold the cores; with several threads
+# it adds theirs up, so compare its figures with each other only).
+CLOCK = time.perf_counter
+
+
 def timed(fn, device: torch.device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -72,10 +83,10 @@ class TimedClosure:
 
     def __call__(self):
         sync(self.device)
-        start = time.perf_counter()
+        start = CLOCK()
         loss = self.closure()
         sync(self.device)
-        self.seconds += time.perf_counter() - start
+        self.seconds += CLOCK() - start
         return loss
 
 
@@ -86,10 +97,10 @@ def own_time(opt, closure, device, repeats):
     for _ in range(repeats):
         timed_closure.seconds = 0.0
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         opt.step(timed_closure)
         sync(device)
-        times.append(time.perf_counter() - start - timed_closure.seconds)
+        times.append(CLOCK() - start - timed_closure.seconds)
     return statistics.median(times)
 
 
@@ -103,6 +114,14 @@ def bench_lsr1(n, m, device, dtype, repeats):
     seconds = own_time(opt, closure, device, repeats)
     stats = opt.statistics()
     stats["syncs_per_step"] = (stats["host_syncs"] - before["host_syncs"]) / (stats["steps"] - before["steps"])
+    state_elements = sum(t.numel() for value in opt.state.values() for t in value.values() if torch.is_tensor(t))
+    stats["state_per_n"] = state_elements / n
+    param_bytes = n * x.element_size()
+    stats["bytes_per_param_byte"] = opt.memory_bytes() / param_bytes
+    # the docstring's footprint, param_bytes * (m + 6) with the padding to 4,096 values, plus
+    # the k x k float64 matrices (Psi^T Psi, S^T Psi, ||s_i||^2)
+    small = 8 * (2 * m * m + m)
+    stats["footprint_ok"] = opt.memory_bytes() <= (m + 6) * (-(-n // 4096) * 4096) * x.element_size() + small
     return seconds, stats
 
 
@@ -136,13 +155,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (for a shared, loaded machine)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# step overhead on {name}, {args.dtype}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"# step overhead on {name}, {args.dtype}, torch {torch.__version__}, median of {args.repeats}, "
+          f"{args.clock} clock")
     header = (f"{'n':>10} {'m':>3} {'lsr1 ms':>9} {'adam ms':>9} {'lbfgs ms':>9} {'gemv ms':>9} "
-              f"{'lsr1/gemv':>9} {'lsr1/adam':>9} {'lsr1/lbfgs':>10} {'syncs':>5} {'skipped':>7} {'rejected':>8}")
+              f"{'lsr1/gemv':>9} {'lsr1/adam':>9} {'lsr1/lbfgs':>10} {'syncs':>5} {'skipped':>7} {'rejected':>8} "
+              f"{'state n':>7} {'bytes n':>7} {'ok':>3}")
     print(header)
     by_m: dict[tuple[int, int], float] = {}
     for n_float in args.n:
@@ -155,7 +183,8 @@ def main() -> None:
             by_m[(n, m)] = lsr1
             print(f"{n:>10d} {m:>3d} {lsr1 * 1e3:9.2f} {adam * 1e3:9.2f} {lbfgs * 1e3:9.2f} {gemv * 1e3:9.2f} "
                   f"{lsr1 / gemv:9.2f} {lsr1 / adam:9.2f} {lsr1 / lbfgs:10.2f} {stats['syncs_per_step']:5.2f} "
-                  f"{stats['skipped_updates']:7d} {stats['rejected_steps']:8d}")
+                  f"{stats['skipped_updates']:7d} {stats['rejected_steps']:8d} {stats['state_per_n']:7.2f} "
+                  f"{stats['bytes_per_param_byte']:7.2f} {'yes' if stats['footprint_ok'] else 'NO':>3}")
     for n_float in args.n:
         n = int(n_float)
         if (n, 5) in by_m and (n, 10) in by_m:

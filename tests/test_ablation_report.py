@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ablation import SUITE, ablation_table, main  # docs/tools (tests/conftest.py)
 
 from lsr1bench import records
 from lsr1bench.grid import RunSpec, expand
 from lsr1bench.reporting.runs import ReportError, load_results
 from lsr1bench.spec import load_suite
-
-from ablation import SUITE, ablation_table, main  # docs/tools (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL_TARGET = {500: 1.1, 1000: 1.2, 10000: 1.5}

@@ -347,12 +347,13 @@ def test_memory_is_capped_at_the_number_of_parameters():
 @pytest.mark.parametrize("method", ["trust_region", "line_search"])
 def test_kept_grams_equal_recomputed_products_of_stored_vectors(method):
     f, x0 = quartic_problem(n=30, seed=9)
-    _, opt = run_lsr1(f, x0, 20, method=method, memory=4)
+    _, opt = run_lsr1(f, x0, 20, method=method, memory=4, keep_pairs=True)
     model = opt.curvature()
     assert model.k >= 3
     S, Psi = model.basis()
     ss, sp, pp = model.grams()
-    for got, want in [(ss, S @ S.T), (sp, S @ Psi.T), (pp, Psi @ Psi.T)]:
+    # kept: ||s_i||^2, the lower triangle of S^T Psi with its diagonal, and Psi^T Psi
+    for got, want in [(ss, (S * S).sum(1)), (sp, torch.tril(S @ Psi.T)), (pp, Psi @ Psi.T)]:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12 * float(want.abs().max()))
 
 
@@ -360,7 +361,7 @@ def test_curvature_operator_equals_the_dense_sr1_matrix_of_its_pairs():
     from dense_reference import sr1_dense
 
     f, x0 = quartic_problem(n=12, seed=4)
-    _, opt = run_lsr1(f, x0, 15, memory=4, gamma=0.8, pair_policy="paper")
+    _, opt = run_lsr1(f, x0, 15, memory=4, gamma=0.8, pair_policy="paper", keep_pairs=True)
     model = opt.curvature()
     S, Y = model.pairs()
     assert S.shape == Y.shape == (model.k, 12) and model.k >= 3
@@ -596,7 +597,7 @@ def test_the_frozen_batch_10000_state_takes_a_step():
 
     opt.step(closure)  # builds the state; then replace its pairs with the frozen ones
     state = opt.state[x]
-    for key in ("gram_ss", "gram_sp", "gram_pp"):
+    for key in ("ss_diag", "gram_sp", "gram_pp"):
         state[key].zero_()
     state["order"].clear()
     width = state["memory"].shape[1]
@@ -606,7 +607,7 @@ def test_the_frozen_batch_10000_state_takes_a_step():
         s_pad[:n], psi_pad[:n] = s_i, psi_i
         memory.push(s_pad, psi_pad + s_pad, 1.0)  # y = psi + gamma s, gamma = 1
     state["radius"] = FROZEN_RADIUS
-    state["stats"] = dict.fromkeys(state["stats"], 0)
+    state["stats"] = {}  # every counter back to zero
     x.data.zero_()
 
     opt.step(closure)

@@ -292,6 +292,7 @@ def test_memory_grams_on_device_and_dtype(device, dtype):
     Psi = Y - S  # gamma = 1
     ss, sp, pp = memory.grams()
     tol = 1e-12 if dtype == F64 else 2e-5
-    for got, want in [(ss, S.T @ S), (sp, S.T @ Psi), (pp, Psi.T @ Psi)]:
+    # kept: ||s_i||^2, the lower triangle of S^T Psi with its diagonal, and Psi^T Psi
+    for got, want in [(ss, (S * S).sum(0)), (sp, torch.tril(S.T @ Psi)), (pp, Psi.T @ Psi)]:
         assert got.dtype == F64
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, main, render_doc, update_doc  # docs/tools
 
 from lsr1bench.reporting import ReportError
-from reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, main, render_doc, update_doc  # docs/tools
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "REPRODUCTION.md"
@@ -150,9 +150,10 @@ def test_the_prose_check_catches_a_typed_number() -> None:
 
 def _lsr1_run(folder: Path, batch: int, rows: list[dict], seed: int = 0, suite: str | None = None,
               params: dict | None = None, label: str = "lsr1", threads: int | None = None) -> None:
+    from reproduction import CPU_SUITE
+
     from lsr1bench import records
     from lsr1bench.grid import RunSpec
-    from reproduction import CPU_SUITE
 
     suite = suite or CPU_SUITE
     spec = RunSpec(

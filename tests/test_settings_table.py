@@ -128,9 +128,7 @@ def test_lsr1_table_lists_every_constructor_keyword_with_its_default() -> None:
     signature = inspect.signature(LSR1.__init__).parameters
     keywords = {k: p.default for k, p in signature.items() if k not in ("self", "params", "process_group")}
     assert set(keywords) <= set(LSR1_SETTINGS), "a constructor argument the table does not check"
-    missing = set(LSR1_SETTINGS) - set(keywords)
-    # keep_pairs arrives with issue 22's lsr1.py; every other row must be a real keyword
-    assert missing <= {"keep_pairs"}, missing
+    assert set(LSR1_SETTINGS) == set(keywords), "a table row that is no constructor argument"
     for key, default in keywords.items():
         assert LSR1_SETTINGS[key].default == default, key
         assert LSR1_SETTINGS[key].accepts(default), key
@@ -155,7 +153,7 @@ def _quadratic_steps(**kwargs: Any) -> float:
 LSR1_PROBES = [
     (key, value)
     for key, setting in LSR1_SETTINGS.items()
-    if key not in ("shard_memory", "keep_pairs")
+    if key != "shard_memory"
     for value in inside(setting)
 ]
 
@@ -170,7 +168,7 @@ def test_lsr1_takes_two_finite_steps_at_every_edge_of_its_table(key: str, value:
 
 
 @pytest.mark.parametrize(
-    "key, value", [(k, v) for k, s in LSR1_SETTINGS.items() if k != "keep_pairs" for v in outside(s)]
+    "key, value", [(k, v) for k, s in LSR1_SETTINGS.items() for v in outside(s)]
 )
 def test_lsr1_refuses_every_value_outside_its_table_naming_it(key: str, value: Any) -> None:
     with pytest.raises(ValueError, match=rf"Invalid {key}: .*\(expected "):

@@ -32,7 +32,6 @@ Never imports torch.
 from __future__ import annotations
 
 import csv
-import re
 import statistics
 import sys
 from collections.abc import Callable

@@ -1,5 +1,6 @@
-"""Curvature pairs in preallocated ring buffers, their Gram matrices, and the one layer
-through which every inner product over the n parameters passes.
+"""Curvature pairs in preallocated ring buffers, their Gram matrices, and the chunked
+float64 products every inner product over the n parameters is made of (the layout,
+``_layout.py``, reduces them).
 
 The compact representations (Byrd, Nocedal & Schnabel 1994, Theorem 5.1; N&W eq. 7.24):
 
@@ -10,14 +11,14 @@ with S^T Y = L + D + U (strictly lower, diagonal, strictly upper). The paper's A
 writes N^{-1} = Y^T S - delta Y^T Y, which equals the triangular form only when S^T Y is
 symmetric; stochastic pairs are not, so the triangular form is used.
 
-Storage: one (2m x n) buffer whose first m rows hold s vectors and last m rows
-psi = y - gamma s vectors, in ring slots; a pair that enters overwrites the oldest slot,
-and one that leaves only leaves the ``order`` list. S^T S, S^T Psi and Psi^T Psi are kept
-per slot in float64. A new pair's row and column are inner products of the stored vectors
-with the new (s, psi), computed in the one fused pass [S; Psi]^T [s, psi] that the step
-makes anyway (never a recurrence on derived values, whose rounding errors would compound
-from pair to pair); everything k x k is derived from the kept matrices in O(k^2), so no
-step recomputes an O(nk^2) product.
+Storage: one (m x n) buffer of psi = y - gamma s vectors in ring slots (S is never read
+by the step, so it is kept only on request); a pair that enters overwrites the oldest
+slot, and one that leaves only leaves the ``order`` list. Psi^T Psi, the lower triangle of
+S^T Psi and ||s_i||^2 are kept per slot in float64. A new pair's row is inner products of
+the stored vectors with the new (s, psi), computed in the one fused pass Psi^T [s, psi]
+that the step makes anyway (never a recurrence on derived values, whose rounding errors
+would compound from pair to pair); everything k x k is derived from the kept matrices in
+O(k^2), so no step recomputes an O(nk^2) product.
 """
 
 from __future__ import annotations
@@ -45,44 +46,6 @@ def exact_float32_matmul(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
-
-
-class Reducer:
-    """The one place where values computed over the n parameters reach the host.
-
-    ``gather`` takes device tensors (partial inner products, losses), concatenates them
-    as float64 on the device and copies the result to the host in ONE blocking transfer;
-    ``syncs`` counts those transfers. A step makes two on its common path: one after the
-    gradient at x, one after the trial point. A data-parallel version overrides
-    ``_reduce`` to all-reduce the small concatenated vector before the copy, so every
-    reduction over n costs the group one collective of O(m) float64 values.
-    """
-
-    def __init__(self) -> None:
-        self.syncs = 0
-
-    def gather(self, parts: list[Tensor], *, means: int = 0) -> Tensor:
-        """[parts...] flattened into one float64 CPU vector (one blocking transfer).
-
-        The first ``means`` entries are averages over the data (losses), the rest are
-        sums over the parameters (inner products); a sharded reducer treats them so.
-        """
-        flat = torch.cat([p.detach().reshape(-1).to(SMALL) for p in parts])
-        flat = self._reduce(flat, means)
-        self.syncs += 1
-        return flat.to("cpu")
-
-    def _reduce(self, flat: Tensor, means: int) -> Tensor:
-        return flat
-
-    # Compatibility helpers for one-off products (tests, rare paths); each is one transfer.
-    def rows(self, matrix: Tensor, vector: Tensor) -> Tensor:
-        """matrix (r x n) times a vector (n,) -> (r,), float64 CPU."""
-        return self.gather([products(matrix, vector.unsqueeze(0))]).reshape(-1)
-
-    def dots(self, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """[u_i . v_i] for each pair, in one small float64 CPU tensor."""
-        return self.gather([products(u.unsqueeze(0), v.unsqueeze(0)).reshape(1) for u, v in pairs])
 
 
 # Inner products over n are summed in chunks of this many coordinates: each chunk's dot
@@ -123,27 +86,34 @@ def combine(memory_rows: Tensor, coefficients: Tensor, out: Tensor, base: Tensor
 
 
 class CurvatureMemory:
-    """Up to ``m`` pairs in m ring slots, stored as (s, psi = y - gamma s), with their
-    per-slot Gram matrices S^T S, S^T Psi and Psi^T Psi.
+    """Up to ``m`` pairs in m ring slots, stored as psi = y - gamma s only, with what B
+    needs of their Gram matrices: Psi^T Psi, the lower triangle and diagonal of S^T Psi
+    (newer s against older psi) and the diagonal ||s_i||^2.
+
+    B = gamma I + Psi M Psi^T reads nothing else: M^{-1} = D + L + L^T of S^T Psi (the
+    -gamma S^T S of the textbook form cancels against S^T Y = S^T Psi + gamma S^T S), and
+    for the inverse Phi = S - Y / gamma = -Psi / gamma. The s vectors themselves are kept
+    (in a second (m x n) buffer) only with ``keep_pairs``, for ``curvature().pairs()``.
+    The new pair's row of S^T Psi is Psi^T s, a product of the stored vectors that the
+    step's fused pass Psi^T [s, psi] gives (never a recurrence on derived values).
 
     Storing Psi rather than Y is what keeps B accurate in float32: Psi^T Psi and M^{-1}
     are then inner products of stored vectors, while forming them from S^T S, S^T Y and
-    Y^T Y cancels whenever y is close to gamma s (||psi|| << ||y||, common in training),
-    multiplying the float32 rounding of those products by (||y|| / ||psi||)^2. Y is
-    never needed: M^{-1} = D + L + L^T of S^T Psi (S^T S cancels out), and for the
-    inverse, Phi = S - Y / gamma = -Psi / gamma.
+    Y^T Y cancels whenever y is close to gamma s (||psi|| << ||y||, common in training).
 
     The tensors live in the optimizer's state dict (so they round-trip); this class is a
     view of them with the algebra on top.
     """
 
-    def __init__(self, state: dict, m: int, n: int, like: Tensor) -> None:
+    def __init__(self, state: dict, m: int, n: int, like: Tensor, keep_pairs: bool = False) -> None:
         if "memory" not in state:
-            state["memory"] = torch.zeros((2 * m, n), dtype=like.dtype, device=like.device)
-            state["gram_ss"] = torch.zeros((m, m), dtype=SMALL)
+            state["memory"] = torch.zeros((m, n), dtype=like.dtype, device=like.device)
             state["gram_sp"] = torch.zeros((m, m), dtype=SMALL)
             state["gram_pp"] = torch.zeros((m, m), dtype=SMALL)
+            state["ss_diag"] = torch.zeros(m, dtype=SMALL)
             state["order"] = []
+            if keep_pairs:
+                state["pairs_s"] = torch.zeros((m, n), dtype=like.dtype, device=like.device)
         self.state = state
         self.m = m
         self.slots = m
@@ -151,8 +121,13 @@ class CurvatureMemory:
     # --- storage -------------------------------------------------------------------
     @property
     def buffer(self) -> Tensor:
-        """The (2m x n) storage: S slots, then Psi slots."""
+        """The (m x n) storage of the psi vectors, in ring slots."""
         return self.state["memory"]
+
+    @property
+    def s_buffer(self) -> Tensor | None:
+        """The (m x n) s vectors when the optimizer keeps them (``keep_pairs``), else None."""
+        return self.state.get("pairs_s")
 
     @property
     def order(self) -> list[int]:
@@ -169,36 +144,33 @@ class CurvatureMemory:
         used = set(self.order)
         return next(slot for slot in range(self.slots) if slot not in used)
 
-    def append(self, s: Tensor, psi: Tensor, s_products: Tensor, psi_products: Tensor, diag) -> None:
-        """Store (s, psi), the oldest pair leaving when m are stored, and set the Gram
-        matrices' row and column for its slot.
+    def append(self, s: Tensor, psi: Tensor, psi_s: Tensor, psi_psi: Tensor, diag) -> None:
+        """Store psi (and s with ``keep_pairs``), the oldest pair leaving when m are stored,
+        and set the kept Gram entries for its slot.
 
-        ``s_products`` and ``psi_products`` are ``buffer @ s`` and ``buffer @ psi``
-        (2m, float64: S^T v then Psi^T v over all slots), computed from the stored vectors
-        before the slot is overwritten; entries of slots holding no pair are ignored.
-        ``diag`` = [s.s, s.psi, psi.psi].
+        ``psi_s`` and ``psi_psi`` are ``buffer @ s`` and ``buffer @ psi`` (m, float64, slot
+        order), computed from the stored vectors before the slot is overwritten; entries of
+        slots holding no pair are ignored. ``diag`` = [s.s, s.psi, psi.psi].
         """
         slot = self.next_slot()
         if self.k == self.m:
             self.order.pop(0)
-        n_slots = self.slots
-        self.buffer[slot].copy_(s)
-        self.buffer[n_slots + slot].copy_(psi)
-        g_ss, g_sp, g_pp = self.state["gram_ss"], self.state["gram_sp"], self.state["gram_pp"]
-        g_ss[slot, :] = s_products[:n_slots]
-        g_ss[:, slot] = s_products[:n_slots]
-        g_sp[:, slot] = psi_products[:n_slots]  # s_i . psi_new
-        g_sp[slot, :] = s_products[n_slots:]  # s_new . psi_i
-        g_pp[slot, :] = psi_products[n_slots:]
-        g_pp[:, slot] = psi_products[n_slots:]
-        g_ss[slot, slot], g_sp[slot, slot], g_pp[slot, slot] = float(diag[0]), float(diag[1]), float(diag[2])
+        self.buffer[slot].copy_(psi)
+        if self.s_buffer is not None:
+            self.s_buffer[slot].copy_(s)
+        g_sp, g_pp = self.state["gram_sp"], self.state["gram_pp"]
+        g_sp[slot, :] = psi_s  # s_new . psi_i: the new pair's row (it is the newest)
+        g_sp[:, slot] = 0.0  # s_i . psi_new (i older) is never read; zero, not stale
+        g_pp[slot, :] = psi_psi
+        g_pp[:, slot] = psi_psi
+        self.state["ss_diag"][slot] = float(diag[0])
+        g_sp[slot, slot], g_pp[slot, slot] = float(diag[1]), float(diag[2])
         self.order.append(slot)
 
     def push(self, s: Tensor, y: Tensor, gamma: float) -> None:
         """Append the pair (s, y) computing every product itself (tests, tools)."""
         psi = y - gamma * s
-        both = torch.stack([s, psi])
-        prods = products(self.buffer, both).cpu()
+        prods = products(self.buffer, torch.stack([s, psi])).cpu()
         diag = [float(s @ s), float(s @ psi), float(psi @ psi)]
         self.append(s, psi, prods[:, 0], prods[:, 1], diag)
 
@@ -210,13 +182,15 @@ class CurvatureMemory:
         return torch.tensor(self.order, dtype=torch.long)
 
     def grams(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(S^T S, S^T Psi, Psi^T Psi), k x k float64, oldest pair first."""
+        """(diag S^T S (k,), S^T Psi with only its lower triangle and diagonal (k x k, zeros
+        above), Psi^T Psi (k x k)), float64, oldest pair first."""
         idx = self._index()
 
         def pick(g: Tensor) -> Tensor:
             return g.index_select(0, idx).index_select(1, idx)
 
-        return pick(self.state["gram_ss"]), pick(self.state["gram_sp"]), pick(self.state["gram_pp"])
+        return self.state["ss_diag"].index_select(0, idx), torch.tril(pick(self.state["gram_sp"])), \
+            pick(self.state["gram_pp"])
 
     def b_factors(self, gamma: float) -> tuple[Tensor, Tensor]:
         """(Psi^T Psi, M^{-1}) for B = gamma I + Psi M Psi^T."""
@@ -232,14 +206,15 @@ class CurvatureMemory:
         return _sym(delta * delta * psi_gram), _sym(-(m_inv + delta * psi_gram))
 
     def y_norms(self, gamma: float) -> Tensor:
-        """||y_i|| = ||psi_i + gamma s_i|| from the Gram diagonals."""
-        ss, sp, pp = (torch.diagonal(g) for g in self.grams())
+        """||y_i|| = ||psi_i + gamma s_i|| from the kept diagonals."""
+        ss, sp, pp = self.grams()
+        sp, pp = torch.diagonal(sp), torch.diagonal(pp)
         return torch.sqrt((pp + 2.0 * gamma * sp + gamma * gamma * ss).clamp(min=0))
 
     def b_policy_inputs(self, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
         """(Psi^T Psi, M^{-1}, ||s_i|| ||psi_i||) for ``well_posed``."""
         psi_gram, m_inv = self.b_factors(gamma)
-        ss = torch.diagonal(self.grams()[0])
+        ss = self.grams()[0]
         return psi_gram, m_inv, torch.sqrt(ss.clamp(min=0) * torch.diagonal(psi_gram).clamp(min=0))
 
     def h_policy_inputs(self, delta: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,28 +223,22 @@ class CurvatureMemory:
         yy = self.y_norms(1.0 / delta) ** 2
         return phi_gram, n_inv, torch.sqrt(yy * torch.diagonal(phi_gram).clamp(min=0))
 
-    def split(self, products: Tensor) -> tuple[Tensor, Tensor]:
-        """(S^T v, Psi^T v) in logical order from buffer @ v (2m,)."""
-        idx = self._index()
-        return products[: self.slots].index_select(0, idx), products[self.slots :].index_select(0, idx)
-
-    def scatter(self, s_part: Tensor, psi_part: Tensor) -> Tensor:
-        """Slot-ordered (2m,) coefficients from logical-order parts, zero for other slots,
-        so that buffer^T c = S s_part + Psi psi_part."""
-        c = torch.zeros(2 * self.slots, dtype=SMALL)
-        idx = self._index()
-        c.index_copy_(0, idx, s_part)
-        c.index_copy_(0, idx + self.slots, psi_part)
-        return c
+    def split(self, products: Tensor) -> Tensor:
+        """Psi^T v in logical order from buffer @ v (m, slot order)."""
+        return products[: self.slots].index_select(0, self._index())
 
     def psi_combination(self, psi_part: Tensor) -> Tensor:
-        """Coefficients c with buffer^T c = Psi psi_part."""
-        return self.scatter(torch.zeros_like(psi_part), psi_part)
+        """Slot-ordered coefficients c (m,) with buffer^T c = Psi psi_part, zero for slots
+        holding no pair."""
+        c = torch.zeros(self.slots, dtype=SMALL)
+        c.index_copy_(0, self._index(), psi_part.to(SMALL))
+        return c
 
 
 def b_factors(ss: Tensor, sp: Tensor, pp: Tensor) -> tuple[Tensor, Tensor]:
-    """(Psi^T Psi, M^{-1}) of B = gamma I + Psi M Psi^T from S^T S, S^T Psi, Psi^T Psi
-    (oldest first).
+    """(Psi^T Psi, M^{-1}) of B = gamma I + Psi M Psi^T from S^T S (or only its diagonal:
+    it is not read), S^T Psi (only its lower triangle and diagonal are read) and Psi^T Psi,
+    oldest first.
 
     M^{-1} = D + L + L^T - gamma S^T S with S^T Y = L + D + U; since S^T Y = S^T Psi +
     gamma S^T S and S^T S is symmetric, this is D + L + L^T of S^T Psi alone."""

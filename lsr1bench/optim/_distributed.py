@@ -1,8 +1,9 @@
-"""Data-parallel L-SR1: the coordinate layout and the reducer that all-reduces over a group.
+"""Data-parallel L-SR1: which coordinates a rank holds, and the check that ranks agree
+(the layout objects that use them are in ``_layout.py``).
 
 L-SR1's algebra does not separate by layers (every Gram entry, Psi^T g, rho and the skip
 test are inner products over all n coordinates), so the memory is split by coordinates:
-rank r holds columns [lo_r, hi_r) of the (2m x n) memory and of the work rows, computes
+rank r holds columns [lo_r, hi_r) of the (m x n) memory and of the work rows, computes
 partial inner products, and one all-reduce of O(m) float64 values completes them. Every
 decision is then taken from reduced (identical) values on every rank, so all ranks call
 the closure the same number of times. Imports torch only; no call is made without a group.
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._compact import CHUNK, SMALL, Reducer, padded_length
+from ._compact import CHUNK, SMALL, padded_length
 
 
 @dataclass(frozen=True)
-class Layout:
+class Coordinates:
     """Where this rank's coordinates lie in the padded flat parameter vector."""
 
     world_size: int
@@ -39,66 +40,28 @@ class Layout:
                 "total": self.total, "lo": self.lo, "hi": self.hi}
 
 
-def make_layout(n: int, world_size: int, rank: int, sharded: bool) -> Layout:
+def make_coordinates(n: int, world_size: int, rank: int, sharded: bool) -> Coordinates:
     """Balanced equal slices (so s can be all-gathered into one tensor); each slice a
     multiple of CHUNK when n exceeds it, so the chunked products stay chunked."""
     if world_size == 1 or not sharded:
         total = padded_length(n)
-        return Layout(world_size, rank, False, total, 0, total)
+        return Coordinates(world_size, rank, False, total, 0, total)
     per = -(-n // world_size)
     if n > CHUNK:
         per = -(-per // CHUNK) * CHUNK
     total = per * world_size
-    return Layout(world_size, rank, True, total, rank * per, (rank + 1) * per)
-
-
-class GroupReducer(Reducer):
-    """All-reduces the concatenated small vector over ``group``; counts the collectives
-    and the bytes this rank sends (payload size; the algorithm's own factor is not counted).
-
-    The vector's first ``means`` entries are averaged over the ranks (losses: each rank's
-    closure returns the mean over its equal shard); the next ``checks`` entries are summed
-    (the consistency check); the rest are inner products: summed when the memory is
-    sharded (partial sums over each rank's coordinates), taken from rank 0 when it is
-    replicated (every rank computed the same values; a sum would only add rounding).
-    """
-
-    def __init__(self, group, layout: Layout) -> None:
-        super().__init__()
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.group = group
-        self.layout = layout
-        self.collectives = 0
-        self.bytes = 0
-        self.checks = 0
-
-    def _reduce(self, flat: Tensor, means: int) -> Tensor:
-        checks, self.checks = self.checks, 0
-        if not self.layout.sharded and self.layout.rank != 0:
-            flat = flat.clone()
-            flat[means + checks :] = 0.0
-        self.dist.all_reduce(flat, group=self.group)
-        self.collectives += 1
-        self.bytes += flat.numel() * flat.element_size()
-        if means:
-            flat[:means] /= self.layout.world_size
-        return flat
-
-    def all_gather(self, local: Tensor, full: Tensor) -> Tensor:
-        """full <- the ranks' equal slices, in rank order."""
-        chunks = list(full.split(self.layout.width))
-        self.dist.all_gather(chunks, local.contiguous(), group=self.group)
-        self.collectives += 1
-        self.bytes += local.numel() * local.element_size()
-        return full
+    return Coordinates(world_size, rank, True, total, rank * per, (rank + 1) * per)
 
 
 def decision_digest(stats: dict, radius: float | None, k: int) -> float:
-    """A number every rank computes identically while their decisions agree."""
+    """A number every rank computes identically while their decisions agree.
+
+    It includes ``steps``: a rank whose closure raised (an aborted step) and that goes on
+    is one step ahead of the others, which would otherwise pair its collectives with
+    theirs one batch out of step without notice."""
     value = (stats["accepted_steps"] + 3.0 * stats["rejected_steps"] + 7.0 * stats["skipped_updates"]
-             + 13.0 * stats["dropped_pairs"] + 17.0 * k + 19.0 * stats["nonfinite_points"])
+             + 13.0 * stats["dropped_pairs"] + 17.0 * k + 19.0 * stats["nonfinite_points"]
+             + 23.0 * stats["steps"] + 29.0 * stats.get("aborted_steps", 0))
     if radius is not None and math.isfinite(radius):
         value += radius
     return value

@@ -38,6 +38,8 @@ class Spectral:
     U: Tensor  # orthonormal eigenvectors of R M R^T, columns in ascending eigenvalue order
     lambda_par: Tensor  # Lambda_1 = Lhat + gamma, ascending (k,)
     gamma: float
+    # range(Psi) is the whole (trainable) space, k = n: gamma is then no eigenvalue of B
+    complete: bool = False
 
     @property
     def k(self) -> int:
@@ -48,6 +50,8 @@ class Spectral:
         """Smallest eigenvalue of B; gamma counts only when range(Psi) is not everything."""
         if self.k == 0:
             return self.gamma
+        if self.complete:
+            return float(self.lambda_par[0])
         return min(float(self.lambda_par[0]), self.gamma)
 
     def parallel_coordinates(self, psi_t_v: Tensor) -> Tensor:
@@ -64,8 +68,9 @@ class Spectral:
         return torch.linalg.solve_triangular(self.R, (self.U @ par).unsqueeze(1), upper=True).squeeze(1)
 
 
-def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float) -> Spectral:
-    """OBS steps 1-4 from Psi^T Psi and M^{-1} (both k x k, float64).
+def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float, *, complete: bool = False) -> Spectral:
+    """OBS steps 1-4 from Psi^T Psi and M^{-1} (both k x k, float64). ``complete``: the k
+    columns of Psi span the whole space (k = n), so B has no eigenvalue gamma.
 
     M is never formed: R M R^T = R (M^{-1})^{-1} R^T is computed by solving with M^{-1}.
     Raises ``torch.linalg.LinAlgError`` when Psi^T Psi is not positive definite or
@@ -80,7 +85,7 @@ def spectral_form(psi_gram: Tensor, m_inv: Tensor, gamma: float) -> Spectral:
     W = R @ X
     W = 0.5 * (W + W.T)
     lhat, U = torch.linalg.eigh(W)
-    return Spectral(R, U, lhat + gamma, float(gamma))
+    return Spectral(R, U, lhat + gamma, float(gamma), complete)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ def solve_subproblem(
     a = torch.cat([g_par.to(torch.float64), g_par.new_tensor([g_perp_norm], dtype=torch.float64)])
     lam = torch.cat([spectral.lambda_par, spectral.lambda_par.new_tensor([gamma])])
     active = a.abs() > zero_tol
+    if spectral.complete:  # g_perp is rounding only, and gamma no eigenvalue of B
+        active[k] = False
     lambda_min = spectral.lambda_min
 
     def finish(
@@ -149,7 +156,7 @@ def solve_subproblem(
         perp_unit = 0.0
         if hard and extra_norm > 0.0:
             # z: unit eigenvector for lambda_min; prefer P_par's first column when it attains it.
-            if k > 0 and float(spectral.lambda_par[0]) <= gamma:
+            if k > 0 and (spectral.complete or float(spectral.lambda_par[0]) <= gamma):
                 par[0] = par[0] + extra_norm
                 coef = coef.clone()
                 coef[0] = coef[0] + extra_norm
@@ -196,8 +203,8 @@ def solve_subproblem(
         w = a[active] / d
         norm_sq = float((w**2).sum())
         norm = math.sqrt(norm_sq)
-        if abs(norm - radius) <= NEWTON_RTOL * radius:
-            break
+        if abs(norm - radius) <= NEWTON_RTOL * radius or not norm_sq * norm > 0.0:
+            break  # converged, or ||p|| underflowed (no Newton step can be formed)
         # phi'(sigma) = ||p||^{-3} * sum a_i^2 / (lam_i + sigma)^3
         dphi = float((w**2 / d).sum()) / (norm_sq * norm)
         phi = 1.0 / norm - 1.0 / radius
@@ -206,3 +213,46 @@ def solve_subproblem(
             break
         sigma = sigma + step
     return finish(sigma, hard=False, interior=False, extra_norm=0.0, newton=newton, boundary=True)
+
+
+# The radius never shrinks below this: a step that short moves no parameter of any usual
+# scale (it rounds to x, a negligible step), and the squares and cubes of the secular
+# equation stay normal float64 numbers (the unfloored radius reached 1e-159 and the
+# Newton iteration divided by zero).
+MIN_RADIUS = 1e-60
+
+
+def model_decrease(g_dot_s: float, s_dot_s: float, psi_s: Tensor, m_inv: Tensor, gamma: float) -> float:
+    """pred = -(g^T s + 1/2 s^T B s), with s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)
+    and M applied by solving with M^{-1} (never inverted); ``psi_s`` = Psi^T s (k,)."""
+    curvature = gamma * s_dot_s
+    if psi_s.numel():
+        curvature += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
+    return -(g_dot_s + 0.5 * curvature)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What Algorithm 1 decides from a trial point."""
+
+    rho: float  # ared / pred; -inf when the trial point or pred is unusable
+    accepted: bool  # rho > eta: x <- x + s
+    radius: float  # the next trust-region radius
+
+
+def decide(f: float, f_trial: float, pred: float, step_norm: float, radius: float, settings: dict) -> Decision:
+    """rho = (f - f_trial) / pred, accept when rho > eta, and the radius rule of
+    Algorithm 1: grow by ``radius_increase`` when rho > ``increase_threshold`` and
+    ||s|| > ``boundary_fraction`` * radius, shrink by ``radius_decrease`` (never below
+    MIN_RADIUS) when rho < ``decrease_threshold``, cap at ``max_radius``. A non-finite
+    f_trial or a pred <= 0 gives rho = -inf: a rejected step and a smaller radius."""
+    usable = math.isfinite(f_trial) and pred > 0.0 and math.isfinite(pred)
+    rho = (f - f_trial) / pred if usable else -math.inf
+    if rho > settings["increase_threshold"]:
+        if step_norm > settings["boundary_fraction"] * radius:
+            radius *= settings["radius_increase"]
+    elif rho < settings["decrease_threshold"]:
+        radius = max(radius * settings["radius_decrease"], MIN_RADIUS)
+    if settings["max_radius"] is not None:
+        radius = min(radius, settings["max_radius"])
+    return Decision(rho, rho > settings["eta"], radius)

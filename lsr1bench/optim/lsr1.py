@@ -14,7 +14,6 @@ from ._compact import (
     CHUNK,
     SMALL,
     CurvatureMemory,
-    Reducer,
     combine,
     exact_float32_matmul,
     padded_length,
@@ -22,54 +21,32 @@ from ._compact import (
     residual,
     well_posed,
 )
-from ._distributed import GroupReducer, check_consistent, decision_digest, make_layout
+from ._counters import OUTCOMES, Counters
+from ._distributed import decision_digest, make_coordinates
+from ._layout import LocalLayout, make_layout
 from ._line_search import armijo_backtracking, strong_wolfe
-from ._trust_region import solve_subproblem, spectral_form
+from ._trust_region import MIN_RADIUS, decide, model_decrease, solve_subproblem, spectral_form
 from .curvature import CurvatureOperator
 from .settings import LSR1_SETTINGS
 from .settings import check as check_settings
 
-_METHODS = ("trust_region", "line_search")
-_LINE_SEARCHES = ("strong_wolfe", "armijo")
+__all__ = ["LSR1", "MIN_RADIUS", "OUTCOMES"]
+
 # Keys of the global state that hold float64 CPU tensors; torch's load_state_dict would
 # cast them to the parameters' dtype and device, so they are restored after it.
-_SMALL_KEYS = ("gram_ss", "gram_sp", "gram_pp")
+_SMALL_KEYS = ("gram_sp", "gram_pp", "ss_diag")
 
-_PAIR_POLICIES = ("paper", "scaled")
+# Settings the stored state depends on: the memory's shape (memory), Psi = Y - gamma S
+# (gamma), which factors the pairs were checked against (method) and whether S is kept
+# (keep_pairs). They cannot change
+# under a state; every other setting is read from param_groups[0] at each step.
+_STRUCTURAL = ("method", "memory", "gamma", "keep_pairs")
 # A value computed as a difference of terms of total size ``size`` is trusted when it is at
 # least CANCELLATION_GUARD * eps * size (eps of the parameters' dtype): the chunked products
 # are accurate to a few eps, so that leaves about three correct digits. Below it the value
 # is formed from the vectors by an extra pass (counted in ``explicit_passes``).
 CANCELLATION_GUARD = 1e3
 
-# What a step ended as: every step is exactly one of these, so they sum to ``steps``.
-OUTCOMES = (
-    "accepted_steps",  # trial point (or line-search point) taken
-    "rejected_steps",  # trial point evaluated and refused (rho <= eta, non-finite, no decrease)
-    "nonfinite_points",  # loss or gradient at x not finite: no trial point evaluated
-    "nonpositive_pred",  # the model predicted no decrease (g = 0 or rounding): no trial point
-)
-_STAT_KEYS = (
-    "steps",
-    *OUTCOMES,
-    "nonfinite_trials",  # part of rejected_steps: the loss or gradient at x + s was not finite
-    "skip_tests",  # SR1 skip tests made (one per finite trial, or accepted line-search step)
-    "skipped_updates",
-    "dropped_pairs",  # by the pair policy or after a k x k linear-algebra failure
-    "linalg_failures",  # k x k factorisations that failed; each dropped the oldest pair
-    "inconsistent_models",  # steps whose model with g != 0 predicted no decrease; each dropped the oldest pair
-    "closure_evaluations",
-    "hard_cases",
-    "newton_iterations",
-    "newton_unconverged",  # boundary solves that stopped early (the step is clamped to the radius)
-    "step_clamps",  # steps scaled back inside the radius (with the rounding margin of ||s||)
-    "pred_sign_changes",  # part of rejected_steps: pred of the applied s was <= 0 after rounding
-    "negative_curvature_steps",  # steps whose model B had a negative eigenvalue
-    "explicit_passes",  # extra passes over the memory against cancellation (g_perp, y - Bs, hard case)
-    "host_syncs",  # blocking device-to-host transfers (two per step on the common path)
-    "descent_fallbacks",
-    "line_search_evaluations",
-)
 # The k-vectors of a model without pairs; shared (never written), so the step allocates nothing for it.
 _NO_PAIRS = torch.zeros(0, dtype=torch.float64)
 # last_model_pred: the pred the step was decided on, from the solver's products before the
@@ -130,6 +107,8 @@ class LSR1(Optimizer):
             returns the loss averaged over the group.
         shard_memory: with a group, each rank keeps only its slice of the coordinates of
             the memory (``False``: every rank keeps all of it).
+        keep_pairs: also store the s vectors (another ``param_bytes * m``), so that
+            ``curvature().pairs()`` and ``.basis()`` can return S; the step never reads them.
 
     Example::
 
@@ -147,17 +126,22 @@ class LSR1(Optimizer):
     state where both passes compute the same function (e.g. no dropout randomness
     between them) if the ratio rho should be meaningful.
 
-    Cost: memory ``param_bytes * (2m + 5)`` (padded to a multiple of 4,096 values): S and
-    Psi = Y - gamma S in one (2m x n) ring buffer, four work rows (s, psi, y, g) and a saved
-    copy of x (so a rejected step restores x bit for bit). Time per step: three passes
-    over the ring buffer ([S; Psi]^T g, the step s = beta g + Psi w, and the fused
-    [S; Psi]^T [s, psi] that gives the new pair's Gram row from the vectors) plus O(n)
-    vector work and O(m^3) float64 work on k x k matrices. Two blocking device-to-host
-    transfers per step on the common path; a fourth pass (and a transfer) forms g_perp or
-    y - B s explicitly only when cancellation would make the algebraic value inaccurate.
-    Inner products over n are summed in float64 over chunks of 4,096 coordinates. All
-    of them go through one ``Reducer``, so a data-parallel version can shard the
-    coordinates and all-reduce only O(m) values.
+    Cost: memory ``param_bytes * (m + 5)`` on the common path, ``(m + 6)`` once an extra pass
+    against cancellation has run (padded to a multiple of 4,096 values): Psi = Y - gamma S
+    in one (m x n) ring buffer (the state; B needs nothing else of the pairs, only
+    Psi^T Psi, the lower triangle of S^T Psi and ||s_i||^2, kept as k x k float64), four
+    work rows (s, psi, y, g), a saved copy of x (so a rejected step restores x bit for bit)
+    and one more work row for the explicit passes. ``keep_pairs=True`` adds the (m x n) S.
+    With a sharded group the memory and work rows are this rank's slice, and x and the
+    all-gathered s are full length. Time per step: three passes over the (m x n) memory
+    (Psi^T g, the step s = beta g + Psi w, and the fused Psi^T [s, psi] that gives the new
+    pair's Gram row from the vectors) plus O(n) vector work and O(m^3) float64 work on
+    k x k matrices. Two blocking device-to-host transfers per step on the common path; a
+    fourth pass (and a transfer) forms g_perp or y - B s explicitly only when cancellation
+    would make the algebraic value inaccurate. Inner products over n are summed in float64
+    over chunks of 4,096 coordinates. All of them go through the layout object
+    (``_layout.py``: local, replicated or sharded), so a data-parallel run can shard the
+    coordinates and all-reduce only O(m) values; the step never asks which layout it has.
 
     Options beyond the paper: ``pair_policy="scaled"`` (default) tests the pairs after
     scaling out their lengths; ``"paper"`` is the paper's unscaled test, which in float32
@@ -165,8 +149,18 @@ class LSR1(Optimizer):
     a pair whose y - B s is at the rounding level of y.
 
     ``statistics()`` counts every outcome (``steps`` = accepted + rejected +
-    nonfinite_points + nonpositive_pred) and every fallback; ``curvature()`` returns B as
-    an operator; ``update_cosines()`` the skip test's cosines.
+    nonfinite_points + nonpositive_pred + negligible + aborted; see ``Counters`` in
+    ``_counters.py`` for what each counter means) and every fallback; ``curvature()`` returns
+    B as an operator; ``update_cosines()`` the skip test's cosines.
+
+    Settings are read from ``param_groups[0]`` at every step (edit them there, as with any
+    torch optimizer); ``method``, ``memory``, ``gamma`` and ``keep_pairs`` shape the stored
+    state and cannot change during a run, nor differ in a state loaded with
+    ``load_state_dict`` (a ValueError names the setting). If the closure raises, the
+    parameters are put back at x, the step counts as ``aborted_steps`` and the exception
+    propagates. A trial point indistinguishable from x (x + s rounded to x: the same loss
+    and gradient) is a ``negligible_steps`` outcome that changes nothing, and the radius
+    never shrinks below ``MIN_RADIUS``, so full-batch runs to convergence go on quietly.
     """
 
     def __init__(
@@ -193,6 +187,7 @@ class LSR1(Optimizer):
         max_line_search_evaluations: int = 10,
         process_group: Any = None,
         shard_memory: bool = True,
+        keep_pairs: bool = False,
     ) -> None:
         # one table of ranges, shared with the suite schema (settings.py)
         check_settings({key: value for key, value in locals().items() if key in LSR1_SETTINGS})
@@ -202,7 +197,7 @@ class LSR1(Optimizer):
             increase_threshold=increase_threshold, decrease_threshold=decrease_threshold,
             boundary_fraction=boundary_fraction, max_radius=max_radius, rank_tol=rank_tol,
             pair_policy=pair_policy, skip_noise_floor=skip_noise_floor, line_search=line_search, c1=c1, c2=c2,
-            max_line_search_evaluations=max_line_search_evaluations,
+            max_line_search_evaluations=max_line_search_evaluations, keep_pairs=keep_pairs,
         )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
@@ -224,17 +219,7 @@ class LSR1(Optimizer):
                 raise ValueError(f"LSR1 needs floating-point parameters, got {p.dtype}")
         self._numels = [p.numel() for p in self._params]
         self._n = sum(self._numels)
-        self._group = process_group
-        if process_group is None:
-            self._layout = make_layout(self._n, 1, 0, False)
-            self._reducer: Reducer = Reducer()
-        else:
-            import torch.distributed as dist
-
-            self._layout = make_layout(
-                self._n, dist.get_world_size(process_group), dist.get_rank(process_group), shard_memory
-            )
-            self._reducer = GroupReducer(process_group, self._layout)
+        self._layout: LocalLayout = make_layout(self._n, self._numels, process_group, shard_memory)
         # Full flat buffers hold n values, then zeros up to the padded length; a rank's slice
         # of the coordinates is [lo, hi) (everything without a group or when replicated).
         self._n_pad = self._layout.total
@@ -243,6 +228,10 @@ class LSR1(Optimizer):
         self._cosines: list[float] = []
         self._step_loss: float | None = None
         self._views: dict[tuple[int, torch.device], list[Tensor]] = {}
+        # the saved x while the parameters sit at a trial point (restored if the step aborts)
+        self._moved_from: Tensor | None = None
+        self._f_trial: Tensor | None = None  # the loss at the trial point, on the device
+        self._structure = {key: self.param_groups[0][key] for key in _STRUCTURAL}
 
     # --- flat work buffers and their per-parameter views ----------------------------------
     def _views_of(self, flat: Tensor) -> list[Tensor]:
@@ -275,59 +264,10 @@ class LSR1(Optimizer):
             self._work[key] = buf
         return buf
 
-    def _overlaps(self) -> list[tuple[int, int, int, int]]:
-        """(parameter index, start in it, end in it, start in the local slice) for every
-        parameter that overlaps this rank's coordinates [lo, hi)."""
-        if not hasattr(self, "_overlap_cache"):
-            out, offset = [], 0
-            lo, hi = self._layout.lo, self._layout.hi
-            for index, numel in enumerate(self._numels):
-                a, b = max(lo, offset), min(hi, offset + numel)
-                if a < b:
-                    out.append((index, a - offset, b - offset, a - lo))
-                offset += numel
-            self._overlap_cache = out
-        return self._overlap_cache
-
-    def _grad_into(self, local: Tensor) -> None:
-        """This rank's slice of the flat gradient into ``local`` (no full-length copy)."""
-        if not self._layout.sharded:
-            self._gather_grad(local)
-            return
-        for index, a, b, start in self._overlaps():
-            grad = self._params[index].grad
-            target = local[start : start + b - a]
-            if grad is None:
-                target.zero_()
-            else:
-                target.copy_(grad.reshape(-1)[a:b])
-
-    def _save_local_params(self, local: Tensor) -> None:
-        """This rank's slice of the parameters into ``local``."""
-        for index, a, b, start in self._overlaps():
-            local[start : start + b - a].copy_(self._params[index].detach().reshape(-1)[a:b])
-
     def _full(self, local: Tensor, name: str) -> Tensor:
-        """The whole flat vector from every rank's slice (an all-gather when sharded)."""
-        if not self._layout.sharded:
-            return local
-        return self._reducer.all_gather(local, self._buffer(name))  # type: ignore[attr-defined]
-
-    def _gather_grad(self, out: Tensor) -> Tensor:
-        views = self._views_of(out)
-        grads = [p.grad for p in self._params]
-        if any(g is None for g in grads):
-            for view, grad in zip(views, grads):
-                if grad is None:
-                    view.zero_()
-            pairs = [(v, g) for v, g in zip(views, grads) if g is not None]
-            if pairs:
-                torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
-        else:
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("LSR1 does not support sparse gradients")
-            torch._foreach_copy_(views, grads)
-        return out
+        """The whole flat vector of which ``local`` is this rank's slice (the layout decides
+        whether that takes an all-gather)."""
+        return self._layout.full(local, self._buffer(name))
 
     def _save_params(self, out: Tensor) -> None:
         torch._foreach_copy_(self._views_of(out), [p.detach() for p in self._params])
@@ -344,40 +284,63 @@ class LSR1(Optimizer):
     def _global_state(self) -> dict:
         state = self.state[self._params[0]]
         if "stats" not in state:
-            state["stats"] = {}
+            state["stats"] = Counters()
             state["radius"] = None
             state["last_step_length"] = 1.0
-        for key in _STAT_KEYS:  # also fills counters a state saved by an older version lacks
-            state["stats"].setdefault(key, 0)
+        elif not isinstance(state["stats"], Counters):  # a loaded (or edited) plain dict
+            state["stats"] = Counters.from_dict(state["stats"])
         for key in _LAST_KEYS:
             state.setdefault(key, None)
         return state
 
     def _memory(self, state: dict) -> CurvatureMemory:
-        m = min(self.defaults["memory"], self._n)
+        m = min(self.param_groups[0]["memory"], self._n)
         state.setdefault("layout", self._layout.describe())
-        return CurvatureMemory(state, m, self._layout.width, self._params[0])
+        return CurvatureMemory(state, m, self._layout.width, self._params[0], self.param_groups[0]["keep_pairs"])
+
+    def _trainable_numel(self) -> int:
+        """Coordinates that can move (parameters with requires_grad): the space the pairs
+        can span."""
+        return sum(numel for numel, p in zip(self._numels, self._params) if p.requires_grad)
 
     def _rank_tol(self) -> float:
-        tol = self.defaults["rank_tol"]
+        tol = self.param_groups[0]["rank_tol"]
         return tol if tol is not None else 100.0 * torch.finfo(self._params[0].dtype).eps
+
+    def _check_structure(self) -> None:
+        """The settings the stored pairs depend on (see ``_STRUCTURAL``) may not change under
+        them: refuse a step after one was edited in ``param_groups``."""
+        group = self.param_groups[0]
+        for key in _STRUCTURAL:
+            if group[key] != self._structure[key]:
+                raise ValueError(
+                    f"LSR1: param_groups[0][{key!r}] is {group[key]!r}, but the optimizer's state (its "
+                    f"curvature pairs) was built with {key}={self._structure[key]!r}; {key} cannot change "
+                    "during a run: build a new LSR1 to use another value"
+                )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused after construction, as torch.optim.LBFGS refuses several groups: the
+        curvature pairs span all parameters together."""
+        if self.param_groups:
+            raise ValueError(
+                "LSR1 supports a single parameter group (like torch.optim.LBFGS, no per-parameter "
+                "options): its curvature pairs span all parameters together, so no group can be added"
+            )
+        super().add_param_group(param_group)
 
     def statistics(self) -> dict[str, Any]:
         """Counters since construction (or the loaded state), and the last step's values:
         a plain dict of numbers. ``steps`` equals the sum of the ``OUTCOMES`` counters."""
         state = self._global_state()
-        out: dict[str, Any] = dict(state["stats"])
+        out: dict[str, Any] = state["stats"].as_dict()
         out["radius"] = state["radius"]
         for key in _LAST_KEYS:
             out[key] = state[key]
         out["last_step_length"] = state["last_step_length"]
         out["stored_pairs"] = len(state.get("order", []))
-        out["method"] = self.defaults["method"]
-        if isinstance(self._reducer, GroupReducer):
-            out["world_size"] = self._layout.world_size
-            out["layout"] = "sharded" if self._layout.sharded else "replicated"
-            out["collectives"] = self._reducer.collectives
-            out["bytes_communicated"] = self._reducer.bytes
+        out["method"] = self.param_groups[0]["method"]
+        out.update(self._layout.statistics())
         return out
 
     def memory_bytes(self) -> int:
@@ -401,21 +364,40 @@ class LSR1(Optimizer):
     def curvature(self) -> CurvatureOperator:
         """The quasi-Newton model B = gamma I + Psi M Psi^T of the stored pairs, as an
         operator (a snapshot: later steps do not change it). For the line-search method it
-        is the inverse of the H its directions use (same pairs, H0 = I / gamma)."""
+        is the inverse of the H its directions use (same pairs, H0 = I / gamma). Its
+        ``pairs()`` needs the s vectors, which the optimizer keeps only with
+        ``keep_pairs=True``."""
         state = self._global_state()
         memory = self._memory(state)
-        buffer = memory.buffer
-        if self._layout.sharded:  # a collective: every rank must call it
-            full = buffer.new_zeros((buffer.shape[0], self._layout.total))
-            for row in range(buffer.shape[0]):
-                self._reducer.all_gather(buffer[row], full[row])  # type: ignore[attr-defined]
-            buffer = full
-        idx = torch.tensor(memory.order, dtype=torch.long, device=buffer.device)
-        S = buffer[: memory.slots, : self._n].index_select(0, idx).clone()
-        Psi = buffer[memory.slots :, : self._n].index_select(0, idx).clone()
-        return CurvatureOperator(S, Psi, *memory.grams(), self.defaults["gamma"])
+        idx = torch.tensor(memory.order, dtype=torch.long, device=memory.buffer.device)
+
+        def full_rows(buffer: Tensor) -> Tensor:  # a collective when sharded: every rank calls it
+            return self._layout.full_rows(buffer)[:, : self._n].index_select(0, idx).clone()
+
+        Psi = full_rows(memory.buffer)
+        S = full_rows(memory.s_buffer) if memory.s_buffer is not None else None
+        return CurvatureOperator(Psi, *memory.grams(), self.param_groups[0]["gamma"], S=S)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved0 = state_dict.get("state", {}).get(0)
+        if saved0 is not None and "gram_ss" in saved0:
+            # the format before issue 22 stored [S; Psi] and S^T S: keep what B reads
+            saved0 = dict(saved0)
+            m = saved0["gram_ss"].shape[0]
+            both, gram_ss = saved0.pop("memory"), saved0.pop("gram_ss")
+            saved0["memory"], saved0["ss_diag"] = both[m:], torch.diagonal(gram_ss).clone()
+            if self.param_groups[0]["keep_pairs"]:
+                saved0["pairs_s"] = both[:m]
+            state_dict = {**state_dict, "state": {**state_dict["state"], 0: saved0}}
+        saved_groups = state_dict.get("param_groups") or [{}]
+        mine_group = self.param_groups[0]
+        for key in _STRUCTURAL:
+            if key in saved_groups[0] and saved_groups[0][key] != mine_group[key]:
+                raise ValueError(
+                    f"LSR1.load_state_dict: the state was made with {key}={saved_groups[0][key]!r}, "
+                    f"this optimizer has {key}={mine_group[key]!r}; the stored pairs depend on {key}, "
+                    f"so build the optimizer with {key}={saved_groups[0][key]!r} to load it"
+                )
         saved_layout = state_dict.get("state", {}).get(0, {}).get("layout")
         if saved_layout is not None:
             mine = self._layout.describe()
@@ -433,13 +415,23 @@ class LSR1(Optimizer):
         for key in _SMALL_KEYS:
             if key in saved:
                 state[key] = saved[key].detach().to(device="cpu", dtype=torch.float64).clone()
-        if "memory" in state:
-            # torch's cast is a no-op for a tensor already of the right dtype/device: no aliasing.
-            state["memory"] = state["memory"].clone()
+        for key in ("memory", "pairs_s"):
+            if key in state:
+                # torch's cast is a no-op for a tensor already of the right dtype/device: no aliasing.
+                state[key] = state[key].clone()
         if "order" in state:
             state["order"] = [int(i) for i in state["order"]]
         if "stats" in state:
-            state["stats"] = dict(state["stats"])
+            state["stats"] = Counters.from_dict(state["stats"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with the counters as a plain dict of ints (so a checkpoint
+        loads with ``torch.load(weights_only=True)``)."""
+        sd = super().state_dict()
+        entry = sd["state"].get(0)
+        if entry is not None and isinstance(entry.get("stats"), Counters):
+            sd["state"][0] = {**entry, "stats": entry["stats"].as_dict()}
+        return sd
 
     def full_state_dict(self) -> dict[str, Any]:
         """The state in the one-process format (a collective when the memory is sharded):
@@ -450,15 +442,11 @@ class LSR1(Optimizer):
         sd = self.state_dict()
         sd = {"state": copy.deepcopy(sd["state"]), "param_groups": copy.deepcopy(sd["param_groups"])}
         state = sd["state"].get(0)
-        single = make_layout(self._n, 1, 0, False)
-        if state is not None and "memory" in state:
-            memory = state["memory"]
-            if self._layout.sharded:
-                full = memory.new_zeros((memory.shape[0], self._layout.total))
-                for row in range(memory.shape[0]):
-                    self._reducer.all_gather(memory[row], full[row])  # type: ignore[attr-defined]
-                memory = full
-            state["memory"] = _resize_columns(memory, single.total)
+        single = make_coordinates(self._n, 1, 0, False)
+        for key in ("memory", "pairs_s"):
+            if state is None or key not in state:
+                continue
+            state[key] = _resize_columns(self._layout.full_rows(state[key]), single.total)
         if state is not None:
             state["layout"] = single.describe()
         return sd
@@ -474,9 +462,10 @@ class LSR1(Optimizer):
             state = dict(state)
             sd["state"][0] = state
             layout = self._layout
-            if "memory" in state:
-                full = _resize_columns(state["memory"], layout.total)
-                state["memory"] = full[:, layout.lo : layout.hi].clone()
+            for key in ("memory", "pairs_s"):
+                if key in state:
+                    full = _resize_columns(state[key], layout.total)
+                    state[key] = full[:, layout.lo : layout.hi].clone()
             state["layout"] = layout.describe()
         self.load_state_dict(sd)
 
@@ -495,16 +484,19 @@ class LSR1(Optimizer):
             )
         grad_closure = torch.enable_grad()(closure)
         state = self._global_state()
+        self._check_structure()
         stats = state["stats"]
-        stats["steps"] += 1
-        syncs_before = self._reducer.syncs
+        stats.steps += 1
+        syncs_before = self._layout.syncs
+        outcomes_before = stats.outcomes()
+        self._moved_from = None
 
         def evaluate(out: Tensor) -> tuple[Tensor, Tensor]:
             """Loss and gradient at the current parameters; the gradient goes into ``out``.
             The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
-            stats["closure_evaluations"] += 1
-            self._grad_into(out)
+            stats.closure_evaluations += 1
+            self._layout.grad_into(self._params, out, self._views_of)
             if isinstance(loss, Tensor):
                 value = loss.detach().reshape(())
             else:
@@ -512,18 +504,24 @@ class LSR1(Optimizer):
             return loss, value
 
         g = self._pair_rows()[3]
-        loss, f = evaluate(g)
         try:
-            if self.defaults["method"] == "trust_region":
+            loss, f = evaluate(g)
+            if self.param_groups[0]["method"] == "trust_region":
                 self._trust_region_step(state, f, g, evaluate)
             else:
                 self._line_search_step(state, f, g, evaluate)
+        except BaseException:
+            # The closure (or anything else) raised mid-step: put x back if the parameters
+            # were moved to a trial point, count the step as aborted, and let it propagate.
+            if self._moved_from is not None:
+                self._load_params(self._moved_from)
+                self._moved_from = None
+            if stats.outcomes() == outcomes_before:
+                stats.aborted_steps += 1
+            raise
         finally:
-            stats["host_syncs"] += self._reducer.syncs - syncs_before
-        if self._group is not None and self._step_loss is not None:
-            # the loss averaged over the group (every rank returns the same value)
-            return torch.tensor(self._step_loss, dtype=self._params[0].dtype)
-        return loss
+            stats.host_syncs += self._layout.syncs - syncs_before
+        return self._layout.step_loss(loss, self._step_loss, self._params[0].dtype)
 
     # --- pieces shared by both methods ------------------------------------------------------
     def _pair_rows(self) -> Tensor:
@@ -555,21 +553,13 @@ class LSR1(Optimizer):
         all-reduce, which also carries the check that every rank's decisions agree)."""
         with exact_float32_matmul(g.device):
             gg = g.unsqueeze(0)
-            parts = [f.reshape(1).to(SMALL)]
-            checked = isinstance(self._reducer, GroupReducer)
-            if checked:
-                state = self._global_state()
-                h = decision_digest(state["stats"], state["radius"], memory.k)
-                parts.append(torch.tensor([h, h * h], dtype=SMALL, device=g.device))
-                self._reducer.checks = 2  # type: ignore[attr-defined]
+            state = self._global_state()
+            digest = decision_digest(state["stats"].as_dict(), state["radius"], memory.k)
+            parts = [f.reshape(1).to(SMALL), *self._layout.consistency_parts(digest, g.device)]
             parts.append(products(gg, gg).reshape(1))
             if memory.k > 0:
                 parts.append(products(memory.buffer, gg).reshape(-1))
-            first = self._reducer.gather(parts, means=1)
-        if checked:
-            steps = self._global_state()["stats"]["steps"]
-            check_consistent(float(first[1]), float(first[2]), self._layout.world_size, steps)
-            first = torch.cat([first[:1], first[3:]])
+            first = self._layout.consistent(self._layout.gather(parts, means=1), 1, state["stats"].steps)
         self._step_loss = float(first[0])
         return float(first[0]), float(first[1]), first[2:]
 
@@ -581,7 +571,7 @@ class LSR1(Optimizer):
             parts.append(products(rows, rows))
             if k > 0:
                 parts.append(products(memory.buffer, rows[:2]))
-            second = self._reducer.gather(parts, means=0 if f_trial is None else 1)
+            second = self._layout.gather(parts, means=0 if f_trial is None else 1)
         offset = 0 if f_trial is None else 1
         f_t = float(second[0]) if f_trial is not None else None
         gram = second[offset : offset + 16].reshape(4, 4)
@@ -589,10 +579,10 @@ class LSR1(Optimizer):
                 "pp": float(gram[1, 1]), "yy": float(gram[2, 2])}
         slots = memory.slots
         if k > 0:
-            both = second[offset + 16 :].reshape(2 * slots, 2)
+            both = second[offset + 16 :].reshape(slots, 2)
             s_products, p_products = both[:, 0].clone(), both[:, 1].clone()
         else:
-            s_products = p_products = torch.zeros(2 * slots, dtype=torch.float64)
+            s_products = p_products = torch.zeros(slots, dtype=torch.float64)
         return f_t, dots, s_products, p_products, bool(torch.isfinite(second).all())
 
     def _form_step(self, memory: CurvatureMemory, g: Tensor, beta: float, w: Tensor, out: Tensor) -> None:
@@ -603,106 +593,126 @@ class LSR1(Optimizer):
             else:
                 torch.mul(g, beta, out=out)
 
-    def _drop_after_breakdown(self, memory: CurvatureMemory, stats: dict) -> None:
+    def _drop_after_breakdown(self, memory: CurvatureMemory, stats: Counters) -> None:
         """A k x k factorisation failed or gave non-finite values: drop the oldest pair."""
-        stats["linalg_failures"] += 1
+        stats.linalg_failures += 1
         memory.drop_oldest()
-        stats["dropped_pairs"] += 1
+        stats.dropped_pairs += 1
 
     # --- Algorithm 1 --------------------------------------------------------------------------
     def _trust_region_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.defaults
-        stats = state["stats"]
+        """Algorithm 1, one iteration, as its phases: reduce at x, solve (and form s), trial,
+        reduce at the trial point, decide, store."""
+        settings, stats = self.param_groups[0], state["stats"]
         memory = self._memory(state)
-        reducer = self._reducer
-        gamma = d["gamma"]
-        device = g.device
-        f, gg, g_products = self._first_products(memory, f_device, g)
-        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
-            stats["nonfinite_points"] += 1
+        at_x = self._reduce_at_x(memory, f_device, g)
+        if at_x is None:
+            stats.nonfinite_points += 1
             state["last_rho"] = None
             return
-        if state["radius"] is None:
-            state["radius"] = d["initial_radius"] if d["initial_radius"] is not None else math.sqrt(gg)
-            if not state["radius"] > 0:
-                state["radius"] = 1.0
-        radius = state["radius"]
-        empty = _NO_PAIRS
+        radius = self._radius(state, at_x.gg)
         rows = self._pair_rows()
-        s, psi, y = rows[0], rows[1], rows[2]
-        eps = torch.finfo(g.dtype).eps
-
-        # the saved x: full length, or this rank's slice when sharded (a rejected step then
-        # all-gathers it back; rare, and every rank rejects together)
-        x_saved = self._local("x") if self._layout.sharded else self._buffer("x")
-        solved = self._solve_for_step(state, memory, g, gg, g_products, radius, s)
-        if solved is None:
+        model = self._solve_for_step(state, memory, g, at_x.gg, at_x.g_products, radius, rows[0])
+        if model is None:
             return
-        k, psi_gram, m_inv, ss_model = solved
-
-        # Trial point x + s on the same minibatch.
-        if self._layout.sharded:
-            self._save_local_params(x_saved)
-        else:
-            self._save_params(x_saved)
-        self._add_to_params(self._full(s, "step"))
-        _, f_trial = evaluate(y)
-        y.sub_(g)
-        torch.add(y, s, alpha=-gamma, out=psi)
-        f_t, dots, s_products, p_products, finite = self._second_products(memory, f_trial, rows, k)
-        finite = finite and math.isfinite(f_t)
-        ss = dots["ss"]
-        psi_s = memory.split(s_products)[1] if k > 0 else empty
-        if finite:
+        x_saved = self._trial(evaluate, rows, g, settings["gamma"])
+        at_trial = self._reduce_at_trial(memory, f_device, rows, model)
+        if at_trial.finite and at_trial.f == at_x.f and at_trial.dots["yy"] == 0.0:
+            # x + s rounded to x (same loss, same gradient): nothing to decide or learn.
+            stats.negligible_steps += 1
+            self._restore(x_saved)
+            state["last_rho"] = None
+            return
+        ss = at_trial.dots["ss"]
+        pred = -math.inf
+        if at_trial.finite:
             # pred of the s that was applied, from its own products (no cancellation between
-            # derived terms): g^T s + 1/2 (gamma ||s||^2 + (Psi^T s)^T M (Psi^T s)).
-            curvature_term = gamma * ss
-            if k > 0:
-                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-            pred = -(dots["gs"] + 0.5 * curvature_term)
+            # derived terms)
+            pred = model_decrease(at_trial.dots["gs"], ss, at_trial.psi_s, model.m_inv, settings["gamma"])
             state["last_pred"] = pred
-            if not pred > 0.0:  # the model decrease vanished to rounding: refuse the step
-                stats["pred_sign_changes"] += 1
-                finite_pred = False
-            else:
-                finite_pred = True
-        rho = (f - f_t) / pred if finite and finite_pred else -math.inf
-        state["last_rho"] = rho if finite else None
-        state["last_step_norm"] = math.sqrt(ss) if finite else math.sqrt(ss_model)
-        if rho > d["eta"]:
-            stats["accepted_steps"] += 1
+            stats.pred_sign_changes += int(not pred > 0.0)  # rounded away: the step is refused
+        step_norm = math.sqrt(ss) if at_trial.finite else math.sqrt(model.ss_model)
+        f_trial = at_trial.f if at_trial.finite else math.inf
+        decision = decide(at_x.f, f_trial, pred, step_norm, radius, settings)
+        state["last_rho"] = decision.rho if at_trial.finite else None
+        state["last_step_norm"] = step_norm
+        if decision.accepted:
+            stats.accepted_steps += 1
+            self._moved_from = None
         else:
-            stats["rejected_steps"] += 1
-            self._load_params(self._full(x_saved, "step"))
-        step_norm = state["last_step_norm"]
-        if rho > d["increase_threshold"]:
-            if step_norm > d["boundary_fraction"] * radius:
-                radius *= d["radius_increase"]
-        elif rho < d["decrease_threshold"]:
-            radius *= d["radius_decrease"]
-        if d["max_radius"] is not None:
-            radius = min(radius, d["max_radius"])
-        state["radius"] = radius
-        if not finite:
-            stats["nonfinite_trials"] += 1
+            stats.rejected_steps += 1
+            self._restore(x_saved)
+        state["radius"] = decision.radius
+        if not at_trial.finite:
+            stats.nonfinite_trials += 1
             rows.zero_()  # never leave inf/nan in the work rows
             return
+        self._store(state, memory, model, at_trial, rows, g)
 
-        # SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s||, with B the model of this step:
-        # y - B s = psi - Psi M Psi^T s.
-        psi_psi = memory.split(p_products)[1] if k > 0 else empty
-        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, psi_psi, psi_s, psi_gram, m_inv, 0.0)
+    # --- the trust-region step's phases --------------------------------------------------------
+    def _reduce_at_x(self, memory: CurvatureMemory, f_device: Tensor, g: Tensor) -> _AtX | None:
+        """Sync 1 (see ``_first_products``); None when f, g^T g or Psi^T g is not finite."""
+        f, gg, g_products = self._first_products(memory, f_device, g)
+        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
+            return None
+        return _AtX(f, gg, g_products)
+
+    def _radius(self, state: dict, gg: float) -> float:
+        """The trust-region radius; the first step's is ``initial_radius`` or ||g||."""
+        if state["radius"] is None:
+            initial = self.param_groups[0]["initial_radius"]
+            state["radius"] = initial if initial is not None else math.sqrt(gg)
+            if not state["radius"] > 0:
+                state["radius"] = 1.0
+        return state["radius"]
+
+    def _trial(self, evaluate, rows: Tensor, g: Tensor, gamma: float) -> Tensor:
+        """x + s on the same minibatch: save x (full length on every rank, so a rejected
+        step restores it without a collective), move, evaluate; rows get y = g(x + s) - g
+        and psi = y - gamma s. Returns the saved x."""
+        s, psi, y = rows[0], rows[1], rows[2]
+        x_saved = self._buffer("x")
+        self._save_params(x_saved)
+        self._moved_from = x_saved
+        self._add_to_params(self._full(s, "step"))
+        _, self._f_trial = evaluate(y)
+        y.sub_(g)
+        torch.add(y, s, alpha=-gamma, out=psi)
+        return x_saved
+
+    def _reduce_at_trial(self, memory: CurvatureMemory, f_device: Tensor, rows: Tensor, model: _StepModel) -> _AtTrial:
+        """Sync 2 (see ``_second_products``), with Psi^T s and Psi^T psi in logical order."""
+        f_t, dots, s_products, p_products, finite = self._second_products(memory, self._f_trial, rows, model.k)
+        finite = finite and math.isfinite(f_t)
+        psi_s = memory.split(s_products) if model.k > 0 else _NO_PAIRS
+        psi_psi = memory.split(p_products) if model.k > 0 else _NO_PAIRS
+        return _AtTrial(f_t, dots, s_products, p_products, psi_s, psi_psi, finite)
+
+    def _restore(self, x_saved: Tensor) -> None:
+        self._load_params(x_saved)
+        self._moved_from = None
+
+    def _store(self, state: dict, memory: CurvatureMemory, model: _StepModel, at_trial: _AtTrial, rows: Tensor,
+               g: Tensor) -> None:
+        """The SR1 skip test |s^T (y - B s)| >= r ||s|| ||y - B s|| with B the model of this
+        step (y - B s = psi - Psi M Psi^T s), then the pair policy."""
+        gamma, stats = self.param_groups[0]["gamma"], state["stats"]
+        s, psi = rows[0], rows[1]
+        dots, ss, k = at_trial.dots, at_trial.dots["ss"], model.k
+        eps = torch.finfo(s.dtype).eps
+        s_dot_r, r_sq, size = residual(dots["sp"], dots["pp"], ss, at_trial.psi_psi, at_trial.psi_s,
+                                       model.psi_gram, model.m_inv, 0.0)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # y - B s is small next to psi: form it explicitly (cancellation).
             r = self._local("r")
-            w_s = torch.linalg.solve(m_inv, psi_s) if k > 0 else empty
-            with exact_float32_matmul(device):
+            w_s = torch.linalg.solve(model.m_inv, at_trial.psi_s) if k > 0 else _NO_PAIRS
+            with exact_float32_matmul(s.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-w_s), g), r, base=psi)
-                sr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
+                sr_rr = self._layout.gather([products(r.unsqueeze(0), torch.stack([s, r])).reshape(2)])
             s_dot_r, r_sq = float(sr_rr[0]), float(sr_rr[1])
-            stats["explicit_passes"] += 1
+            stats.explicit_passes += 1
         self._maybe_store_pair(
-            state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
+            state, memory, s, psi, at_trial.s_products, at_trial.p_products, (ss, dots["sp"], dots["pp"]), s_dot_r,
             math.sqrt(max(r_sq, 0.0)), math.sqrt(dots["yy"]), math.sqrt(ss),
             lambda: memory.b_policy_inputs(gamma),
         )
@@ -716,22 +726,19 @@ class LSR1(Optimizer):
         A model that predicts no decrease while g != 0 is inconsistent: it drops its oldest
         pair and is solved again, so the optimizer cannot stall on the same pairs."""
         stats = state["stats"]
-        gamma = self.defaults["gamma"]
+        gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
-        reducer = self._reducer
+        reducer = self._layout
         empty = _NO_PAIRS
         while True:  # until the model predicts a decrease (or no pair is left)
             solved = self._solve_subproblem(memory, stats, g, gg, g_products, radius, s)
             k, psi_gram, m_inv, spectral, psi_g, u, solution, explicit_perp = solved
-            stats["newton_iterations"] += solution.newton_iterations
-            stats["newton_unconverged"] += int(not solution.converged)
-            stats["hard_cases"] += int(solution.hard_case)
-            stats["negative_curvature_steps"] += int(spectral.lambda_min < 0.0)
             state["last_solve_radius"] = radius
             # s = beta (g - Psi u) + Psi c_par (+ perp_unit z in the hard case) = beta g + Psi w.
             beta = solution.perp_scale
             w = spectral.psi_coefficients(solution.par) - beta * u
+            clamped = False
             if not (explicit_perp or solution.perp_unit != 0.0):
                 # ||s||^2, g^T s and Psi^T s of the vector s = beta g + Psi w itself, from g^T g,
                 # Psi^T g and Psi^T Psi: no inverse enters, so they hold to the accuracy of those
@@ -755,8 +762,9 @@ class LSR1(Optimizer):
                     # gamma ||s||^2 can nearly cancel against (Psi^T s)^T M (Psi^T s)
                     # where the pairs saw almost no curvature (y ~ 0): counting radius^2
                     # there turned pred negative and froze issue 10's batch-10000 run.
+                    # counted only beyond the margin: within it the scaling is rounding only
+                    clamped = ss_model > radius * radius + margin
                     ss_model = ss_model * factor * factor
-                    stats["step_clamps"] += 1
                 gs_model = beta * gg + g_w
                 psi_s = beta * psi_g + gram_w if k > 0 else empty
                 self._form_step(memory, g, beta, w, s)
@@ -764,30 +772,34 @@ class LSR1(Optimizer):
                 # Rare paths (g mostly in range(Psi), or the hard case): form s, then measure it.
                 self._form_step(memory, g, beta, w, s)
                 if solution.perp_unit != 0.0:
-                    z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats["steps"], self._local("r"))
+                    z = self._unit_orthogonal_to_psi(memory, spectral, gamma, stats.steps, self._local("r"))
                     s.add_(z, alpha=solution.perp_unit)
                 with exact_float32_matmul(device):
                     parts = [products(s.unsqueeze(0), torch.stack([s, g])).reshape(2)]
                     if k > 0:
                         parts.append(products(memory.buffer, s.unsqueeze(0)).reshape(-1))
                     measured = reducer.gather(parts)
-                stats["explicit_passes"] += 1
+                stats.explicit_passes += 1
                 ss_model, gs_model = float(measured[0]), float(measured[1])
                 if k > 0:
-                    psi_s = memory.split(measured[2:])[1]
+                    psi_s = memory.split(measured[2:])
                 else:
                     psi_s = empty
                 if ss_model > radius * radius:
                     factor = radius / math.sqrt(ss_model)
                     s.mul_(factor)
+                    clamped = ss_model > radius * radius * (1.0 + CANCELLATION_GUARD * eps)
                     ss_model, gs_model, psi_s = radius * radius, gs_model * factor, psi_s * factor
-                    stats["step_clamps"] += 1
-            # pred = -(g^T s + 1/2 s^T B s), s^T B s = gamma ||s||^2 + (Psi^T s)^T M (Psi^T s).
-            curvature_term = gamma * ss_model
-            if k > 0:
-                curvature_term += float(psi_s @ torch.linalg.solve(m_inv, psi_s))
-            pred = -(gs_model + 0.5 * curvature_term)
+            pred = model_decrease(gs_model, ss_model, psi_s, m_inv, gamma)
             state["last_pred"] = state["last_model_pred"] = pred
+            # an inconsistent model is solved again below; only the solve the step ends with
+            # is counted, so these counters are per step
+            if not (memory.k > 0 and gg > 0.0 and not (pred > 0.0 and math.isfinite(pred))):
+                stats.newton_iterations += solution.newton_iterations
+                stats.newton_unconverged += int(not solution.converged)
+                stats.hard_cases += int(solution.hard_case)
+                stats.negative_curvature_steps += int(spectral.lambda_min < 0.0)
+                stats.step_clamps += int(clamped)
             if not (pred > 0.0 and math.isfinite(pred)):
                 if memory.k > 0 and gg > 0.0:
                     # The trust-region minimiser of a consistent model decreases it whenever
@@ -795,32 +807,32 @@ class LSR1(Optimizer):
                     # down (near-singular M^{-1} or Psi^T Psi that the pair policy let
                     # through). Keeping the pairs would repeat this at every step (the state
                     # would never change), so drop the oldest and solve again.
-                    stats["inconsistent_models"] += 1
+                    stats.inconsistent_models += 1
                     memory.drop_oldest()
-                    stats["dropped_pairs"] += 1
+                    stats.dropped_pairs += 1
                     continue
                 # g = 0 with B positive semidefinite, or rounding: the model predicts no decrease.
-                stats["nonpositive_pred"] += 1
+                stats.nonpositive_pred += 1
                 state["last_rho"] = None
                 return None
             return _StepModel(k, psi_gram, m_inv, ss_model)
 
-    def _solve_subproblem(self, memory: CurvatureMemory, stats: dict, g: Tensor, gg: float, g_products: Tensor,
+    def _solve_subproblem(self, memory: CurvatureMemory, stats: Counters, g: Tensor, gg: float, g_products: Tensor,
                           radius: float, s: Tensor) -> _Solved:
         """The k x k algebra of this step's model and its trust-region subproblem's solution;
         a factorisation that fails (or gives non-finite values) drops the oldest pair and tries
         again. ``s`` may be used as work space (g_perp formed explicitly)."""
-        gamma = self.defaults["gamma"]
+        gamma = self.param_groups[0]["gamma"]
         eps = torch.finfo(g.dtype).eps
         device = g.device
-        reducer = self._reducer
+        reducer = self._layout
         empty = _NO_PAIRS
         while True:
             k = memory.k
             try:
                 psi_gram, m_inv = memory.b_factors(gamma)
-                spectral = spectral_form(psi_gram, m_inv, gamma)
-                psi_g = memory.split(g_products)[1] if k > 0 else empty
+                spectral = spectral_form(psi_gram, m_inv, gamma, complete=k >= self._trainable_numel())
+                psi_g = memory.split(g_products) if k > 0 else empty
                 g_par = spectral.parallel_coordinates(psi_g)
                 u = spectral.psi_coefficients(g_par)  # Psi u = P_par g_par
                 if not (bool(torch.isfinite(g_par).all()) and bool(torch.isfinite(u).all())):
@@ -835,7 +847,7 @@ class LSR1(Optimizer):
                     with exact_float32_matmul(device):
                         combine(memory.buffer, self._coefficients(memory.psi_combination(-u), g), s, base=g)
                         g_perp_sq = float(reducer.dots([(s, s)])[0])
-                    stats["explicit_passes"] += 1
+                    stats.explicit_passes += 1
                 solution = solve_subproblem(
                     spectral, g_par, math.sqrt(max(g_perp_sq, 0.0)), radius,
                     zero_tol=100.0 * eps * math.sqrt(gg),
@@ -860,157 +872,198 @@ class LSR1(Optimizer):
         rounding level of ``reference_norm`` (||y||, or ||s||) is also skipped.
         """
         stats = state["stats"]
-        stats["skip_tests"] += 1
+        stats.skip_tests += 1
         denominator = other_norm * residual_norm
         cosine = abs(numerator) / denominator if denominator > 0.0 else 0.0
         state["last_update_cosine"] = cosine
         self._cosines.append(cosine)
-        skip = not abs(numerator) >= self.defaults["skip_tol"] * denominator
-        if self.defaults["skip_noise_floor"]:
+        # a zero denominator (s = 0, or y = B s exactly) leaves the SR1 update undefined: skip
+        skip = not (denominator > 0.0 and abs(numerator) >= self.param_groups[0]["skip_tol"] * denominator)
+        if self.param_groups[0]["skip_noise_floor"]:
             skip = skip or residual_norm <= 100.0 * torch.finfo(s.dtype).eps * reference_norm
         if skip:
-            stats["skipped_updates"] += 1
+            stats.skipped_updates += 1
             return
         memory.append(s, psi, s_products, p_products, diag)
         tol = self._rank_tol()
         # Only the trust region factors Psi^T Psi (Cholesky); the line search needs N^{-1} alone.
-        check_gram = self.defaults["method"] == "trust_region"
-        scaled = self.defaults["pair_policy"] == "scaled"
+        check_gram = self.param_groups[0]["method"] == "trust_region"
+        scaled = self.param_groups[0]["pair_policy"] == "scaled"
         while memory.k > 0:
             if well_posed(*factors(), tol, check_gram=check_gram, scaled=scaled):
                 break
             memory.drop_oldest()
-            stats["dropped_pairs"] += 1
+            stats.dropped_pairs += 1
 
     def _unit_orthogonal_to_psi(self, memory, spectral, gamma: float, seed: int, out: Tensor) -> Tensor:
         """A unit vector orthogonal to range(Psi): the hard case with lambda_min = gamma."""
         generator = torch.Generator(device=out.device).manual_seed(1_000_003 + seed)
         full = torch.randn(self._layout.total, generator=generator, device=out.device, dtype=out.dtype)
         full[self._n :] = 0.0  # the padding stays zero
+        for piece, p in zip(torch.split(full[: self._n], self._numels), self._params):
+            if not p.requires_grad:  # frozen parameters never move, hard cases included
+                piece.zero_()
         out.copy_(full[self._layout.lo : self._layout.hi])
         with exact_float32_matmul(out.device):
             if memory.k > 0:
-                psi_v = memory.split(self._reducer.rows(memory.buffer, out))[1]
+                psi_v = memory.split(self._layout.rows(memory.buffer, out))
                 u = spectral.psi_coefficients(spectral.parallel_coordinates(psi_v))
                 combine(memory.buffer, self._coefficients(memory.psi_combination(-u), out), out)
-            out.div_(math.sqrt(float(self._reducer.dots([(out, out)])[0])))
+            norm_sq = float(self._layout.dots([(out, out)])[0])
+        if norm_sq > 0.0:
+            out.div_(math.sqrt(norm_sq))
+        # else range(Psi) holds every trainable coordinate: no such z; out is zero
         return out
 
     # --- Algorithm 2 --------------------------------------------------------------------------
     def _line_search_step(self, state: dict, f_device: Tensor, g: Tensor, evaluate) -> None:
-        d = self.defaults
+        """Algorithm 2, one iteration, as its phases: reduce at x, direction, search, reduce
+        at the new point, store."""
         stats = state["stats"]
         memory = self._memory(state)
-        reducer = self._reducer
-        eps = torch.finfo(g.dtype).eps
-        delta = 1.0 / d["gamma"]
-        device = g.device
-        f, gg, g_products = self._first_products(memory, f_device, g)
-        if not (math.isfinite(f) and math.isfinite(gg) and bool(torch.isfinite(g_products).all())):
-            stats["nonfinite_points"] += 1
-            state["last_rho"] = None
-            return
+        at_x = self._reduce_at_x(memory, f_device, g)
         state["last_rho"] = None
-        if gg == 0.0:  # a stationary point: no descent direction exists
-            stats["nonpositive_pred"] += 1
+        if at_x is None:
+            stats.nonfinite_points += 1
+            return
+        if at_x.gg == 0.0:  # a stationary point: no descent direction exists
+            stats.nonpositive_pred += 1
             state["last_pred"] = 0.0
             return
-        empty = _NO_PAIRS
         rows = self._pair_rows()
-        direction, psi, y = rows[0], rows[1], rows[2]
-        gamma = d["gamma"]
+        inverse, slope = self._direction(state, memory, g, at_x, rows[0])
+        result, x_saved, views = self._search(state, evaluate, rows, at_x.f, slope)
+        state["last_pred"] = -result.alpha * slope
+        if result.alpha <= 0.0:
+            stats.rejected_steps += 1
+            self._restore(x_saved)
+            rows.zero_()
+            return
+        if not result.last_is_alpha:
+            self._line_point(evaluate, rows, views, result.alpha)
+        self._moved_from = None
+        stats.accepted_steps += 1
+        state["last_step_length"] = result.alpha
+        gamma = self.param_groups[0]["gamma"]
+        y = rows[2].sub_(g)
+        s = rows[0].mul_(result.alpha)  # s = alpha d
+        torch.add(y, s, alpha=-gamma, out=rows[1])
+        _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, inverse.k)
+        if not finite:
+            stats.nonfinite_trials += 1
+            rows.zero_()
+            return
+        self._store_inverse(state, memory, inverse, rows, g, dots, s_products, p_products)
+
+    # --- the line search's phases ---------------------------------------------------------------
+    def _direction(self, state: dict, memory: CurvatureMemory, g: Tensor, at_x: _AtX,
+                   direction: Tensor) -> tuple[_InverseModel, float]:
+        """d = -H g into ``direction`` (-g when that is no descent direction); returns the
+        inverse model it used and the slope g^T d. A k x k failure drops the oldest pair."""
+        stats = state["stats"]
+        delta = 1.0 / self.param_groups[0]["gamma"]
         while True:
             k = memory.k
             try:
                 phi_gram, n_inv = memory.h_factors(delta)
                 if k > 0:
-                    phi_g = -delta * memory.split(g_products)[1]  # Phi^T g, Phi = -delta Psi
+                    phi_g = -delta * memory.split(at_x.g_products)  # Phi^T g, Phi = -delta Psi
                     c = torch.linalg.solve(n_inv, phi_g)  # N Phi^T g
                     if not bool(torch.isfinite(c).all()):
                         raise _Breakdown
                 break
             except (torch.linalg.LinAlgError, _Breakdown):
                 self._drop_after_breakdown(memory, stats)
-        stats["negative_curvature_steps"] += int(_has_negative_eigenvalue(phi_gram, n_inv, delta))
+        complete = k >= self._trainable_numel()
+        stats.negative_curvature_steps += int(_has_negative_eigenvalue(phi_gram, n_inv, delta, complete))
         fallback = True
         if k > 0:
             # d = -H g = -delta g - Phi c = -delta g + delta Psi c
-            with exact_float32_matmul(device):
+            with exact_float32_matmul(g.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(delta * c), g), direction,
                         base=g, beta=-delta)
-            slope = -delta * gg - float(phi_g @ c)
+            slope = -delta * at_x.gg - float(phi_g @ c)
             fallback = not slope < 0.0
-            stats["descent_fallbacks"] += int(fallback)
+            stats.descent_fallbacks += int(fallback)
         if fallback:
             torch.neg(g, out=direction)
-            slope = -gg
+            slope = -at_x.gg
+        return _InverseModel(k, phi_gram, n_inv, delta), slope
 
+    def _line_point(self, evaluate, rows: Tensor, views: tuple[list[Tensor], list[Tensor]],
+                    alpha: float) -> tuple[float, float]:
+        """(f, g^T d) at x + alpha d (the gradient into the y row): one closure call, one sync.
+        ``views``: per-parameter views of the saved x and of the full direction."""
+        direction, y = rows[0], rows[2]
+        torch._foreach_copy_(self._params, views[0])
+        torch._foreach_add_(self._params, views[1], alpha=alpha)
+        _, f_a = evaluate(y)
+        values = self._layout.gather(
+            [f_a.reshape(1), products(y.unsqueeze(0), direction.unsqueeze(0)).reshape(1)], means=1
+        )
+        return float(values[0]), float(values[1])
+
+    def _search(self, state: dict, evaluate, rows: Tensor, f: float, slope: float):
+        """The step length along d (strong Wolfe or Armijo), from min(1, 2 alpha_prev);
+        returns the search's result, the saved x and the views ``_line_point`` moves along."""
+        settings, stats = self.param_groups[0], state["stats"]
         x_saved = self._buffer("x")
         self._save_params(x_saved)
-        x_views, d_views = self._views_of(x_saved), self._views_of(self._full(direction, "step"))
+        self._moved_from = x_saved
+        views = (self._views_of(x_saved), self._views_of(self._full(rows[0], "step")))  # one all-gather
 
         def phi(alpha: float) -> tuple[float, float]:
-            torch._foreach_copy_(self._params, x_views)
-            torch._foreach_add_(self._params, d_views, alpha=alpha)
-            _, f_a = evaluate(y)
-            values = reducer.gather([f_a.reshape(1), products(y.unsqueeze(0), direction.unsqueeze(0)).reshape(1)],
-                                    means=1)
-            return float(values[0]), float(values[1])
+            return self._line_point(evaluate, rows, views, alpha)
 
-        alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats["steps"] > 1 else 1.0
-        if d["line_search"] == "strong_wolfe":
-            result = strong_wolfe(
-                phi, f, slope, alpha0, c1=d["c1"], c2=d["c2"],
-                max_evaluations=d["max_line_search_evaluations"],
-            )
+        alpha0 = min(1.0, 2.0 * state["last_step_length"]) if stats.steps > 1 else 1.0
+        budget = settings["max_line_search_evaluations"]
+        if settings["line_search"] == "strong_wolfe":
+            result = strong_wolfe(phi, f, slope, alpha0, c1=settings["c1"], c2=settings["c2"], max_evaluations=budget)
         else:
-            result = armijo_backtracking(
-                phi, f, slope, alpha0, c1=d["c1"], max_evaluations=d["max_line_search_evaluations"]
-            )
-        stats["line_search_evaluations"] += result.evaluations
-        state["last_pred"] = -result.alpha * slope
-        if result.alpha <= 0.0:
-            stats["rejected_steps"] += 1
-            self._load_params(x_saved)
-            rows.zero_()
-            return
-        stats["accepted_steps"] += 1
-        state["last_step_length"] = result.alpha
-        if not result.last_is_alpha:
-            phi(result.alpha)
-        y.sub_(g)
-        s = direction.mul_(result.alpha)  # s = alpha d
-        torch.add(y, s, alpha=-gamma, out=psi)
-        _, dots, s_products, p_products, finite = self._second_products(memory, None, rows, k)
-        if not finite:
-            stats["nonfinite_trials"] += 1
-            rows.zero_()
-            return
+            result = armijo_backtracking(phi, f, slope, alpha0, c1=settings["c1"], max_evaluations=budget)
+        stats.line_search_evaluations += result.evaluations
+        return result, x_saved, views
+
+    def _store_inverse(self, state: dict, memory: CurvatureMemory, inverse: _InverseModel, rows: Tensor,
+                       g: Tensor, dots: dict, s_products: Tensor, p_products: Tensor) -> None:
+        """The inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||, then the pair policy."""
+        stats, gamma = state["stats"], self.param_groups[0]["gamma"]
+        s, psi, y = rows[0], rows[1], rows[2]
+        k, delta = inverse.k, inverse.delta
+        eps = torch.finfo(s.dtype).eps
         ss, sy, yy = dots["ss"], dots["sy"], dots["yy"]
         state["last_step_norm"] = math.sqrt(ss)
         if k > 0:
-            psi_s = memory.split(s_products)[1]
-            psi_y = memory.split(p_products)[1] + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
+            psi_s = memory.split(s_products)
+            psi_y = memory.split(p_products) + gamma * psi_s  # Psi^T y = Psi^T psi + gamma Psi^T s
             basis_s, basis_y = -delta * psi_s, -delta * psi_y  # Phi^T s, Phi^T y
         else:
-            basis_s = basis_y = empty
-        # Inverse skip test |y^T (s - H y)| >= r ||y|| ||s - H y||.
-        y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, phi_gram, n_inv, delta)
+            basis_s = basis_y = _NO_PAIRS
+        y_dot_r, r_sq, size = residual(sy, ss, yy, basis_s, basis_y, inverse.phi_gram, inverse.n_inv, delta)
         if r_sq <= CANCELLATION_GUARD * eps * size:
             # s - H y = s - delta y - Phi N Phi^T y = s - delta y + delta Psi (N Phi^T y)
             r = self._local("r")
-            w_y = torch.linalg.solve(n_inv, basis_y) if k > 0 else empty
-            with exact_float32_matmul(device):
+            w_y = torch.linalg.solve(inverse.n_inv, basis_y) if k > 0 else _NO_PAIRS
+            with exact_float32_matmul(s.device):
                 combine(memory.buffer, self._coefficients(memory.psi_combination(delta * w_y), g), r, base=s)
                 r.add_(y, alpha=-delta)
-                yr_rr = reducer.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
+                yr_rr = self._layout.gather([products(r.unsqueeze(0), torch.stack([y, r])).reshape(2)])
             y_dot_r, r_sq = float(yr_rr[0]), float(yr_rr[1])
-            stats["explicit_passes"] += 1
+            stats.explicit_passes += 1
         self._maybe_store_pair(
             state, memory, s, psi, s_products, p_products, (ss, dots["sp"], dots["pp"]), y_dot_r,
             math.sqrt(max(r_sq, 0.0)), math.sqrt(ss), math.sqrt(yy),
             lambda: memory.h_policy_inputs(delta),
         )
+
+
+class _InverseModel(NamedTuple):
+    """The line search's H = delta I + Phi N Phi^T of k pairs (Phi^T Phi, N^{-1})."""
+
+    k: int
+    phi_gram: Tensor
+    n_inv: Tensor
+    delta: float
 
 
 class _Solved(NamedTuple):
@@ -1026,6 +1079,26 @@ class _Solved(NamedTuple):
     explicit_perp: bool
 
 
+class _AtX(NamedTuple):
+    """What the step knows at x after its first sync: f, g^T g and Psi^T g (slot order)."""
+
+    f: float
+    gg: float
+    g_products: Tensor
+
+
+class _AtTrial(NamedTuple):
+    """What the step knows at x + s after its second sync."""
+
+    f: float | None  # the loss at x + s (averaged over a group)
+    dots: dict  # the 4 x 4 Gram of (s, psi, y, g), by name (ss, sp, sy, gs, pp, yy)
+    s_products: Tensor  # Psi^T s, slot order
+    p_products: Tensor  # Psi^T psi, slot order
+    psi_s: Tensor  # Psi^T s, oldest pair first
+    psi_psi: Tensor  # Psi^T psi, oldest pair first
+    finite: bool
+
+
 class _StepModel(NamedTuple):
     """The model a step was solved with (k pairs, Psi^T Psi, M^{-1}) and its ||s||^2."""
 
@@ -1039,15 +1112,16 @@ class _Breakdown(Exception):
     """The k x k algebra produced non-finite values."""
 
 
-def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float) -> bool:
+def _has_negative_eigenvalue(gram: Tensor, middle_inv: Tensor, scale: float, complete: bool = False) -> bool:
     """Whether scale I + Omega W Omega^T (W = middle_inv^{-1}, Omega^T Omega = gram) has a
-    negative eigenvalue; False when the factors cannot be formed."""
-    if scale < 0.0:
+    negative eigenvalue; False when the factors cannot be formed. ``complete``: Omega's
+    columns span the whole space, so ``scale`` is no eigenvalue."""
+    if scale < 0.0 and not complete:
         return True
     if gram.shape[0] == 0:
         return False
     try:
-        return spectral_form(gram, middle_inv, scale).lambda_min < 0.0
+        return spectral_form(gram, middle_inv, scale, complete=complete).lambda_min < 0.0
     except torch.linalg.LinAlgError:
         return False
 
