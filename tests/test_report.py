@@ -181,7 +181,7 @@ def test_cell_mixing_settings_is_warned(tmp_path: Path) -> None:
 
 
 def test_write_report_files_and_csv_values(table1: Path) -> None:
-    written = write_report(build_report(table1))
+    written = write_report(build_report(table1), plots=False)  # plots: test_report_shows_its_plots
     assert written.report_md == table1 / "report.md"
     text = written.report_md.read_text(encoding="utf-8")
     for heading in (
@@ -190,11 +190,10 @@ def test_write_report_files_and_csv_values(table1: Path) -> None:
         "## Gradient evaluations to target",
         "## Final and best test error, final train loss",
         "## Skipped updates (quasi-Newton runs)",
-        "## Plots",
+        "## Performance profiles",
     ):
         assert heading in text
     assert "median [min–max]" in text
-    assert "![table1-test-error-vs-epoch](plots/table1-test-error-vs-epoch.png)" in text
     with (table1 / "report_targets.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     row = next(r for r in rows if r["label"] == "lsr1" and r["batch_size"] == "500" and r["target"] == "1.2")
@@ -238,8 +237,21 @@ def test_folder_of_suites(tmp_path: Path) -> None:
     written = write_report(report, plots=False)
     assert written.report_md == root / "report.md"
     # The report's own plots/ folder is never mistaken for a run on the next report.
-    write_report(build_report(root))
+    write_run(root / "plots", [90, 1.0], label="adam")  # even one that looks like a run
+    assert build_report(root).results.suites == ["first", "second"]
     assert build_report(root).results.unreadable == []
+
+
+def test_report_shows_its_plots(tmp_path: Path) -> None:
+    fmt = "pdf"  # png, the default, is embedded the same way with a "!" (test_plots.py draws it)
+    suite = tmp_path / "one"
+    write_run(suite, [90, 4.0, 2.0], label="adam", targets={"test_error": [5.0]})
+    written = write_report(build_report(suite), fmt=fmt)
+    text = written.report_md.read_text(encoding="utf-8")
+    assert "## Plots" in text
+    shown = "![" if fmt == "png" else "["  # a PDF is a link, not an image
+    for name in ("test-error-vs-epoch", "train-loss-vs-grad-evals", "performance-profile"):
+        assert f"\n{shown}one-{name}](plots/one-{name}.{fmt})" in text
 
 
 def test_baseline_round_trip(table1: Path, tmp_path: Path) -> None:
