@@ -622,6 +622,31 @@ def compare(
     raise typer.Exit(comparison.exit_code)
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Write run records in another tool's format.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("tensorboard")
+def export_tensorboard(
+    results_dir: ResultsArg,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="folder for the event files (OUT/<suite>/<run id>/)")],
+) -> None:
+    """Each run's per-epoch scalars and settings as TensorBoard events: tensorboard --logdir OUT.
+
+    Needs the optional extra: pip install -e ".[tensorboard]".
+    """
+    from lsr1bench.reporting import ReportError
+    from lsr1bench.reporting.tensorboard import export_tensorboard as write_events
+
+    if out.exists() and not out.is_dir():
+        raise _bad_input([f"OUT: {out} exists and is not a directory"])
+    try:
+        written = write_events(results_dir, out)
+    except ReportError as exc:
+        raise _bad_input([str(exc)]) from None
+    _plain(_console(), f"wrote {len(written)} runs' events under {out}; view them with: tensorboard --logdir {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

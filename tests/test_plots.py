@@ -156,6 +156,8 @@ def test_train_loss_targets_are_drawn_on_the_loss_figure(tmp_path: Path) -> None
     suite = tmp_path / "s"
     write_run(suite, [90, 4.0, 2.0], targets={"train_loss": [0.5], "test_error": [3.0]}, train_losses=[2.3, 0.6, 0.4])
     (ax,) = visible_axes(suite_figure(runs_of(suite), "train_loss", "epoch"))
-    horizontal = [line for line in ax.get_lines() if line.get_label().startswith("_") and len(set(line.get_ydata())) == 1]
+    horizontal = [
+        line for line in ax.get_lines() if line.get_label().startswith("_") and len(set(line.get_ydata())) == 1
+    ]
     assert [line.get_ydata()[0] for line in horizontal] == [0.5]
     np.testing.assert_allclose(data_lines(ax)[0].get_ydata(), [2.3, 0.6, 0.4], rtol=0, atol=1e-12)

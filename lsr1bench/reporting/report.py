@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lsr1bench.records import atomic_write_text
-from lsr1bench.reporting import tables
 from lsr1bench.reporting import profiles as perf
+from lsr1bench.reporting import tables
 from lsr1bench.reporting.cells import (
     CellSummary,
     baseline_dict,
