@@ -70,3 +70,18 @@ def test_export_bad_input_exits_2(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = runner.invoke(app, ["export", "tensorboard", str(suite), str(tmp_path / "file")])
     assert result.exit_code == 2 and "exists and is not a directory" in result.output
+
+
+def test_export_never_imports_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    suite = tmp_path / "results" / "quick"
+    write_run(suite, [90.0, 6.0], label="adam")
+    code = (
+        "import sys; from lsr1bench.reporting.tensorboard import export_tensorboard; "
+        f"export_tensorboard({str(suite)!r}, {str(tmp_path / 'tb')!r}); "
+        "print('torch' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr

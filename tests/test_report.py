@@ -310,7 +310,7 @@ def test_diverged_row_with_nan_is_read(tmp_path: Path) -> None:
 
 def test_report_stage_never_imports_torch() -> None:
     code = (
-        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots; "
+        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots, lsr1bench.reporting.profiles; "
         "print('torch' in sys.modules, 'typer' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,8 +9,9 @@ per recorded column of epochs.csv at step = epoch, grouped by tag prefix:
 - ``cost/``: train_seconds, total_seconds, grad_evals, samples, steps (cumulative);
 - ``quasi_newton/``: radius, stored pairs, the cumulative skipped / rejected / dropped
   counts, and each epoch's ``skipped_percent`` and ``rejected_percent`` of that epoch's steps;
-- ``curvature/``: L-SR1's negative-curvature fraction, smallest eigenvalue of B and the
-  skip test's cosines; any other numeric column goes under ``other/``.
+- ``curvature/``: L-SR1's negative-curvature fraction and count, the smallest eigenvalue
+  of B, the skip test's cosines and the share of pairs each threshold would skip
+  (``skip_rate_r*``); any other numeric column (``lr``) goes under ``other/``.
 
 The run's settings (its spec, hyperparameters as ``params.NAME``, device, versions,
 commit, torch threads) are written as TensorBoard hparams, so the HParams tab lists the
@@ -46,7 +47,13 @@ GROUPS = {
         "skipped_percent",
         "rejected_percent",
     ),  # fmt: skip
-    "curvature": ("negative_curvature_fraction", "min_eigenvalue", "update_cosine_p10", "update_cosine_median"),
+    "curvature": (
+        "negative_curvature_fraction",
+        "negative_eigenvalues",
+        "min_eigenvalue",
+        "update_cosine_p10",
+        "update_cosine_median",
+    ),  # fmt: skip
 }
 _GROUP_OF = {column: group for group, columns in GROUPS.items() for column in columns}
 # the metrics the HParams tab shows in its table (the last value of each run)
@@ -57,6 +64,8 @@ INSTALL_HINT = 'the TensorBoard export needs the tensorboard package: pip instal
 
 def tag(column: str) -> str:
     """``test_error`` -> ``error/test_error``; an unknown column -> ``other/<column>``."""
+    if column.startswith("skip_rate_r"):  # the share of pairs each skip threshold r would skip
+        return f"curvature/{column}"
     return f"{_GROUP_OF.get(column, 'other')}/{column}"
 
 
