@@ -267,7 +267,9 @@ RECORDED_REGRESSIONS = {
         }
         for batch in (50, 100)
     },  # fmt: skip
-    # lsr1-radius-broken: being recorded again (radius_increase 1.0 is now refused)
+    # the broken radius update at batch 50 (final test error 4.00% -> 5.80%, allowed 5.70%); at
+    # batch 100 it moves the median by 0.70 points, less than its seeds' spread allows, and passes
+    "lsr1-radius-broken": {"lenet5 + BN · mnist-embedded · lsr1 · b50": {"final test error"}},
 }
 
 
