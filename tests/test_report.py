@@ -400,3 +400,12 @@ def test_skip_table_reports_lsr1s_model_from_the_epoch_columns(tmp_path: Path) -
     assert cells["negative curvature % of steps"] == "40.00"
     assert cells["smallest eigenvalue of B"] == "-0.3"
     assert cells["update cosine p10 / median (last epoch)"] == "0.05 / 0.3"
+
+
+def test_cli_report_refuses_an_unknown_plot_format(tmp_path: Path) -> None:
+    suite = tmp_path / "one"
+    write_run(suite, [90, 4.0, 2.0], label="adam")
+    result = runner.invoke(app, ["report", str(suite), "--format", "jpg"])
+    assert result.exit_code == 2
+    assert "--format: must be one of png, pdf, svg, got 'jpg'" in result.output
+    assert not (suite / "report.md").exists()
