@@ -107,6 +107,10 @@ def test_one_colour_per_optimizer_and_line_styles_for_its_variants(tmp_path: Pat
     assert styles["lsr1"].color == styles["lsr1-p2"].color != styles["adam"].color == styles["adam-lr0.01"].color
     assert styles["lsr1"].linestyle == "-" and styles["lsr1-p2"].linestyle != "-"
     assert styles["adam"].linestyle == "-" and styles["adam-lr0.01"].linestyle != "-"
+    # identical curves (here lsr1 and lsr1-p2) still both show: the variant's markers are open
+    # and of another shape, drawn over the filled ones
+    assert not styles["lsr1"].hollow and styles["lsr1-p2"].hollow
+    assert styles["lsr1-p2"].marker != styles["lsr1"].marker
     # every panel of every figure draws a label in its one style
     seen: dict[str, set] = {}
     for metric in ("test_error", "train_loss"):

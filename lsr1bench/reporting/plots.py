@@ -60,6 +60,11 @@ class LineStyle:
     color: str
     linestyle: str | tuple[int, tuple[int, ...]]
     marker: str
+    hollow: bool = False  # a variant's markers are open, so its points show over identical ones
+
+    def markers(self) -> dict[str, object]:
+        face = "none" if self.hollow else self.color
+        return {"marker": self.marker, "markerfacecolor": face, "markeredgecolor": self.color}
 
 
 def optimizer_of(run: RunSummary) -> str:
@@ -69,9 +74,10 @@ def optimizer_of(run: RunSummary) -> str:
 def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
     """One colour per optimizer, a line style per label of that optimizer, for every figure.
 
-    The optimizer whose label is its own name comes first in its colour (solid); its other
-    labels follow in sorted order (dashed, dotted, ...). Optimizers past the palette's ten
-    colours reuse a colour with another marker, so no two optimizers look alike."""
+    The optimizer whose label is its own name comes first in its colour (solid, filled
+    markers); its other labels follow in sorted order (dashed, dotted, ...; open markers of
+    other shapes, so a variant whose curve is identical still shows). Optimizers past the
+    palette's ten colours reuse a colour with another marker, so no two optimizers look alike."""
     families: dict[str, set[str]] = defaultdict(set)
     for run in runs:
         families[optimizer_of(run)].add(run.key.label)
@@ -80,9 +86,12 @@ def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
         color = _PALETTE[index % len(_PALETTE)]
         marker = _MARKERS[(index // len(_PALETTE)) % len(_MARKERS)]
         labels = sorted(families[optimizer], key=lambda label: (label != optimizer, _natural(label)))
+        first = _MARKERS.index(marker)
         for position, label in enumerate(labels):
             if label not in styles:  # a label shared by two optimizers keeps its first style
-                styles[label] = LineStyle(color, _LINE_STYLES[position % len(_LINE_STYLES)], marker)
+                variant_marker = _MARKERS[(first + position) % len(_MARKERS)]
+                styles[label] = LineStyle(color, _LINE_STYLES[position % len(_LINE_STYLES)], variant_marker,
+                                          hollow=position > 0)  # fmt: skip
     return styles
 
 
@@ -213,8 +222,8 @@ def _draw_panel(ax: object, by_label: dict[str, list[RunSummary]], metric: str, 
         style = styles[label]
         seeds = len(label_runs)
         noun = "seed" if seeds == 1 else "seeds"
-        ax.plot(xs, median, color=style.color, ls=style.linestyle, marker=style.marker, ms=3.5,  # type: ignore[attr-defined]
-                lw=1.4, label=f"{label} ({seeds} {noun})")  # fmt: skip
+        ax.plot(xs, median, color=style.color, ls=style.linestyle, ms=5 if style.hollow else 3.5,  # type: ignore[attr-defined]
+                lw=1.4, label=f"{label} ({seeds} {noun})", **style.markers())  # fmt: skip
         if seeds > 1:
             ax.fill_between(xs, low, high, color=style.color, alpha=0.15, lw=0)  # type: ignore[attr-defined]
         for run in label_runs:
@@ -305,7 +314,7 @@ def profile_figure(found: Sequence[object], styles: dict[str, LineStyle]) -> Fig
             xs, ys = [1.0] + taus + [right], [0.0] + rhos + [rhos[-1] if rhos else 0.0]
             ax.step(xs, ys, where="post", color=style.color, ls=style.linestyle, lw=1.4,
                     label=f"{label} (score {profile.score(label):.2f})")  # fmt: skip
-            ax.plot(taus, rhos, ls="none", marker=style.marker, ms=3.5, color=style.color)
+            ax.plot(taus, rhos, ls="none", ms=5 if style.hollow else 3.5, color=style.color, **style.markers())
         ax.axvline(TAU_MAX, color="0.5", ls=":", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlim(1.0, right)
