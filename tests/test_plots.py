@@ -165,3 +165,14 @@ def test_train_loss_targets_are_drawn_on_the_loss_figure(tmp_path: Path) -> None
     ]
     assert [line.get_ydata()[0] for line in horizontal] == [0.5]
     np.testing.assert_allclose(data_lines(ax)[0].get_ydata(), [2.3, 0.6, 0.4], rtol=0, atol=1e-12)
+
+
+def test_the_registrys_optimizers_keep_their_colour_across_reports(tmp_path: Path) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    for name in ("lsr1", "nag"):
+        write_run(small, [90, 5.0, 3.0], label=name, optimizer=name)
+    for name in ("adam", "lbfgs", "lsr1", "nag", "my-optimizer"):
+        write_run(large, [90, 5.0, 3.0], label=name, optimizer=name)
+    a, b = label_styles(runs_of(small)), label_styles(runs_of(large))
+    assert a["lsr1"].color == b["lsr1"].color and a["nag"].color == b["nag"].color
+    assert len({style.color for style in b.values()}) == 5

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from lsr1bench.records import atomic_write_bytes
+from lsr1bench.registry.names import OPTIMIZERS
 from lsr1bench.reporting.runs import RunSummary
 
 Panel = tuple[str, str, bool, int]  # model, dataset, batch norm, batch size
@@ -48,6 +49,9 @@ _LINE_STYLES: list[str | tuple[int, tuple[int, ...]]] = [
     "-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)), (0, (3, 1, 1, 1, 1, 1, 1, 1)),
 ]  # fmt: skip
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# The registry's optimizers keep one colour in every report, whichever others it holds
+# (Adam blue, L-SR1 orange, NAG green, L-BFGS red, ...); other names follow, sorted.
+_COLOUR_ORDER = tuple(dict.fromkeys(("adam", "lsr1", "nag", "lbfgs", *OPTIMIZERS)))
 
 # metric column -> axis label; x column -> axis label
 METRICS = {"test_error": "test error (%)", "train_loss": "train loss"}
@@ -72,7 +76,8 @@ def optimizer_of(run: RunSummary) -> str:
 
 
 def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
-    """One colour per optimizer, a line style per label of that optimizer, for every figure.
+    """One colour per optimizer, a line style per label of that optimizer, for every figure:
+    the registry's optimizers in a fixed colour, other names after them.
 
     The optimizer whose label is its own name comes first in its colour (solid, filled
     markers); its other labels follow in sorted order (dashed, dotted, ...; open markers of
@@ -82,7 +87,13 @@ def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
     for run in runs:
         families[optimizer_of(run)].add(run.key.label)
     styles: dict[str, LineStyle] = {}
-    for index, optimizer in enumerate(sorted(families)):
+    others = sorted(name for name in families if name not in _COLOUR_ORDER)
+    for optimizer in sorted(families):
+        index = (
+            _COLOUR_ORDER.index(optimizer)
+            if optimizer in _COLOUR_ORDER
+            else len(_COLOUR_ORDER) + others.index(optimizer)
+        )
         color = _PALETTE[index % len(_PALETTE)]
         marker = _MARKERS[(index // len(_PALETTE)) % len(_MARKERS)]
         labels = sorted(families[optimizer], key=lambda label: (label != optimizer, _natural(label)))
