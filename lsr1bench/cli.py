@@ -683,16 +683,23 @@ def report(
         Path | None,
         typer.Option("--output", help="where report.md, the CSVs and plots/ go (default: RESULTS_DIR itself)"),
     ] = None,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots (faster; no matplotlib)")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the plots (faster; no matplotlib)")] = False,
+    plot_format: Annotated[
+        str, typer.Option("--format", metavar="png|pdf|svg", help="file format of the plots")
+    ] = "png",
     export_baseline: Annotated[
         Path | None,
         typer.Option("--export-baseline", metavar="FILE", help="also write the cells as a baseline JSON for compare"),
     ] = None,
 ) -> None:
-    """Tables (epochs, seconds, gradient evaluations to target; final error; skips) and plots."""
+    """Tables (epochs, seconds, gradient evaluations to target; final error; skips; performance
+    profiles) and plots (test error and train loss against epochs, seconds and gradient
+    evaluations; the performance profiles)."""
     from lsr1bench import reporting
 
     problems: list[str] = []
+    if plot_format not in ("png", "pdf", "svg"):
+        problems.append(f"--format: must be one of png, pdf, svg, got {plot_format!r}")
     if output is not None and output.exists() and not output.is_dir():
         problems.append(f"--output: {output} exists and is not a directory")
     if export_baseline is not None and export_baseline.is_dir():
@@ -704,7 +711,7 @@ def report(
     except reporting.ReportError as exc:
         raise _bad_input([str(exc)]) from None
     try:
-        written = reporting.write_report(built, output, plots=not no_plots)
+        written = reporting.write_report(built, output, plots=not no_plots, fmt=plot_format)
         baseline = reporting.export_baseline(built, export_baseline) if export_baseline is not None else None
     except reporting.ReportError as exc:
         raise _bad_input([str(exc)]) from None
@@ -758,9 +765,12 @@ def compare(
 ) -> None:
     """Diff CURRENT against BASE; exit 1 when a cell regressed beyond the base's spread, else 0.
 
-    A cell regresses when its median is above the base's max over seeds plus
+    A quantity regresses when its median over seeds is above the base's max over seeds plus
     max(floor, SPREAD x the base's max - min), for epochs to each target, the final test
-    error and train loss and the skipped updates; or when more seeds diverge or fail.
+    error and train loss and the skipped updates. A seed that never reaches a target counts
+    as +inf epochs: a target regresses when its median turns infinite, or when more seeds
+    miss it than the base's misses + max(1, SPREAD x those misses). Also: more seeds
+    diverge or fail, fewer seeds, missing or incomplete runs. The rule is printed.
     """
     from lsr1bench import reporting
 
@@ -808,6 +818,31 @@ def compare(
             raise _bad_input([f"--markdown-out: cannot write {markdown_out}: {exc}"]) from None
     _plain(_console(), text)
     raise typer.Exit(comparison.exit_code)
+
+
+export_app = _App(cls=_Group, no_args_is_help=True, help="Write run records in another tool's format.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("tensorboard")
+def export_tensorboard(
+    results_dir: ResultsArg,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="folder for the event files (OUT/<suite>/<run id>/)")],
+) -> None:
+    """Each run's per-epoch scalars and settings as TensorBoard events: tensorboard --logdir OUT.
+
+    Needs the optional extra: pip install -e ".\\[tensorboard]".
+    """
+    from lsr1bench.reporting import ReportError
+    from lsr1bench.reporting.tensorboard import export_tensorboard as write_events
+
+    if out.exists() and not out.is_dir():
+        raise _bad_input([f"OUT: {out} exists and is not a directory"])
+    try:
+        written = write_events(results_dir, out)
+    except ReportError as exc:
+        raise _bad_input([str(exc)]) from None
+    _plain(_console(), f"wrote {_plural(len(written), 'run')}' events under {out}; view them with: tensorboard --logdir {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -96,7 +96,7 @@ def test_flags_are_shown_without_a_type_and_with_their_negative() -> None:
 def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source() -> None:
     wide = in_terminal(["compare", "--help"], columns=220)
     # the docstring breaks its source line after "plus"; a terminal this wide does not
-    line = next(line for line in wide.splitlines() if "A cell regresses" in line)
+    line = next(line for line in wide.splitlines() if "A quantity regresses" in line)
     assert "the base's max over seeds plus max(floor, SPREAD x the base's max - min), for epochs" in line, wide
     narrow = in_terminal(["compare", "--help"], columns=60)
     assert all(len(line) <= 60 for line in narrow.splitlines()), narrow

@@ -181,7 +181,7 @@ def test_cell_mixing_settings_is_warned(tmp_path: Path) -> None:
 
 
 def test_write_report_files_and_csv_values(table1: Path) -> None:
-    written = write_report(build_report(table1))
+    written = write_report(build_report(table1), plots=False)  # plots: test_report_shows_its_plots
     assert written.report_md == table1 / "report.md"
     text = written.report_md.read_text(encoding="utf-8")
     for heading in (
@@ -190,11 +190,10 @@ def test_write_report_files_and_csv_values(table1: Path) -> None:
         "## Gradient evaluations to target",
         "## Final and best test error, final train loss",
         "## Skipped updates (quasi-Newton runs)",
-        "## Plots",
+        "## Performance profiles",
     ):
         assert heading in text
     assert "median [min–max]" in text
-    assert "![table1-test-error-vs-epoch](plots/table1-test-error-vs-epoch.png)" in text
     with (table1 / "report_targets.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     row = next(r for r in rows if r["label"] == "lsr1" and r["batch_size"] == "500" and r["target"] == "1.2")
@@ -238,8 +237,21 @@ def test_folder_of_suites(tmp_path: Path) -> None:
     written = write_report(report, plots=False)
     assert written.report_md == root / "report.md"
     # The report's own plots/ folder is never mistaken for a run on the next report.
-    write_report(build_report(root))
+    write_run(root / "plots", [90, 1.0], label="adam")  # even one that looks like a run
+    assert build_report(root).results.suites == ["first", "second"]
     assert build_report(root).results.unreadable == []
+
+
+def test_report_shows_its_plots(tmp_path: Path) -> None:
+    fmt = "pdf"  # png, the default, is embedded the same way with a "!" (test_plots.py draws it)
+    suite = tmp_path / "one"
+    write_run(suite, [90, 4.0, 2.0], label="adam", targets={"test_error": [5.0]})
+    written = write_report(build_report(suite), fmt=fmt)
+    text = written.report_md.read_text(encoding="utf-8")
+    assert "## Plots" in text
+    shown = "![" if fmt == "png" else "["  # a PDF is a link, not an image
+    for name in ("test-error-vs-epoch", "train-loss-vs-grad-evals", "performance-profile"):
+        assert f"\n{shown}one-{name}](plots/one-{name}.{fmt})" in text
 
 
 def test_baseline_round_trip(table1: Path, tmp_path: Path) -> None:
@@ -298,7 +310,7 @@ def test_diverged_row_with_nan_is_read(tmp_path: Path) -> None:
 
 def test_report_stage_never_imports_torch() -> None:
     code = (
-        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots; "
+        "import sys, lsr1bench.reporting, lsr1bench.reporting.plots, lsr1bench.reporting.profiles; "
         "print('torch' in sys.modules, 'typer' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -388,3 +400,12 @@ def test_skip_table_reports_lsr1s_model_from_the_epoch_columns(tmp_path: Path) -
     assert cells["negative curvature % of steps"] == "40.00"
     assert cells["smallest eigenvalue of B"] == "-0.3"
     assert cells["update cosine p10 / median (last epoch)"] == "0.05 / 0.3"
+
+
+def test_cli_report_refuses_an_unknown_plot_format(tmp_path: Path) -> None:
+    suite = tmp_path / "one"
+    write_run(suite, [90, 4.0, 2.0], label="adam")
+    result = runner.invoke(app, ["report", str(suite), "--format", "jpg"])
+    assert result.exit_code == 2
+    assert "--format: must be one of png, pdf, svg, got 'jpg'" in result.output
+    assert not (suite / "report.md").exists()

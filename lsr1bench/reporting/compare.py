@@ -20,8 +20,16 @@ the seeds' true spread, and the floor keeps such a base from failing a rounding 
 The floors (one point of test error, 20 % of the train loss, one epoch) are two to three
 times the seed-to-seed standard deviation measured on suites/ci.yaml. The quantities:
 
-- epochs to each target, of any metric (a seed that never reached a target counts as
-  one epoch past the last planned epoch: as slow as it could still have been);
+- epochs to each target, of any metric. A seed that never reaches a target (within the
+  planned epochs, or because it diverged or failed) counts as +infinity, as AlgoPerf scores
+  a missed target, and the median over all seeds includes it: a target missed by most seeds
+  has an infinite median. A target's epochs regress when the median becomes infinite where
+  the base's was finite, or when a finite median exceeds the allowed limit above (an
+  infinite base max allows any finite median). Its reach count regresses when more seeds
+  miss it than the base did, scaled to the current number of seeds, plus max(one seed,
+  ``spread`` x that number) -- the same "range widened by its width, at least a floor"
+  rule, on the count of misses. A target infinite on both sides is unchanged, not a
+  regression;
 - the final test error (floor ``final_error`` points), the final train loss (floor
   ``loss_percent`` % of the base median) and the share of skipped updates (floor
   ``skip_rate`` points);
@@ -36,6 +44,7 @@ commit, threads) are listed, so a regression is read next to its likely cause.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +65,12 @@ __all__ = [
 
 # Differences this small are float noise (medians of values read back from CSV and JSON).
 _EPS = 1e-9
+# Quantities of a cell besides its targets, as CellDiff.flag names them.
+RUNS = "runs"  # seeds, incomplete, diverged, failed, missing
+FINAL_ERROR = "final test error"
+FINAL_LOSS = "final train loss"
+SKIPS = "skipped updates"
+TIME = "training time"
 # A base with fewer seeds than this has a spread that says little; compare says so.
 ENOUGH_SEEDS = 3
 
@@ -93,12 +108,15 @@ class Tolerances:
             else "training time is reported, not gated"
         )
         return (
-            f"a cell regresses when its median is above the base's max over seeds + "
+            f"a quantity regresses when the current median over seeds is above the base's max over seeds + "
             f"max(floor, {self.spread:g} x the base's max - min); floors: epochs to target "
-            f"max({self.epochs:g}, {self.epochs_percent:g}% of base) (never reached = one epoch past the last), "
-            f"final test error {_points(self.final_error)}, final train loss {self.loss_percent:g}% of base, "
-            f"skipped updates {_points(self.skip_rate)}; {time}. Also gated: more diverged or failed seeds, "
-            "fewer seeds, missing or incomplete runs."
+            f"max({self.epochs:g}, {self.epochs_percent:g}% of the base median), final test error "
+            f"{_points(self.final_error)}, final train loss {self.loss_percent:g}% of the base median, "
+            f"skipped updates {_points(self.skip_rate)}; {time}. A seed that never reaches a target counts as "
+            "+inf epochs and the medians include it: a target regresses when its median turns infinite where "
+            "the base's was finite, or when more seeds miss it than the base's misses (scaled to the current "
+            f"seed count) + max(1, {self.spread:g} x those misses). Also gated: more diverged or failed seeds, "
+            "fewer seeds, missing or incomplete runs. A row reads REGRESSED only when a quantity it shows did."
         )
 
 
@@ -115,6 +133,27 @@ class CellDiff:
     improvements: list[str] = field(default_factory=list)
     # setting -> (base text, current text), for settings that differ
     settings: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the quantities (a target's text, "final test error", "runs", ...) that regressed / improved
+    regressed_quantities: set[str] = field(default_factory=set)
+    improved_quantities: set[str] = field(default_factory=set)
+
+    def flag(self, quantity: str, reason: str) -> None:
+        self.regressions.append(reason)
+        self.regressed_quantities.add(quantity)
+
+    def improve(self, quantity: str, change: str) -> None:
+        self.improvements.append(change)
+        self.improved_quantities.add(quantity)
+
+    def row_status(self, quantities: list[str]) -> str:
+        """The status of a table row showing ``quantities``: REGRESSED only when one of them did."""
+        if self.current is None:
+            return "missing"
+        if self.base is None:
+            return "new"
+        if self.regressed_quantities.intersection(quantities):
+            return "REGRESSED"
+        return "improved" if self.improved_quantities.intersection(quantities) else "ok"
 
     @property
     def status(self) -> str:
@@ -150,27 +189,50 @@ def _share(reached: int, n: int) -> float:
 
 def _check_runs(diff: CellDiff, base: CellSummary, current: CellSummary) -> None:
     if current.n < base.n:
-        diff.regressions.append(f"{current.n} seeds, base had {base.n}")
+        diff.flag(RUNS, f"{current.n} seeds, base had {base.n}")
     for what, base_count, current_count in (
         ("incomplete", base.incomplete, current.incomplete),
         ("diverged", base.diverged, current.diverged),
         ("failed", base.failed, current.failed),
     ):
         if _share(current_count, current.n) > _share(base_count, base.n) + _EPS:
-            diff.regressions.append(f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})")
+            diff.flag(RUNS, f"{what}: {current_count}/{current.n} seeds (base {base_count}/{base.n})")
 
 
-def censored_epochs(summary: TargetSummary) -> Stat | None:
-    """Median and range over all seeds of the epochs to a target; never reached = horizon + 1."""
-    if summary.horizon is None or not summary.epochs_by_seed:
+@dataclass(frozen=True)
+class Censored:
+    """Each seed's epochs to a target with a miss as +inf: the median over all seeds, the
+    min and max, and how many of the ``n`` seeds reached it."""
+
+    median: float
+    min: float
+    max: float
+    reached: int
+    n: int
+
+    @property
+    def missed(self) -> int:
+        return self.n - self.reached
+
+
+def censored_epochs(summary: TargetSummary) -> Censored | None:
+    """Median and range over all seeds of the epochs to a target; never reached = +inf."""
+    if not summary.epochs_by_seed:
         return None
-    past = summary.horizon + 1
-    return Stat.of(float(past if e is None else e) for e in summary.epochs_by_seed)
+    values = [math.inf if e is None else float(e) for e in summary.epochs_by_seed]
+    reached = sum(e is not None for e in summary.epochs_by_seed)
+    return Censored(statistics.median(values), min(values), max(values), reached, len(values))
+
+
+def allowed_misses(base: Censored, n: int, tol: Tolerances) -> float:
+    """The most seeds of ``n`` that may miss a target the base's seeds missed ``base.missed`` of."""
+    scaled = base.missed * n / base.n
+    return scaled + max(1.0, tol.spread * scaled)
 
 
 def _epochs_text(value: float, summary: TargetSummary) -> str:
-    if summary.horizon is not None and value > summary.horizon:
-        return f"not reached by epoch {summary.horizon}"
+    if math.isinf(value):
+        return "never" if summary.horizon is None else f"never (by epoch {summary.horizon})"
     return tables.fmt_count(value)
 
 
@@ -179,21 +241,33 @@ def _check_targets(diff: CellDiff, base: CellSummary, current: CellSummary, tol:
         name = target.text()
         current_t = current.targets.get(target)
         if current_t is None:
-            diff.regressions.append(f"{name}: not a target of the current runs")
+            diff.flag(name, f"{name}: not a target of the current runs")
             continue
         base_stat, current_stat = censored_epochs(base_t), censored_epochs(current_t)
         if base_stat is None or current_stat is None:
             continue
-        allowed = tol.allowed(base_stat, tol.epochs_floor(base_stat.median))
         change = (
             f"{name}: median epochs {_epochs_text(base_stat.median, base_t)} -> "
-            f"{_epochs_text(current_stat.median, current_t)} (reached by {current_t.reached}/{current_t.n} "
-            f"seeds, base {base_t.reached}/{base_t.n})"
+            f"{_epochs_text(current_stat.median, current_t)} (reached by {current_stat.reached}/{current_stat.n} "
+            f"seeds, base {base_stat.reached}/{base_stat.n})"
         )
-        if current_stat.median > allowed + _EPS:
-            diff.regressions.append(f"{change}; allowed up to {tables.fmt_count(allowed)}")
-        elif current_stat.median < base_stat.min - (allowed - base_stat.max) - _EPS:
-            diff.improvements.append(change)
+        base_finite, current_finite = math.isfinite(base_stat.median), math.isfinite(current_stat.median)
+        misses = allowed_misses(base_stat, current_stat.n, tol)
+        if base_finite and not current_finite:
+            diff.flag(name, f"{change}; the base's median was finite")
+        elif base_finite:
+            allowed = tol.allowed(Stat(base_stat.median, base_stat.min, base_stat.max, base_stat.n),
+                                  tol.epochs_floor(base_stat.median))  # fmt: skip
+            if current_stat.median > allowed + _EPS:
+                diff.flag(name, f"{change}; allowed up to {tables.fmt_count(allowed)}")
+            elif current_stat.missed > misses + _EPS:
+                diff.flag(name, f"{change}; at most {tables.fmt_count(misses)} may miss it")
+            elif current_stat.median < base_stat.min - (allowed - base_stat.max) - _EPS:
+                diff.improve(name, change)
+        elif current_finite:
+            diff.improve(name, change)
+        elif current_stat.missed > misses + _EPS:  # both medians infinite: only the count can regress
+            diff.flag(name, f"{change}; at most {tables.fmt_count(misses)} may miss it")
 
 
 def _check_value(
@@ -208,16 +282,16 @@ def _check_value(
         f"[{base.min:.{digits}f}–{base.max:.{digits}f}]"
     )
     if current.median > allowed + _EPS:
-        diff.regressions.append(f"{change}; allowed up to {allowed:.{digits}f}{unit}")
+        diff.flag(label, f"{change}; allowed up to {allowed:.{digits}f}{unit}")
     elif current.median < base.min - (allowed - base.max) - _EPS:
-        diff.improvements.append(change)
+        diff.improve(label, change)
 
 
 def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     base, current = diff.base, diff.current
     if base is None or current is None:
         if current is None:
-            diff.regressions.append("missing from CURRENT")
+            diff.flag(RUNS, "missing from CURRENT")
         return
     _check_runs(diff, base, current)
     _check_targets(diff, base, current, tol)
@@ -229,7 +303,7 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     if tol.wall_clock_percent is not None:
         percent = _percent_change(base.train_seconds, current.train_seconds)
         if percent is not None and percent > tol.wall_clock_percent + _EPS:
-            diff.regressions.append(f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)")
+            diff.flag(TIME, f"training time +{percent:.0f}% (allowed +{tol.wall_clock_percent:g}%)")
 
 
 def _setting_differences(base: CellSummary, current: CellSummary) -> dict[str, tuple[str, str]]:
@@ -240,8 +314,14 @@ def _setting_differences(base: CellSummary, current: CellSummary) -> dict[str, t
     return {
         name: (base.settings.get(name, absent), current.settings.get(name, absent))
         for name in names
-        if base.settings.get(name, absent) != current.settings.get(name, absent)
+        if _comparable(name, base.settings.get(name, absent)) != _comparable(name, current.settings.get(name, absent))
     }
+
+
+def _comparable(name: str, text: str) -> str:
+    """A setting as the gate compares it: torch by its release (``2.14.1+cpu`` and
+    ``2.14.1+cu130`` are two builds of one version; the device is its own setting)."""
+    return text.split("+", 1)[0] if name == "torch" else text
 
 
 def _percent_change(base: Stat | None, current: Stat | None) -> float | None:
@@ -329,6 +409,14 @@ def _pair(base: Stat | None, current: Stat | None, fmt: tables.Formatter, percen
     return f"{text} ({current.median - base.median:+.2f})"
 
 
+def _runs_text(cell: CellSummary) -> str:
+    """``3 seeds``, or ``3 seeds, 2 diverged, 1 incomplete``."""
+    parts = [f"{cell.n} seed" + ("" if cell.n == 1 else "s")]
+    parts += [f"{count} {what}" for what, count in (("diverged", cell.diverged), ("failed", cell.failed),
+                                                    ("incomplete", cell.incomplete)) if count]  # fmt: skip
+    return ", ".join(parts)
+
+
 def settings_text(settings: dict[str, tuple[str, str]]) -> str:
     """``memory 5 → 1; commit 3e0c45a → 1b2c3d4``."""
     return "; ".join(f"{name} {base} → {current}" for name, (base, current) in settings.items())
@@ -380,10 +468,10 @@ def to_markdown(comparison: Comparison) -> str:
                 target.text(),
                 _target_cell(diff.base, target) if diff.base else "new",
                 _target_cell(diff.current, target) if diff.current else "missing",
-                diff.status,
+                diff.row_status([target.text()]),
             ])  # fmt: skip
     if rows:
-        headers = ["cell", "target", "base", "current", "cell status"]
+        headers = ["cell", "target", "base", "current", "status"]
         out.append(tables.markdown(headers, rows) + "\n")
     else:
         out.append("No cell has targets.\n")
@@ -397,9 +485,14 @@ def to_markdown(comparison: Comparison) -> str:
             _pair(b and b.final_train_loss, c and c.final_train_loss, tables.fmt_loss),
             _pair(b and b.skip_percent, c and c.skip_percent, tables.fmt_percent),
             _pair(b and b.train_seconds, c and c.train_seconds, tables.fmt_seconds, percent=True),
-            diff.status,
+            _runs_text(c) if c else "missing",
+            diff.row_status([RUNS, FINAL_ERROR, FINAL_LOSS, SKIPS, TIME]),
         ])  # fmt: skip
-    headers = ["cell", "final test error %", "final train loss", "skipped updates %", "train seconds", "cell status"]
+    headers = ["cell", "final test error %", "final train loss", "skipped updates %", "train seconds", "runs",
+               "status"]  # fmt: skip
     out.append(tables.markdown(headers, rows) + "\n")
-    out.append("Values: median [min–max] over seeds; (k/n) seeds reached the target.\n")
+    out.append(
+        "Values: median [min–max] over seeds; (k/n) seeds reached the target (the epochs shown are over "
+        "those seeds; the gate's median counts the others as +inf). A row's status is its own quantities'.\n"
+    )
     return "\n".join(out)

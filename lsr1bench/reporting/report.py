@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lsr1bench.records import atomic_write_text
+from lsr1bench.reporting import profiles as perf
 from lsr1bench.reporting import tables
 from lsr1bench.reporting.cells import (
     CellSummary,
@@ -49,6 +50,7 @@ REPORT_FILE = "report.md"
 TARGETS_CSV = "report_targets.csv"
 CELLS_CSV = "report_cells.csv"
 RUNS_CSV = "report_runs.csv"
+PROFILES_CSV = "report_profiles.csv"
 PLOTS_FOLDER = "plots"
 
 SPREAD_NOTE = (
@@ -213,11 +215,14 @@ def render_markdown(report: Report, plot_files: list[Path] | None = None, base: 
         out.extend(skips)
     else:
         out.append("No run records skip statistics.\n")
+    out.extend(_profile_sections(report))
     if plot_files:
         out.append("## Plots\n")
         for path in plot_files:
             shown = path.relative_to(base) if base is not None else path
-            out.append(f"![{path.stem}]({shown.as_posix()})\n")
+            # Markdown viewers show PNG and SVG inline; a PDF is a link
+            image = "" if path.suffix == ".pdf" else "!"
+            out.append(f"{image}[{path.stem}]({shown.as_posix()})\n")
     missing = missing_lines(report)
     out.append("## Missing or incomplete\n")
     out.append("\n".join(missing) + "\n" if missing else "Nothing: every run finished.\n")
@@ -228,6 +233,56 @@ def render_markdown(report: Report, plot_files: list[Path] | None = None, base: 
     return "\n".join(out)
 
 
+PROFILE_NOTE = (
+    "Dolan-Moré performance profiles over the cells: a problem is a (model, dataset, batch norm, "
+    "batch size, target) and its cost for a label the median over seeds of the epochs, training "
+    "seconds or gradient evaluations to the target, a seed that never reached it counting as +inf. "
+    "rho(tau) is the share of problems a label solves within tau times the best label's cost; the "
+    "score is AlgoPerf's, the area under rho from tau = 1 to 4 divided by 3 (1: best on every "
+    "problem; 0: never within 4x of the best). Each entry: score (rho at tau = 1, 2 and 4). "
+    'README, "Performance profiles".'
+)
+
+
+def _profile_sections(report: Report) -> list[str]:
+    """A profile table per suite with at least one problem some label reached."""
+    parts: list[str] = []
+    for suite in report.results.suites:
+        runs = [run for run in report.results.runs if run.key.suite == suite]
+        found = perf.profiles(runs)
+        if not any(p.problems or p.unsolved or p.incomplete for p in found):
+            continue
+        headers, rows = perf.profile_table(found)
+        counts = "; ".join(
+            f"{perf.COSTS[p.cost]}: {len(p.problems)} problems"
+            + (f", {len(p.unsolved)} reached by no label" if p.unsolved else "")
+            + (f", {len(p.incomplete)} without runs of every label" if p.incomplete else "")
+            for p in found
+        )
+        if report.multi_suite:
+            parts.append(f"### {suite}\n")
+        parts += [tables.markdown(headers, rows) + "\n", f"Problems: {counts}.\n"]
+    if not parts:
+        return []
+    return ["## Performance profiles\n", f"{PROFILE_NOTE}\n", *parts]
+
+
+def profiles_csv(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """Every label's ratio on every problem, per cost (inf: never reached), for other tools."""
+    headers = ["suite", "model", "dataset", "batch_norm", "batch_size", "target_metric", "target", "cost", "label",
+               "ratio_to_best"]  # fmt: skip
+    rows: list[list[Any]] = []
+    for suite in report.results.suites:
+        runs = [run for run in report.results.runs if run.key.suite == suite]
+        for profile in perf.profiles(runs):
+            for index, problem in enumerate(profile.problems):
+                _, model, dataset, batch_norm, batch_size, target = problem
+                for label in profile.labels:
+                    rows.append([suite, model, dataset, batch_norm, batch_size, target.metric, target.value,
+                                 profile.cost, label, profile.ratios[label][index]])  # fmt: skip
+    return headers, rows
+
+
 def _write_csv(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -236,8 +291,11 @@ def _write_csv(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
-def write_report(report: Report, out_dir: str | Path | None = None, plots: bool = True) -> WrittenReport:
-    """Write report.md, the CSV tables and (unless ``plots`` is false) the PNG plots.
+def write_report(
+    report: Report, out_dir: str | Path | None = None, plots: bool = True, fmt: str = "png"
+) -> WrittenReport:
+    """Write report.md, the CSV tables and (unless ``plots`` is false) the plots, in ``fmt``
+    (png, pdf or svg).
 
     ``out_dir`` defaults to the results folder itself ("next to the results").
     """
@@ -251,6 +309,7 @@ def write_report(report: Report, out_dir: str | Path | None = None, plots: bool 
         (TARGETS_CSV, tables.targets_csv(report.cells)),
         (CELLS_CSV, tables.cells_csv(report.cells)),
         (RUNS_CSV, tables.runs_csv(report.results.runs)),
+        (PROFILES_CSV, profiles_csv(report)),
     ):
         _write_csv(out / name, headers, rows)
         csv_files.append(out / name)
@@ -258,7 +317,7 @@ def write_report(report: Report, out_dir: str | Path | None = None, plots: bool 
     if plots:
         from lsr1bench.reporting.plots import plot_results  # matplotlib is slow to import; only here
 
-        plot_files = plot_results(report.results.runs, out / PLOTS_FOLDER)
+        plot_files = plot_results(report.results.runs, out / PLOTS_FOLDER, fmt)
     report_md = out / REPORT_FILE
     atomic_write_text(report_md, render_markdown(report, plot_files, base=out))
     return WrittenReport(report_md=report_md, csv_files=csv_files, plot_files=plot_files)
