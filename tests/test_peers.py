@@ -236,3 +236,28 @@ def test_every_peer_documents_its_protocol_and_package() -> None:
         "shampoo": "step",
         "adahessian": "create-graph",
     }
+
+
+# ----------------------------------------------------------------------------- CI smoke
+
+
+@pytest.mark.slow
+@needs_torchzero
+@needs_pytorch_optimizer
+def test_the_peers_smoke_suite_runs_every_protocol_and_reports_a_tuned_sweep(tmp_path: Path) -> None:
+    """suites/peers-smoke.yaml: one epoch of each peer on embedded MNIST (5 steps at batch 1000
+    after 500 images are held out: 4,500 // 1,000 = 4 steps)."""
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(REPO / "suites" / "peers-smoke.yaml"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    last = {path.name: records.read_epochs(path)[-1] for path, _ in records.iter_runs(out / "peers-smoke")}
+    assert len(last) == 7
+    row = {name.removeprefix("mlp-mnist-embedded-").removesuffix("-b1000-s0"): r for name, r in last.items()}
+    assert all(r["steps"] == 4 for r in row.values())
+    assert (row["adahessian"]["grad_evals"], row["adahessian"]["hvp_evals"]) == (4, 4)
+    assert (row["shampoo"]["grad_evals"], row["soap-lr0.001"]["grad_evals"]) == (4, 4)
+    assert row["tz-lsr1-tr"]["loss_evals"] >= 4 and row["tz-lsr1-tr"]["grad_evals"] == 4
+    assert row["lsr1"]["grad_evals"] == 8 and row["lsr1"]["loss_evals"] == 0  # two closure calls a step
+    report = cli.invoke(app, ["report", str(out / "peers-smoke")])
+    assert report.exit_code == 0, report.output
+    assert "soap (tuned)" in report.output
