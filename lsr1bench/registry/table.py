@@ -304,7 +304,9 @@ _OPTIMIZERS = (
                 "lr": _lr(1e-3),
                 "momentum": Setting("float", 0.0, "momentum factor", 0.0, 1.0, high_open=True),
                 "preconditioning_compute_steps": Setting("int", 1, "steps between preconditioner updates", low=1),
-                "matrix_eps": Setting("float", 1e-6, "term added to the preconditioner statistics", low=0.0, low_open=True),
+                "matrix_eps": Setting(
+                    "float", 1e-6, "term added to the preconditioner statistics", low=0.0, low_open=True
+                ),
             }
         ),
         needs_closure=False,
