@@ -95,7 +95,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _methods(runs: list[Run]) -> list[str]:
-    """The paper's L-SR1 first, then the others in the order the suite lists them."""
+    """The paper's L-SR1 first, then the others by name (the order of the run ids)."""
     seen: list[str] = []
     for run in runs:
         if run.method not in seen:
