@@ -231,6 +231,10 @@ def list_(
             fixed = ", ".join(f"{k}={v!r}" for k, v in info.fixed.items())
             flags = ["second-order" if info.second_order else "first-order"]
             flags.append("step needs a closure" if info.needs_closure else "step(closure) calls it once")
+            if info.protocol not in ("step", "closure"):  # the peers' protocols (table.PROTOCOLS)
+                flags.append(f"protocol {info.protocol}")
+            if info.requires:
+                flags.append(f"optional extra: {escape(table.PEERS_INSTALL)}")
             out.print(f"\n[bold]{info.name}[/]: {escape(info.description)}")
             out.print(f"  {escape(info.cls)}({escape(fixed)}); {', '.join(flags)}", highlight=False)
             rows = Table(box=None, pad_edge=False, show_header=True, header_style="dim")

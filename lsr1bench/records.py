@@ -67,7 +67,9 @@ EPOCH_COLUMNS = (
     "test_error",
     "train_seconds",
     "total_seconds",
-    "grad_evals",
+    "grad_evals",  # forward + backward passes (closure calls that computed a gradient)
+    "loss_evals",  # forward-only passes (closure(backward=False), the torchzero protocol)
+    "hvp_evals",  # Hessian-vector products (AdaHessian's Hutchinson estimate), each ~1 backward
     "samples",
     "steps",
     *OPTIMIZER_COLUMNS,
@@ -78,6 +80,8 @@ EPOCH_COLUMNS = (
 )
 # Columns added after records were first written: files without them still read (as None).
 LATER_COLUMNS = (
+    "loss_evals",
+    "hvp_evals",
     "min_eigenvalue",
     "negative_eigenvalues",
     "negative_curvature_fraction",
@@ -91,6 +95,8 @@ _INT_COLUMNS = frozenset(
     {
         "epoch",
         "grad_evals",
+        "loss_evals",
+        "hvp_evals",
         "samples",
         "steps",
         "accepted_steps",

@@ -325,10 +325,15 @@ class _Run:
             rows = parallel.shard(index)  # this rank's rows of the global minibatch
             xb, yb = data.train_x[rows], data.train_y[rows]
 
-            def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+            def closure(backward: bool = True, xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                if not backward:  # the loss only (registry/table.py PROTOCOLS): .grad untouched
+                    with torch.no_grad():
+                        return t.reduce_loss(minibatch_objective(t.net(xb), yb, model, spec, parallel.world_size))
                 model.zero_grad()  # set_to_none: backward assigns the gradients, no extra pass
                 loss = minibatch_objective(t.net(xb), yb, model, spec, parallel.world_size)
-                loss.backward()  # DDP averages the gradients over the ranks here
+                # DDP averages the gradients over the ranks here; create_graph keeps the graph
+                # for the Hessian-vector products of the create-graph protocol (AdaHessian)
+                loss.backward(create_graph=t.optimizer.create_graph)
                 return t.reduce_loss(loss)
 
             start_point = recorded.start(model)
@@ -369,6 +374,8 @@ class _Run:
             "train_seconds": t.loop.train_seconds,
             "total_seconds": time.perf_counter() - t.started,
             "grad_evals": optimizer.closure_evaluations,
+            "loss_evals": optimizer.loss_evaluations,
+            "hvp_evals": optimizer.hvp_evaluations,
             "samples": t.loop.samples,
             "steps": stats.get("steps", optimizer.steps),
             "lr": lr,  # the rate this epoch trained with

@@ -516,6 +516,15 @@ class OptimizerEntry(Settings):
         return params
 
     @model_validator(mode="after")
+    def _package(self) -> OptimizerEntry:
+        """A peer whose optional package does not import fails here, with the install command."""
+        if not plugins.is_import_path(self.name) and self.name in names.OPTIMIZERS:
+            problem = table.missing_package(self.name)
+            if problem is not None:
+                raise _problem("name", problem)
+        return self
+
+    @model_validator(mode="after")
     def _plugin(self) -> OptimizerEntry:
         if not plugins.is_import_path(self.name):
             return self

@@ -8,6 +8,7 @@ from torch import nn
 
 from lsr1bench.registry.models import l2_penalty
 from lsr1bench.registry.names import OPTIMIZERS, SECOND_ORDER, resolved_optimizer_params
+from lsr1bench.registry.table import OPTIMIZER_TABLE, missing_package
 from lsr1bench.registry.optimizers import (
     LBFGSTrainOptimizer,
     TrainOptimizer,
@@ -16,7 +17,8 @@ from lsr1bench.registry.optimizers import (
 
 
 def optimizer_names() -> list:
-    return sorted(OPTIMIZERS)
+    """The built-in names; the peers of the optional extra are tested in test_peers.py by protocol."""
+    return sorted(name for name in OPTIMIZERS if not OPTIMIZER_TABLE[name].requires)
 
 
 def tiny_problem(seed: int = 0, batches: int = 1, batch_size: int = 32):
@@ -181,7 +183,7 @@ def test_unknown_names_and_keys_are_errors():
 # --------------------------------------------------------------------------- weight decay
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(n for n in OPTIMIZERS if missing_package(n) is None))
 def test_weight_decay_is_never_given_to_an_optimizer(name):
     model, _ = tiny_problem()
     hyper = resolved_optimizer_params(name, "mnist")

@@ -23,7 +23,7 @@ def _record(**kw) -> RunRecord:
 def test_columns_are_the_documented_contract() -> None:
     assert EPOCH_COLUMNS == (
         "epoch", "train_loss", "test_loss", "test_error", "train_seconds", "total_seconds",
-        "grad_evals", "samples", "steps", "accepted_steps", "rejected_steps",
+        "grad_evals", "loss_evals", "hvp_evals", "samples", "steps", "accepted_steps", "rejected_steps",
         "skipped_updates", "dropped_pairs", "radius", "stored_pairs", "min_eigenvalue", "negative_eigenvalues",
         "negative_curvature_fraction", "update_cosine_p10", "update_cosine_median",
         "skip_rate_r1e-08", "skip_rate_r1e-06", "skip_rate_r0.0001", "skip_rate_r0.001", "skip_rate_r0.01",

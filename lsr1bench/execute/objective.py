@@ -155,13 +155,13 @@ class RunningStatsGuard:
             if b is not None
         ]
 
-    def protect(self, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    def protect(self, closure: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if not self.buffers:
             return closure
         saved = [b.clone() for b in self.buffers]
 
-        def guarded() -> Tensor:
-            loss = closure()
+        def guarded(*args: object, **kwargs: object) -> Tensor:  # closure(backward=False) too
+            loss = closure(*args, **kwargs)
             with torch.no_grad():
                 torch._foreach_copy_(self.buffers, saved)
             return loss

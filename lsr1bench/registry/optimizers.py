@@ -22,12 +22,15 @@ from torch import Tensor
 
 from lsr1bench import records
 from lsr1bench.registry.names import LAYOUT_OPTIONS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SECOND_ORDER
-from lsr1bench.registry.plugins import is_import_path, needs_closure, optimizer_class
-from lsr1bench.registry.table import OPTIMIZER_TABLE, check_optimizer_params
+from lsr1bench.registry.plugins import is_import_path, optimizer_class, plugin_protocol, resolve
+from lsr1bench.registry.table import OPTIMIZER_TABLE, check_optimizer_params, missing_package
 
 __all__ = ["TrainOptimizer", "LBFGSTrainOptimizer", "build_optimizer", "known_optimizers"]
 
-Closure = Callable[[], Tensor]
+# The training loop's closure: ``closure()`` or ``closure(backward=True)`` runs forward and
+# backward on the step's minibatch; ``closure(backward=False)`` (or ``closure(False)``) runs
+# the forward pass only, without gradients, and leaves ``.grad`` as it was.
+Closure = Callable[..., Tensor]
 
 # torch.optim.LBFGS's default evaluation budget for its default max_iter=20 is 25 calls; one
 # step here is one L-BFGS iteration, so allow the strong-Wolfe search the same 24 extra
@@ -46,7 +49,11 @@ class TrainOptimizer:
 
     ``optimizer``: the ``torch.optim.Optimizer`` (attach LR schedulers to it).
     ``second_order``: whether the method is L-SR1 / L-BFGS (calls the closure many times).
-    ``closure_evaluations``: cumulative number of closure calls.
+    ``closure_evaluations``: cumulative number of closure calls that ran backward (the
+    ``grad_evals`` column); ``loss_evaluations``: calls with ``backward=False`` (forward
+    only, ``loss_evals``); ``hvp_evaluations``: Hessian-vector products (``hvp_evals``).
+    ``protocol``: how the step is driven (``table.PROTOCOLS``); ``create_graph``: whether
+    the loop's backward keeps the graph (the ``create-graph`` protocol).
     ``reduces_loss``: whether ``step`` returns the loss averaged over a process group
     itself (distributed L-SR1); otherwise a data-parallel closure must return it averaged.
     """
@@ -58,8 +65,13 @@ class TrainOptimizer:
         second_order: bool,
         reduces_loss: bool = False,
         sharded: bool = False,
+        protocol: str = "closure",
     ) -> None:
         self.name = name
+        self.protocol = protocol
+        self.create_graph = protocol == "create-graph"
+        self.loss_evaluations = 0
+        self.hvp_evaluations = 0
         self.optimizer = optimizer
         self.second_order = second_order
         self.reduces_loss = reduces_loss
@@ -75,7 +87,9 @@ class TrainOptimizer:
     # ``state_dict`` / ``load_state_dict``: the torch optimizer's own state (its public
     # state dict, or ``full_state_dict`` for one whose state is split over ranks) plus this
     # wrapper's counters, so a run resumed from a checkpoint continues bit for bit.
-    _COUNTERS: tuple[str, ...] = ("closure_evaluations", "steps", "_curvature_steps", "_negative_steps")
+    _COUNTERS: tuple[str, ...] = (
+        "closure_evaluations", "loss_evaluations", "hvp_evaluations", "steps", "_curvature_steps", "_negative_steps",
+    )
 
     def state_dict(self, full: bool = False) -> dict[str, Any]:
         """Everything a resumed run needs. ``full``: the one-process form of a state split
@@ -118,9 +132,12 @@ class TrainOptimizer:
         return _state_bytes(self.optimizer.state.values())
 
     def _counted(self, closure: Closure) -> Closure:
-        def counted() -> Tensor:
-            self.closure_evaluations += 1
-            return closure()
+        def counted(backward: bool = True) -> Tensor:
+            if backward:
+                self.closure_evaluations += 1
+                return closure()
+            self.loss_evaluations += 1
+            return closure(backward=False)
 
         return counted
 
@@ -307,6 +324,8 @@ def build_optimizer(
         raise ValueError(
             f"unknown optimizer {name!r}; known optimizers: {', '.join(known_optimizers())}"
         )
+    if OPTIMIZER_TABLE[name].requires:
+        return _peer_optimizer(name, params, _resolve(name, hyper))
     hyper = dict(hyper)
     layout = dict(LAYOUT_OPTIONS.get(name, {}))
     layout.update({key: hyper.pop(key) for key in list(hyper) if key in layout})
@@ -353,6 +372,51 @@ def build_optimizer(
     return TrainOptimizer(name, optimizer, second_order=name in SECOND_ORDER)
 
 
+class HessianTrainOptimizer(TrainOptimizer):
+    """An optimizer driven by the ``create-graph`` protocol (AdaHessian): the loop's backward
+    keeps the graph, and ``step(closure)`` takes ``hvps_per_update`` Hessian-vector products
+    every ``hvp_period`` steps (from the first), each counted in ``hvp_evaluations``; the
+    closure's one forward + backward is counted as one gradient evaluation as usual."""
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, hvps_per_update: int, hvp_period: int) -> None:
+        super().__init__(name, optimizer, second_order=False, protocol="create-graph")
+        self.hvps_per_update = hvps_per_update
+        self.hvp_period = hvp_period
+
+    def step(self, closure: Closure) -> float:
+        if self.steps % self.hvp_period == 0:
+            self.hvp_evaluations += self.hvps_per_update
+        loss = self.optimizer.step(self._counted(closure))
+        self.steps += 1
+        # the gradients hold a graph (create_graph): free it now, not at the next zero_grad
+        self.optimizer.zero_grad(set_to_none=True)
+        return _as_float(loss)
+
+
+def _peer_optimizer(name: str, params: Iterable[Tensor] | Iterable[dict], hp: Mapping[str, Any]) -> TrainOptimizer:
+    """A peer of the optional extra (``table.py``), driven by the protocol its record declares."""
+    info = OPTIMIZER_TABLE[name]
+    problem = missing_package(name)
+    if problem is not None:  # validation reports it first; a direct call gets the same words
+        raise RuntimeError(problem)
+    kwargs = {**hp, **info.fixed}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    optimizer = resolve(info.cls)(list(params), **kwargs)
+    return _driven(name, optimizer, info.protocol, info.second_order, info.hvps_per_update, info.hvp_period)
+
+
+def _driven(
+    name: str, optimizer: Any, protocol: str, second_order: bool, hvps_per_update: int = 0, hvp_period: int = 1
+) -> TrainOptimizer:
+    """The wrapper that drives ``optimizer`` by ``protocol`` (a key of ``table.PROTOCOLS``)."""
+    if protocol == "step":
+        return FirstOrderPluginOptimizer(name, optimizer, second_order=False, protocol="step")
+    if protocol == "create-graph":
+        return HessianTrainOptimizer(name, optimizer, hvps_per_update, hvp_period)
+    return TrainOptimizer(name, optimizer, second_order=second_order, protocol=protocol)
+
+
 class FirstOrderPluginOptimizer(TrainOptimizer):
     """A plugin optimizer whose ``step`` takes no closure: the closure runs once, then ``step()``.
 
@@ -376,9 +440,11 @@ def _plugin_optimizer(path: str, params: Iterable[Tensor] | Iterable[dict], hype
     """
     cls = optimizer_class(path)
     optimizer = cls(list(params), **dict(hyper))
-    if needs_closure(cls):
-        return TrainOptimizer(path, optimizer, second_order=True)
-    return FirstOrderPluginOptimizer(path, optimizer, second_order=False)
+    protocol = plugin_protocol(cls, path)
+    if protocol == "create-graph":
+        per_update = int(getattr(cls, "lsr1bench_hvps_per_step", 1))
+        return HessianTrainOptimizer(path, optimizer, per_update, 1)
+    return _driven(path, optimizer, protocol, second_order=protocol != "step")
 
 
 def _resolve(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:

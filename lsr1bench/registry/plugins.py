@@ -153,6 +153,27 @@ def needs_closure(cls: type) -> bool:
     return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
+# A plugin class may declare how its step is driven (a key of ``table.PROTOCOLS``):
+#     class MyOptimizer(torch.optim.Optimizer):
+#         lsr1bench_protocol = "closure-backward"
+# Without it: "closure" if its step requires a closure, else "step".
+PROTOCOL_ATTRIBUTE = "lsr1bench_protocol"
+
+
+def plugin_protocol(cls: type, path: str) -> str:
+    """The protocol the class at ``path`` declares, else the one its step signature implies."""
+    from lsr1bench.registry.table import PROTOCOLS
+
+    declared = getattr(cls, PROTOCOL_ATTRIBUTE, None)
+    if declared is None:
+        return "closure" if needs_closure(cls) else "step"
+    if declared not in PROTOCOLS:
+        raise PluginError(
+            f"'{path}'.{PROTOCOL_ATTRIBUTE} must be one of {', '.join(repr(p) for p in PROTOCOLS)}, got {declared!r}"
+        )
+    return declared
+
+
 def check_optimizer(path: str, points: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Problems with an optimizer path and its params, as ``(subpath, message)``.
 
@@ -162,6 +183,7 @@ def check_optimizer(path: str, points: list[dict[str, Any]]) -> list[tuple[str, 
     import torch
 
     cls = optimizer_class(path)
+    plugin_protocol(cls, path)  # a declared protocol must be a known one
     accepted, open_ended = optimizer_keywords(cls, path)
     given = {key: None for point in points for key in point}
     problems = _keyword_problems(path, accepted, open_ended, given, "its constructor")

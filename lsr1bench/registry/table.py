@@ -31,7 +31,27 @@ __all__ = [
     "DATASET_TABLE",
     "optimizer_info",
     "check_optimizer_params",
+    "PROTOCOLS",
+    "PEERS_INSTALL",
+    "missing_package",
 ]
+
+# How the training loop drives an optimizer's step on one minibatch (``OptimizerInfo.protocol``).
+# The loop's closure always accepts ``backward`` (default True), so any optimizer may call
+# ``closure(backward=False)``; the protocol says which cost columns its calls land in.
+PROTOCOLS: Mapping[str, str] = MappingProxyType(
+    {
+        "step": "the closure runs once (forward + backward), then step() with no closure",
+        "closure": "step(closure): the closure (forward + backward, one minibatch) as often as it asks",
+        "closure-backward": "step(closure): closure(backward=False) evaluates the loss only "
+        "(forward, no gradient, .grad untouched), counted in loss_evals, not grad_evals",
+        "create-graph": "step(closure): backward(create_graph=True), so the step can take "
+        "Hessian-vector products; each one is counted in hvp_evals",
+    }
+)
+
+# What a user runs when an entry's package is missing (the optional extra of pyproject.toml).
+PEERS_INSTALL = 'pip install -e ".[peers]"'
 
 # The learning rate of the first-order methods: ``None`` resolves to the dataset family's
 # rate (names.FIRST_ORDER_LR: 0.003 on MNIST, 0.01 on CIFAR-10, the paper's section 4).
@@ -65,6 +85,20 @@ class OptimizerInfo:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     layout: Mapping[str, Setting] = field(default_factory=dict)
     rules: tuple[tuple[str, str], ...] = ()
+    # how its step is driven (a key of PROTOCOLS); "" derives it from needs_closure
+    protocol: str = ""
+    # modules that must import for it to build (an optional extra); "" none
+    requires: tuple[str, ...] = ()
+    # extra settings kept per HVP: ``hvps_per_update`` Hessian-vector products every
+    # ``hvp_period`` steps (AdaHessian's num_samples and update_period, fixed here)
+    hvps_per_update: int = 0
+    hvp_period: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.protocol:
+            object.__setattr__(self, "protocol", "closure" if self.needs_closure else "step")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{self.name}: protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
 
     def defaults(self) -> dict[str, Any]:
         return {key: s.default for key, s in self.settings.items()}
@@ -208,6 +242,98 @@ _OPTIMIZERS = (
         needs_closure=False,
         second_order=False,
     ),
+    # ----- second-order and preconditioned peers (optional extra "peers", README
+    # "Second-order peers"). Each is built by a factory in registry/peers.py at the package's
+    # own defaults, except the weight decay, which is 0: the L2 term is in the loss.
+    OptimizerInfo(
+        "tz-lsr1-tr",
+        "torchzero's L-SR1 in a Steihaug-CG trust region (pairs from consecutive minibatches)",
+        "lsr1bench.registry.peers:torchzero_lsr1_trust_region",
+        MappingProxyType(
+            {
+                # torchzero 0.4.4: LSR1(history_size=10), TrustCG(init=1, eta=0.0)
+                "memory": Setting("int", 10, "curvature pairs kept (LSR1 history_size)", low=1),
+                "initial_radius": Setting("float", 1.0, "first trust radius (TrustCG init)", low=0.0, low_open=True),
+                "eta": Setting("float", 0.0, "accept a step when rho > eta (TrustCG eta)", 0.0, 1.0, high_open=True),
+            }
+        ),
+        needs_closure=True,
+        second_order=True,
+        protocol="closure-backward",
+        requires=("torchzero",),
+    ),
+    OptimizerInfo(
+        "tz-lsr1-ls",
+        "torchzero's L-SR1 with a strong-Wolfe line search (pairs from consecutive minibatches)",
+        "lsr1bench.registry.peers:torchzero_lsr1_line_search",
+        MappingProxyType(
+            {
+                # torchzero 0.4.4's LSR1 docstring example: StrongWolfe(c2=0.1, fallback=True)
+                "memory": Setting("int", 10, "curvature pairs kept (LSR1 history_size)", low=1),
+                "c2": Setting("float", 0.1, "curvature condition of the strong Wolfe search", 0.0, 1.0, True, True),
+            }
+        ),
+        needs_closure=True,
+        second_order=True,
+        protocol="closure-backward",
+        requires=("torchzero",),
+    ),
+    OptimizerInfo(
+        "soap",
+        "SOAP (Adam in Shampoo's eigenbasis), pytorch-optimizer",
+        "pytorch_optimizer.SOAP",
+        MappingProxyType(
+            {
+                "lr": _lr(3e-3),
+                "betas": Setting("pair", [0.95, 0.95], "decays of the moment averages", 0.0, 1.0, high_open=True),
+                "precondition_frequency": Setting("int", 10, "steps between eigenbasis updates", low=1),
+                "eps": _EPS,
+            }
+        ),
+        needs_closure=False,
+        second_order=False,
+        fixed=MappingProxyType({"weight_decay": 0.0}),
+        requires=("pytorch_optimizer",),
+    ),
+    OptimizerInfo(
+        "shampoo",
+        "Shampoo (Gupta et al. 2018), pytorch-optimizer",
+        "pytorch_optimizer.Shampoo",
+        MappingProxyType(
+            {
+                "lr": _lr(1e-3),
+                "momentum": Setting("float", 0.0, "momentum factor", 0.0, 1.0, high_open=True),
+                "preconditioning_compute_steps": Setting("int", 1, "steps between preconditioner updates", low=1),
+                "matrix_eps": Setting(
+                    "float", 1e-6, "term added to the preconditioner statistics", low=0.0, low_open=True
+                ),
+            }
+        ),
+        needs_closure=False,
+        second_order=False,
+        fixed=MappingProxyType({"weight_decay": 0.0}),
+        requires=("pytorch_optimizer",),
+    ),
+    OptimizerInfo(
+        "adahessian",
+        "AdaHessian (Yao et al. 2021): Hutchinson Hessian diagonal, one HVP per step, pytorch-optimizer",
+        "pytorch_optimizer.AdaHessian",
+        MappingProxyType(
+            {
+                "lr": _lr(0.1),
+                "betas": Setting("pair", [0.9, 0.999], "decays of the moment averages", 0.0, 1.0, high_open=True),
+                "hessian_power": Setting("float", 1.0, "exponent k of the Hessian diagonal", 0.0, 1.0, low_open=True),
+                "eps": Setting("float", 1e-16, "term added to the denominator", low=0.0, low_open=True),
+            }
+        ),
+        needs_closure=False,
+        second_order=False,
+        fixed=MappingProxyType({"weight_decay": 0.0, "num_samples": 1, "update_period": 1}),
+        protocol="create-graph",
+        requires=("pytorch_optimizer",),
+        hvps_per_update=1,
+        hvp_period=1,
+    ),
 )
 
 OPTIMIZER_TABLE: Mapping[str, OptimizerInfo] = MappingProxyType({info.name: info for info in _OPTIMIZERS})
@@ -296,3 +422,19 @@ def check_optimizer_params(name: str, params: Mapping[str, Any], rules: bool = T
                 (key, f"{small} must be below {large}, got {small}={merged[small]!r} and {large}={merged[large]!r}")
             )
     return problems
+
+
+def missing_package(name: str) -> str | None:
+    """Why optimizer ``name`` cannot be built here (a required module that does not import),
+    with the install command; None when it can. Imports the modules, so call it at validation."""
+    import importlib
+
+    for module in optimizer_info(name).requires:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - a broken install is as missing as an absent one
+            return (
+                f"{name} needs the optional package {module!r}, which does not import here "
+                f"({type(exc).__name__}: {exc}); install the peers with: {PEERS_INSTALL}"
+            )
+    return None
