@@ -176,3 +176,20 @@ def test_the_registrys_optimizers_keep_their_colour_across_reports(tmp_path: Pat
     a, b = label_styles(runs_of(small)), label_styles(runs_of(large))
     assert a["lsr1"].color == b["lsr1"].color and a["nag"].color == b["nag"].color
     assert len({style.color for style in b.values()}) == 5
+
+
+def test_no_two_optimizers_of_a_report_look_alike(tmp_path: Path) -> None:
+    """Optimizers past the palette's fixed ten (the peers, a plugin) take colours no other
+    optimizer of the report holds; past ten in one report, colours repeat with another marker."""
+    peers = tmp_path / "peers"
+    for name in ("lsr1", "adam", "soap", "shampoo", "adahessian", "my-opt"):
+        write_run(peers, [90, 5.0, 3.0], label=name, optimizer=name)
+    styles = label_styles(runs_of(peers))
+    assert len({style.color for style in styles.values()}) == 6
+    crowd = tmp_path / "crowd"
+    names = [f"opt{i:02d}" for i in range(14)]
+    for name in names:
+        write_run(crowd, [90, 5.0, 3.0], label=name, optimizer=name)
+    styles = label_styles(runs_of(crowd))
+    assert len({(style.color, style.marker) for style in styles.values()}) == 14
+    assert len({style.color for style in styles.values()}) == 10

@@ -87,15 +87,11 @@ def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
     for run in runs:
         families[optimizer_of(run)].add(run.key.label)
     styles: dict[str, LineStyle] = {}
-    others = sorted(name for name in families if name not in _COLOUR_ORDER)
+    slots = _colour_slots(sorted(families))
     for optimizer in sorted(families):
-        index = (
-            _COLOUR_ORDER.index(optimizer)
-            if optimizer in _COLOUR_ORDER
-            else len(_COLOUR_ORDER) + others.index(optimizer)
-        )
-        color = _PALETTE[index % len(_PALETTE)]
-        marker = _MARKERS[(index // len(_PALETTE)) % len(_MARKERS)]
+        color_index, marker_index = slots[optimizer]
+        color = _PALETTE[color_index]
+        marker = _MARKERS[marker_index % len(_MARKERS)]
         labels = sorted(families[optimizer], key=lambda label: (label != optimizer, _natural(label)))
         first = _MARKERS.index(marker)
         for position, label in enumerate(labels):
@@ -104,6 +100,26 @@ def label_styles(runs: Iterable[RunSummary]) -> dict[str, LineStyle]:
                 styles[label] = LineStyle(color, _LINE_STYLES[position % len(_LINE_STYLES)], variant_marker,
                                           hollow=position > 0)  # fmt: skip
     return styles
+
+
+def _colour_slots(optimizers: list[str]) -> dict[str, tuple[int, int]]:
+    """(palette index, marker index) per optimizer. The first ten of the registry's order
+    keep their colour in every report; any other optimizer takes the lowest colour that no
+    optimizer of this report holds, and once the palette is used up colours repeat with
+    another marker, so no two optimizers of one figure look alike."""
+    fixed = {name: i for i, name in enumerate(_COLOUR_ORDER[: len(_PALETTE)])}
+    used = {fixed[name] for name in optimizers if name in fixed}
+    free = [i for i in range(len(_PALETTE)) if i not in used]
+    order = {name: i for i, name in enumerate(_COLOUR_ORDER)}
+    rest = sorted((name for name in optimizers if name not in fixed), key=lambda n: (order.get(n, len(order)), n))
+    slots = {name: (fixed[name], 0) for name in optimizers if name in fixed}
+    for k, name in enumerate(rest):
+        if k < len(free):
+            slots[name] = (free[k], 0)
+        else:
+            over = k - len(free)
+            slots[name] = (over % len(_PALETTE), 1 + over // len(_PALETTE))
+    return slots
 
 
 def _natural(text: str) -> list[object]:
