@@ -96,8 +96,7 @@ def trial(opt, evaluate, rows: Tensor, g: Tensor, gamma: float) -> Tensor:
     opt._save_params(x_saved)
     opt._moved_from = x_saved
     opt._add_to_params(opt._full(s, "step"))
-    _, opt._f_trial = evaluate(y)
-    y.sub_(g)
+    _, opt._f_trial = evaluate(y, minus=g)  # y = g(x + s) - g, fused (no gradient copy)
     torch.add(y, s, alpha=-gamma, out=psi)
     return x_saved
 

@@ -473,12 +473,15 @@ class LSR1(Optimizer):
         outcomes_before = stats.outcomes()
         self._moved_from = None
 
-        def evaluate(out: Tensor) -> tuple[Tensor, Tensor]:
-            """Loss and gradient at the current parameters; the gradient goes into ``out``.
-            The loss stays on the device (no host transfer here)."""
+        def evaluate(out: Tensor, minus: Tensor | None = None) -> tuple[Tensor, Tensor]:
+            """Loss and gradient at the current parameters; the gradient (less ``minus``, if
+            given) goes into ``out``. The loss stays on the device (no host transfer here)."""
             loss = grad_closure()
             stats.closure_evaluations += 1
-            self._layout.grad_into(self._params, out, self._views_of)
+            if minus is None:
+                self._layout.grad_into(self._params, out, self._views_of)
+            else:
+                self._layout.grad_minus_into(self._params, out, minus, self._views_of)
             if isinstance(loss, Tensor):
                 value = loss.detach().reshape(())
             else:
