@@ -154,7 +154,7 @@ def _dp_rank(rank: int, world: int, store: str, out: str) -> None:
                 hi = step * DP_BATCH + (rank + 1) * DP_BATCH // world
                 xb, yb = X[lo:hi], labels[lo:hi]
 
-                def closure(xb=xb, yb=yb):
+                def closure(xb=xb, yb=yb, opt=opt, ddp=ddp):
                     opt.zero_grad()
                     loss = F.cross_entropy(ddp(xb), yb)
                     loss.backward()
