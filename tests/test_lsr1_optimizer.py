@@ -10,6 +10,7 @@ import torch
 from dense_reference import sr1_trust_region_dense
 
 from lsr1bench.optim import LSR1
+from lsr1bench.optim.lsr1 import OUTCOMES
 
 F64 = torch.float64
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -376,7 +377,6 @@ def test_curvature_operator_equals_the_dense_sr1_matrix_of_its_pairs():
 
 
 def test_every_step_has_exactly_one_outcome_and_two_host_syncs():
-    from lsr1bench.optim.lsr1 import OUTCOMES
 
     f, x0 = quartic_problem(n=20, seed=6)
     _, opt = run_lsr1(f, x0, 40, memory=5)
@@ -414,7 +414,7 @@ def test_stationary_point_and_nonfinite_gradient_are_counted_outcomes():
 def test_linear_algebra_failure_drops_pairs_and_the_step_goes_on(monkeypatch):
     """A factorisation that fails inside the k x k algebra is counted, the oldest pair is
     dropped and the subproblem solved again; step() never raises it."""
-    from lsr1bench.optim import lsr1 as module
+    from lsr1bench.optim import _tr_step as module
 
     f, x0 = quartic_problem(n=15, seed=2)
     _, opt = run_lsr1(f, x0, 10, memory=4)
@@ -467,7 +467,7 @@ def test_a_model_predicting_no_decrease_drops_its_oldest_pair_and_solves_again(m
     predicted no decrease, the step ended with no trial point, and nothing in the state
     changed, for epochs. A trust-region minimiser with g != 0 always predicts a decrease,
     so such a step now drops the oldest pair and solves again."""
-    from lsr1bench.optim import lsr1 as module
+    from lsr1bench.optim import _tr_step as module
 
     f, x0 = quartic_problem(n=15, seed=2)
     _, opt = run_lsr1(f, x0, 10, memory=4)
@@ -488,7 +488,7 @@ def test_a_model_predicting_no_decrease_drops_its_oldest_pair_and_solves_again(m
 def test_a_model_that_never_predicts_decrease_does_not_freeze_the_optimizer(monkeypatch):
     """With the breakdown on every step, the old rule (no trial point, state unchanged)
     left x where it was for ever; dropping pairs keeps the loss going down."""
-    from lsr1bench.optim import lsr1 as module
+    from lsr1bench.optim import _tr_step as module
 
     f, x0 = quartic_problem(n=15, seed=2)
     x, opt = run_lsr1(f, x0, 10, memory=4)
@@ -506,7 +506,7 @@ def test_a_model_that_never_predicts_decrease_does_not_freeze_the_optimizer(monk
         opt.step(closure)
     stats = opt.statistics()
     assert stats["nonpositive_pred"] == 0 and stats["inconsistent_models"] >= 19
-    assert sum(stats[k] for k in module.OUTCOMES) == stats["steps"]
+    assert sum(stats[k] for k in OUTCOMES) == stats["steps"]
     assert float(f(params[0].detach())) < start
 
 

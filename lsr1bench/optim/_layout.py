@@ -112,6 +112,19 @@ class LocalLayout:
                 raise RuntimeError("LSR1 does not support sparse gradients")
             torch._foreach_copy_(targets, grads)
 
+    def grad_minus_into(self, params: list[Tensor], local: Tensor, base: Tensor,
+                        views: Callable[[Tensor], list[Tensor]]) -> None:
+        """``grad_into`` of the gradient minus ``base`` (this rank's slice too): the gradient
+        difference y = g(x + s) - g in one pass, never a copy of the gradient first. The same
+        subtraction as copying and then ``sub_``, so the same bits."""
+        for target, subtrahend, p in zip(views(local), views(base), params):
+            if p.grad is None:
+                target.zero_().sub_(subtrahend)
+            elif p.grad.is_sparse:
+                raise RuntimeError("LSR1 does not support sparse gradients")
+            else:
+                torch.sub(p.grad, subtrahend, out=target)
+
     def full(self, local: Tensor, work: Tensor) -> Tensor:
         """The full-length vector of which ``local`` is this rank's slice (``work``: a
         full-length buffer the layout may fill)."""
@@ -223,6 +236,16 @@ class ShardedLayout(GroupLayout):
                 target.zero_()
             else:
                 target.copy_(grad.reshape(-1)[a:b])
+
+    def grad_minus_into(self, params: list[Tensor], local: Tensor, base: Tensor,
+                        views: Callable[[Tensor], list[Tensor]]) -> None:
+        for index, a, b, start in self._overlaps:
+            grad = params[index].grad
+            target, subtrahend = local[start : start + b - a], base[start : start + b - a]
+            if grad is None:
+                target.zero_().sub_(subtrahend)
+            else:
+                torch.sub(grad.reshape(-1)[a:b], subtrahend, out=target)
 
     def full(self, local: Tensor, work: Tensor) -> Tensor:
         return self._all_gather(local, work)
