@@ -44,7 +44,7 @@ class RunSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     ranks: int = 1  # data-parallel processes; each takes batch_size / ranks rows of every minibatch
-    # Fields added by issue 12, left out of to_dict() at their defaults so the records and
+    # Fields added later (plugins, sweeps, validation), left out of to_dict() at their defaults so the records and
     # baselines of suites that do not use them stay as they were.
     model_path: str | None = None  # a model factory's import path (``model`` is then its label)
     model_params: dict[str, Any] = field(default_factory=dict)
@@ -53,11 +53,11 @@ class RunSpec:
     sweep_of: str | None = None  # the entry's own label when this run is one point of a sweep
     sweep: dict[str, Any] = field(default_factory=dict)  # the swept hyperparameters' values here
     validation_split: int | None = None  # training examples held out and evaluated every epoch
-    # Issue 10's first-order ablation; a value other than the default also marks the label
+    # The first-order ablation's settings; a value other than the default also marks the label
     # (variant_label), so such runs never merge with the default's as seeds of one cell.
     model_init: str = names.DEFAULT_MODEL_INIT  # names.MODEL_INITS (lenet5 only)
     loss_reduction: str = names.DEFAULT_LOSS_REDUCTION  # names.LOSS_REDUCTIONS
-    # Issue 23: how often the run saves a checkpoint (epochs; 0: only on a signal) and
+    # Checkpoints: how often the run saves a checkpoint (epochs; 0: only on a signal) and
     # whether a completed run keeps it. How a run survives, not what it computes.
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     keep_checkpoints: bool = False

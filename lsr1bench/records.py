@@ -37,7 +37,7 @@ STATUSES = (RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED)
 # Finished runs that a resumed suite skips: rerunning a diverged run diverges again.
 FINISHED = frozenset({COMPLETED, DIVERGED})
 
-# The skip-test thresholds r whose would-be skip rates every L-SR1 epoch records (issue 10):
+# The skip-test thresholds r whose would-be skip rates every L-SR1 epoch records:
 # the SR1 default 1e-8 skips almost nothing on MNIST; the paper reports 7% to over 60%.
 SKIP_RATE_THRESHOLDS = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 SKIP_RATE_COLUMNS = tuple(f"skip_rate_r{r:g}" for r in SKIP_RATE_THRESHOLDS)
@@ -50,7 +50,7 @@ OPTIMIZER_COLUMNS = (
     "dropped_pairs",
     "radius",
     "stored_pairs",
-    # L-SR1's model at the end of the epoch and its skip test during it (issue 8):
+    # L-SR1's model at the end of the epoch and its skip test during it:
     "min_eigenvalue",  # smallest eigenvalue of B
     "negative_eigenvalues",  # how many eigenvalues of B are negative
     "negative_curvature_fraction",  # of this epoch's steps, those whose model had one

@@ -189,7 +189,7 @@ def attempt_step(opt, state: dict, memory: CurvatureMemory, g: Tensor, gg: float
             # part of ||s||^2 (large w over an ill-conditioned Psi), and pred's
             # gamma ||s||^2 can nearly cancel against (Psi^T s)^T M (Psi^T s)
             # where the pairs saw almost no curvature (y ~ 0): counting radius^2
-            # there turned pred negative and froze issue 10's batch-10000 run.
+            # there turned pred negative and froze a batch-10000 MNIST run of the reproduction.
             # counted only beyond the margin: within it the scaling is rounding only
             clamped = ss_model > radius * radius + margin
             ss_model = ss_model * factor * factor

@@ -363,7 +363,7 @@ class LSR1(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved0 = state_dict.get("state", {}).get(0)
         if saved0 is not None and "gram_ss" in saved0:
-            # the format before issue 22 stored [S; Psi] and S^T S: keep what B reads
+            # the older format stored [S; Psi] and S^T S: keep what B reads
             saved0 = dict(saved0)
             m = saved0["gram_ss"].shape[0]
             both, gram_ss = saved0.pop("memory"), saved0.pop("gram_ss")

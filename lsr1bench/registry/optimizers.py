@@ -158,7 +158,7 @@ class TrainOptimizer:
 
     def epoch_curvature(self) -> dict[str, Any]:
         """L-SR1's model at this point and its skip tests since the last call (empty for
-        optimizers without ``curvature()``): the per-epoch columns of issue 8."""
+        optimizers without ``curvature()``): the per-epoch curvature columns."""
         opt = self.optimizer
         if not hasattr(opt, "curvature"):
             return {}

@@ -140,7 +140,7 @@ class RunSummary:
     rejected_steps: float | None = None
     dropped_pairs: float | None = None
     radius: float | None = None
-    # L-SR1's model (issue 8): % of steps whose B had a negative eigenvalue, the smallest
+    # L-SR1's model: % of steps whose B had a negative eigenvalue, the smallest
     # eigenvalue of B over the epoch ends, and the last epoch's skip-test cosines.
     negative_curvature_percent: float | None = None
     min_eigenvalue: float | None = None
