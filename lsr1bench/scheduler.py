@@ -247,12 +247,28 @@ def _worker(device: str, threads: int, output: str, tasks: Any, events: Any) -> 
                 if item is None:
                     break
                 runner.train(RunSpec.from_dict(item), output, device, events.put)
-            if interrupt.STOP.requested:
-                events.put({"type": "worker_interrupted", "device": device})
+            stopped = interrupt.STOP.requested
+        _quiet_exit()  # after the block, which puts back the handlers it found
+        if stopped:
+            events.put({"type": "worker_interrupted", "device": device})
     except KeyboardInterrupt:
+        _quiet_exit()
         events.put({"type": "worker_interrupted", "device": device})
     except BaseException as exc:  # noqa: BLE001 - report, then let the process end
+        _quiet_exit()
         events.put({"type": "worker_error", "device": device, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        _quiet_exit()
+
+
+def _quiet_exit() -> None:
+    """From here on a worker only reports and exits: a later signal (the main process's
+    terminate(), a repeated Slurm signal) must not raise KeyboardInterrupt inside the
+    queue's locks while it flushes its last events, which would leave it hung holding the
+    suite's pipes. The main process still ends a worker that does not exit in time."""
+    for sig in interrupt.SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _run_workers(
@@ -289,6 +305,9 @@ def _run_workers(
             if w.is_alive():
                 w.terminate()
             w.join(timeout=5)
+            if w.is_alive():  # hung (it ignores signals while it reports): never leave one behind
+                w.kill()
+                w.join(timeout=5)
     # a worker that died (killed, out of memory) leaves its run 'running': say so on disk
     for run_id in list(running):
         _mark_lost(output, specs, run_id, outcome, sink)

@@ -8,6 +8,7 @@ while the other runs complete; rerunning the command then finishes the suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,7 +88,10 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        with contextlib.suppress(OSError):  # and whatever it started, should one outlive it
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
         raise AssertionError(f"lsr1bench run did not end in {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out, err
 
