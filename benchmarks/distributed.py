@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import os
 import statistics
 import tempfile
@@ -49,10 +48,6 @@ from lsr1bench.optim import LSR1
 from lsr1bench.registry.models import build_model
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast")
-
-
-def lsr1_is_distributed() -> bool:
-    return "process_group" in inspect.signature(LSR1.__init__).parameters
 
 
 class CollectiveClock:
@@ -106,8 +101,6 @@ def _make_optimizer(kind: str, params: list[torch.Tensor], world: int, memory: i
         if not shard:
             return "same as lsr1-sharded at P = 1 (one process has no layout)"
         return LSR1(params, memory=memory)
-    if not lsr1_is_distributed():
-        return "not measured: this LSR1 takes no process_group yet (issue 9, item 1)"
     return LSR1(params, memory=memory, process_group=dist.group.WORLD, shard_memory=shard)
 
 
@@ -279,7 +272,7 @@ def main() -> None:
 
     print(
         f"model {args.model}, global batch {args.global_batch}, m = {args.m}, device {args.device}, "
-        f"{args.steps} timed steps after {args.warmup}; distributed LSR1: {'yes' if lsr1_is_distributed() else 'no'}"
+        f"{args.steps} timed steps after {args.warmup}"
     )
     header = (
         f"{'P':>2} {'optimizer':<16} {'mem/rank MiB':>12} {'formula MiB':>11} {'ratio':>5} "
