@@ -14,6 +14,7 @@ any other document generated from committed records can supply its own fragments
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -66,3 +67,19 @@ def update_regions(doc: Path, fragments: Fragments, folder: Path) -> bool:
         return False
     atomic_write_text(doc, new)
     return True
+
+
+def main(argv: list[str], script: str, default_doc: Path, update: Callable[[Path, Path | None], bool]) -> int:
+    """The command line of a document's tool: ``python SCRIPT [DOC.md [RECORDS_FOLDER]]``
+    regenerates the document through ``update(doc, folder)``; exit 2 on a bad record."""
+    if len(argv) > 2 or any(a.startswith("-") for a in argv):
+        print(f"usage: python {script} [DOC.md [RECORDS_FOLDER]]", file=sys.stderr)
+        return 2
+    doc = Path(argv[0]) if argv else default_doc
+    try:
+        changed = update(doc, Path(argv[1]) if len(argv) == 2 else None)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{doc}: {'updated' if changed else 'already up to date'}")
+    return 0

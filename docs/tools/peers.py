@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import doc_regions
 from doc_regions import update_regions
 
 from lsr1bench import records
@@ -291,18 +292,7 @@ def update_doc(doc: Path = DOC, folder: Path | None = None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) > 2 or any(a.startswith("-") for a in args):
-        print("usage: python docs/tools/peers.py [DOC.md [RECORDS_FOLDER]]", file=sys.stderr)
-        return 2
-    doc = Path(args[0]) if args else DOC
-    try:
-        changed = update_doc(doc, Path(args[1]) if len(args) == 2 else None)
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{doc}: {'updated' if changed else 'already up to date'}")
-    return 0
+    return doc_regions.main(sys.argv[1:] if argv is None else argv, "docs/tools/peers.py", DOC, update_doc)
 
 
 if __name__ == "__main__":
