@@ -8,12 +8,12 @@ from torch import nn
 
 from lsr1bench.registry.models import l2_penalty
 from lsr1bench.registry.names import OPTIMIZERS, SECOND_ORDER, resolved_optimizer_params
-from lsr1bench.registry.table import OPTIMIZER_TABLE, missing_package
 from lsr1bench.registry.optimizers import (
     LBFGSTrainOptimizer,
     TrainOptimizer,
     build_optimizer,
 )
+from lsr1bench.registry.table import OPTIMIZER_TABLE, missing_package
 
 
 def optimizer_names() -> list:
