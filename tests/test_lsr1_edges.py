@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from dense_reference import sr1_trust_region_dense
+from test_lsr1_optimizer import quartic_problem
 
 from lsr1bench.optim import LSR1
 from lsr1bench.optim.lsr1 import OUTCOMES
@@ -214,25 +215,12 @@ def test_closure_raising_at_x_counts_an_aborted_step():
 
 
 # --- k = n, negative gamma, frozen parameters --------------------------------------------------
-def _tiny_quartic(n: int = 3, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    A = torch.randn(n, n, generator=gen, dtype=F64)
-    A = A @ A.T / n + 0.5 * torch.eye(n, dtype=F64)
-    b = torch.randn(n, generator=gen, dtype=F64)
-    x0 = 2.0 * torch.randn(n, generator=gen, dtype=F64)
-
-    def f(x):
-        return 0.5 * x @ A @ x + 0.25 * (x**4).sum() + torch.log(torch.cosh(x)).sum() - b @ x
-
-    return f, x0
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_memory_equal_to_n_with_negative_gamma_agrees_with_the_dense_reference(seed):
     # With k = n pairs, range(Psi) is all of R^n: gamma is no eigenvalue of B, so it may
     # not make a hard case (the old core counted it: bogus hard cases and iterates that left
     # the reference by step 3-6).
-    f, x0 = _tiny_quartic(seed=seed)
+    f, x0 = quartic_problem(n=3, seed=seed)
     n = x0.numel()
     x = x0.clone().requires_grad_(True)
     opt = LSR1([x], memory=n, gamma=-1.0, pair_policy="paper")
