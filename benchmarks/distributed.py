@@ -11,8 +11,8 @@ optimizer (Adam; L-SR1 trust region with its memory sharded and replicated) it p
 
 - memory: the optimizer's own tensors on each rank (the largest rank), measured
   (``LSR1.memory_bytes()``; for Adam the bytes of its state), beside the design's formula,
-  in values of the parameters' dtype: sharded ((2m+2)/P + 2) n, replicated (2m+4) n,
-  Adam 2n;
+  in values of the parameters' dtype: sharded ((m+4)/P + 2) n (the m memory rows and four
+  work rows sliced, x and the gathered step s full length), replicated (m+5) n, Adam 2n;
 - traffic per step: the gradients DDP all-reduces (n values per closure call) and the
   optimizer's own (``statistics()["bytes_communicated"]`` and ``["collectives"]``);
 - time per step (median over ranks of the mean over steps): the whole step, the part in
@@ -20,7 +20,7 @@ optimizer (Adam; L-SR1 trust region with its memory sharded and replicated) it p
   collectives (time inside torch.distributed calls made outside the closure), and the
   optimizer's compute (the rest).
 
-Goals (issue 9): memory per rank <= 1.1 x ((2m+2)/P + 2) n sharded; the optimizer's own
+Goals: memory per rank <= 1.1 x ((m+4)/P + 2) n sharded; the optimizer's own
 bytes per step independent of n; on GPUs at a global batch of 10,000, L-SR1's scaling
 efficiency from P = 1 to 8 within 10% of Adam's.
 
@@ -206,8 +206,8 @@ def formula(kind: str, n: int, world: int, m: int) -> float:
     if kind == "adam":
         return 2.0 * n
     if kind == "lsr1-sharded" and world > 1:
-        return ((2 * m + 2) / world + 2) * n
-    return (2 * m + 4) * n
+        return ((m + 4) / world + 2) * n
+    return (m + 5) * n
 
 
 def measure(world: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -305,7 +305,7 @@ def main() -> None:
                 if (kind, 1) in step_times and (kind, top) in step_times:
                     efficiency = step_times[(kind, 1)] / (top * step_times[(kind, top)])
                     print(f"strong-scaling efficiency P=1 -> {top}, {kind}: {efficiency:.2f}")
-    n_note = "n = parameters; formula: sharded ((2m+2)/P + 2) n, replicated (2m+4) n, Adam 2n values"
+    n_note = "n = parameters; formula: sharded ((m+4)/P + 2) n, replicated (m+5) n, Adam 2n values"
     print(n_note)
 
 
