@@ -27,8 +27,10 @@ CANCELLATION_GUARD = 1e3
 
 # The k-vectors of a model without pairs; shared (never written), so the step allocates nothing for it.
 _NO_PAIRS = torch.zeros(0, dtype=torch.float64)
+
+
 def first_products(opt, memory: CurvatureMemory, f: Tensor, g: Tensor) -> tuple[float, float, Tensor]:
-    """Sync 1: the loss at x, g^T g and [S; Psi]^T g in one transfer (with a group: one
+    """Sync 1: the loss at x, g^T g and Psi^T g in one transfer (with a group: one
     all-reduce, which also carries the check that every rank's decisions agree)."""
     with exact_float32_matmul(g.device):
         gg = g.unsqueeze(0)
@@ -45,7 +47,7 @@ def first_products(opt, memory: CurvatureMemory, f: Tensor, g: Tensor) -> tuple[
 
 def second_products(opt, memory: CurvatureMemory, f_trial: Tensor | None, rows: Tensor, k: int):
     """Sync 2: [the loss at the trial point,] the 4 x 4 Gram of (s, psi, y, g) and
-    [S; Psi]^T [s, psi] (one fused pass over the memory), in one transfer."""
+    Psi^T [s, psi] (one fused pass over the memory), in one transfer."""
     with exact_float32_matmul(rows.device):
         parts = [] if f_trial is None else [f_trial.reshape(1)]
         parts.append(products(rows, rows))

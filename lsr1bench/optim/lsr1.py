@@ -511,7 +511,7 @@ class LSR1(Optimizer):
     # --- pieces shared by both methods ------------------------------------------------------
     def _pair_rows(self) -> Tensor:
         """(4 x n) work rows: the step s (or direction), psi = y - gamma s, the gradient
-        difference y and the gradient g at x, so [S; Psi]^T [s, psi] and the 4 x 4 Gram of
+        difference y and the gradient g at x, so Psi^T [s, psi] and the 4 x 4 Gram of
         (s, psi, y, g) are one product each."""
         rows = self._work.get("s_psi_y")
         if rows is None:
