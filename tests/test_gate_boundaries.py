@@ -71,7 +71,32 @@ def test_train_loss_floor_boundary(tmp_path: Path, delta: float, regresses: bool
     # base train loss 0.5 in every seed: limit 0.5 + loss_percent % of 0.5; current 0.6 at 20 %
     base = cell(tmp_path / "b", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.5])
     current = cell(tmp_path / "c", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.6])
-    assert judged(base, current, "final train loss", loss_percent=20.0 + delta) is regresses
+    # (the mean train loss rises too, by 0.1 / 1.4 = 7.1% in every seed: that rule is switched off here)
+    assert judged(base, current, "final train loss", loss_percent=20.0 + delta, paired_percent=1000.0) is regresses
+
+
+@pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
+def test_mean_train_loss_floor_boundary(tmp_path: Path, delta: float, regresses: bool) -> None:
+    # train loss (1.0 + 0.2) / 2 = 0.6 on average over the two epochs in every base seed (no
+    # spread), (1.03 + 0.2) / 2 = 0.615 now: +2.5% in each seed; limit paired_percent
+    base = cell(tmp_path / "b", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.2])
+    current = cell(tmp_path / "c", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.03, 0.2])
+    assert judged(base, current, "mean train loss", paired_percent=2.5 + delta) is regresses
+
+
+@pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
+def test_mean_train_loss_spread_boundary(tmp_path: Path, delta: float, regresses: bool) -> None:
+    # base means 0.5, 0.6, 0.7 (epoch 1 at 0.8, 1.0, 1.2, epoch 2 at 0.2): range 0.2 = 33.3% of the
+    # median 0.6; now 10% higher in each seed: limit paired_spread x 33.3%, 10% at 0.3 (no floor)
+    def seeds(root: Path, first: list[float]) -> list:
+        for seed, loss in enumerate(first):
+            write_run(root / "gate", [90, 6, 4.5], label="adam", optimizer="adam", seed=seed, batch_size=50,
+                      targets=(), train_losses=[2.3, loss, 0.2])  # fmt: skip
+        return load_cells(root / "gate")[0]
+
+    base = seeds(tmp_path / "b", [0.8, 1.0, 1.2])
+    current = seeds(tmp_path / "c", [0.9, 1.12, 1.34])
+    assert judged(base, current, "mean train loss", paired_percent=0.0, paired_spread=0.3 + delta) is regresses
 
 
 @pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
