@@ -33,6 +33,16 @@ times the seed-to-seed standard deviation measured on suites/ci.yaml. The quanti
 - the final test error (floor ``final_error`` points), the final train loss (floor
   ``loss_percent`` % of the base median) and the share of skipped updates (floor
   ``skip_rate`` points);
+- the mean train loss over the trained epochs (the area under the train-loss curve per
+  epoch), seed by seed. Final values and epochs to target miss a change that slows the start
+  and is caught up by the last epoch; its area rises in every seed. The same seed on both
+  sides starts from the same weights and batches, so each seed is compared with itself: the
+  cell regresses when the median over seeds of the % change exceeds
+  max(``paired_percent``, ``paired_spread`` x the base's max - min over seeds as % of its
+  median). A rounding-only change keeps the seeds' early epochs close to where they were, so
+  their paired changes stay a fraction of the seed-to-seed spread; in a cell whose seeds
+  scatter widely (L-SR1's) rounding moves a seed's curve more, and the spread term allows for
+  it. Seeds are paired only when both sides ran the same epochs;
 - training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
 
 A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
