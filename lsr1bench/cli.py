@@ -761,12 +761,8 @@ def compare(
     ] = 5.0,
     paired_pct: Annotated[
         float,
-        typer.Option("--paired-pct", help="floor of the mean train loss margin, % change of a seed against itself"),
+        typer.Option("--paired-pct", help="floor of the mean train loss margin, % change of each seed against itself"),
     ] = 2.0,
-    paired_spread: Annotated[
-        float,
-        typer.Option("--paired-spread", help="or this many times the base's range over seeds of it, % of its median"),
-    ] = 0.5,
     time_pct: Annotated[
         float | None,
         typer.Option("--time-pct", metavar="P", help="gate training time at +P % (default: reported only)"),
@@ -783,7 +779,8 @@ def compare(
     as +inf epochs: a target regresses when its median turns infinite, or when more seeds
     miss it than the base's misses + max(1, SPREAD x those misses). The mean train loss over
     the epochs is compared seed by seed: it regresses when the median change exceeds
-    max(PAIRED_PCT %, PAIRED_SPREAD x the base's range over seeds in % of its median). Also:
+    max(PAIRED_PCT %, SPREAD x the base's range over seeds of the final train loss, in % of
+    its median). Also:
     more seeds diverge or fail, fewer seeds, missing or incomplete runs. The rule is printed.
     """
     from lsr1bench import reporting
@@ -798,7 +795,6 @@ def compare(
             ("--loss-pct", loss_pct),
             ("--skip-tol", skip_tol),
             ("--paired-pct", paired_pct),
-            ("--paired-spread", paired_spread),
             ("--time-pct", time_pct),
         )
         if value is not None and value < 0
@@ -814,7 +810,6 @@ def compare(
             loss_percent=loss_pct,
             skip_rate=skip_tol,
             paired_percent=paired_pct,
-            paired_spread=paired_spread,
             wall_clock_percent=time_pct,
         )
     except ValueError as exc:

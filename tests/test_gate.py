@@ -79,14 +79,15 @@ def first_epoch_losses(root: Path, first: list[float], last: float = 0.3):
 
 
 def test_mean_train_loss_is_compared_seed_by_seed(tmp_path: Path) -> None:
-    # base means (1.00 + 0.3) / 2 = 0.65, 0.66, 0.67: range 0.02 = 3.0% of the median 0.66, half of
-    # that 1.5% < the floor 2%: a seed's mean may rise by 2%
+    # base means (1.00 + 0.3) / 2 = 0.65, 0.66, 0.67; every seed ends at 0.3, so the final train
+    # loss has no range over seeds and the floor sets the limit: a seed's mean may rise by 2%
     base = first_epoch_losses(tmp_path / "base", [1.00, 1.02, 1.04])
     # a slower first epoch, made up by the last: means 0.70, 0.71, 0.72, final values unchanged
     slower = first_epoch_losses(tmp_path / "slower", [1.10, 1.12, 1.14])
     assert regressions(base, slower) == [
         "mean train loss: median change +7.6% over 3 seeds paired with themselves (seed 0 +7.7%, seed 1 "
-        "+7.6%, seed 2 +7.5%); allowed up to +2.0% (the larger of 2% and 0.5 x the base's range over seeds, 3.0%)"
+        "+7.6%, seed 2 +7.5%); allowed up to +2.0% (the larger of 2% and 1 x the base's range over seeds of the "
+        "final train loss, 0.0% of its median)"
     ]
     # the base's means, 3% higher, dealt to other seeds (0.67, 0.65, 0.66 x 1.03): the median over
     # seeds rose 3%, but seed by seed +6.2%, +1.4%, +1.5%, a median of +1.5%: each seed is read
@@ -209,8 +210,8 @@ def test_cli_options_for_the_spread_and_the_loss_floor(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--spread: must be >= 0, got -1" in result.output
     result = runner.invoke(app, ["compare", str(base), str(current), "--loss-pct", "-5"])
     assert result.exit_code == 2 and "--loss-pct: must be >= 0, got -5" in result.output
-    result = runner.invoke(app, ["compare", str(base), str(current), "--paired-spread", "-0.5"])
-    assert result.exit_code == 2 and "--paired-spread: must be >= 0, got -0.5" in result.output
+    result = runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "-0.5"])
+    assert result.exit_code == 2 and "--paired-pct: must be >= 0, got -0.5" in result.output
 
 
 def test_cli_options_for_the_paired_rule(tmp_path: Path) -> None:
@@ -220,10 +221,8 @@ def test_cli_options_for_the_paired_rule(tmp_path: Path) -> None:
     current = tmp_path / "cur" / "gate"
     result = runner.invoke(app, ["compare", str(base), str(current)])
     assert result.exit_code == 1 and "mean train loss: median change +7.6%" in result.output
-    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "8"]).exit_code == 0
-    # the base's range is 3.0% of its median: 2.6 x that is 7.9%
-    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-spread", "2.6"]).exit_code == 0
-    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-spread", "2.4"]).exit_code == 1
+    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "7.7"]).exit_code == 0
+    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "7.5"]).exit_code == 1
 
 
 def write_baseline(cells: list, path: Path) -> Path:
@@ -294,7 +293,7 @@ def test_recorded_rounding_changes_pass_the_paired_rule_with_margin(name: str) -
     for diff in against_base(name).diffs:
         paired = paired_mean_loss(base[diff.key], diff.current)
         assert paired is not None and sorted(paired.changes) == [0, 1, 2], diff.key
-        limit = Tolerances().paired_allowed(diff.base.mean_train_loss)
+        limit = Tolerances().paired_allowed(diff.base)
         assert abs(paired.median) <= limit / 2, (diff.key, paired.changes, limit)
 
 
@@ -364,9 +363,10 @@ RECORDED_REGRESSIONS = {
         }
         for batch in (50, 100)
     },  # fmt: skip
-    # the broken radius update at batch 50 (final test error 4.00% -> 5.80%, allowed 5.70%; mean
-    # train loss +16%, allowed +7.4%); at batch 100 it passes (below)
-    "lsr1-radius-broken": {"lenet5 + BN · mnist-embedded · lsr1 · b50": {"final test error", "mean train loss"}},
+    # the broken radius update at batch 50 (final test error 4.00% -> 5.80%, allowed 5.70%; its
+    # mean train loss +16.4% is at the limit L-SR1's wide seeds set, 16.0%); at batch 100 it
+    # passes (below)
+    "lsr1-radius-broken": {"lenet5 + BN · mnist-embedded · lsr1 · b50": {"final test error"}},
 }
 
 

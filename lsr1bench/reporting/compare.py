@@ -38,11 +38,13 @@ times the seed-to-seed standard deviation measured on suites/ci.yaml. The quanti
   and is caught up by the last epoch; its area rises in every seed. The same seed on both
   sides starts from the same weights and batches, so each seed is compared with itself: the
   cell regresses when the median over seeds of the % change exceeds
-  max(``paired_percent``, ``paired_spread`` x the base's max - min over seeds as % of its
-  median). A rounding-only change keeps the seeds' early epochs close to where they were, so
-  their paired changes stay a fraction of the seed-to-seed spread; in a cell whose seeds
-  scatter widely (L-SR1's) rounding moves a seed's curve more, and the spread term allows for
-  it. Seeds are paired only when both sides ran the same epochs;
+  max(``paired_percent``, ``spread`` x the base's max - min of the final train loss over seeds
+  as % of its median). How far apart the seeds end measures how far this cell's training
+  carries a small difference at its start, and a rounding-only change is such a difference:
+  at most it sends a seed's end anywhere in that range, and its mean, whose first epochs stay
+  close, moves less. Cells that amplify little (Adam's, NAG's here) get the floor; chaotic
+  ones (L-SR1's) a limit their rounding noise stays inside. Seeds are paired only when both
+  sides ran the same epochs;
 - training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
 
 A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
@@ -96,15 +98,13 @@ class Tolerances:
     final_error: float = 1.0
     loss_percent: float = 20.0
     skip_rate: float = 5.0
-    # the mean train loss, seed by seed: floor (% of each seed's base value) and the share of
-    # the base's relative range over seeds that a paired change may reach
+    # the mean train loss, seed by seed: the floor of its limit, % of each seed's base value
     paired_percent: float = 2.0
-    paired_spread: float = 0.5
     wall_clock_percent: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("spread", "epochs", "epochs_percent", "final_error", "loss_percent", "skip_rate",
-                     "paired_percent", "paired_spread", "wall_clock_percent"):  # fmt: skip
+                     "paired_percent", "wall_clock_percent"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and (value < 0 or math.isnan(value)):
                 raise ValueError(f"tolerance {name} must be >= 0, got {value}")
@@ -116,9 +116,12 @@ class Tolerances:
     def epochs_floor(self, base_median: float) -> float:
         return max(self.epochs, self.epochs_percent / 100.0 * base_median)
 
-    def paired_allowed(self, base: Stat) -> float:
-        """The largest median paired change (%) of the mean train loss that is not a regression."""
-        return max(self.paired_percent, self.paired_spread * relative_range(base))
+    def paired_allowed(self, base: CellSummary) -> float:
+        """The largest median paired change (%) of the mean train loss that is not a regression:
+        the floor, or ``spread`` x the base's range over seeds of the final train loss, in % of
+        its median."""
+        final = base.final_train_loss
+        return max(self.paired_percent, self.spread * relative_range(final) if final is not None else 0.0)
 
     def describe(self) -> str:
         time = (
@@ -133,9 +136,9 @@ class Tolerances:
             f"{_points(self.final_error)}, final train loss {self.loss_percent:g}% of the base median, "
             f"skipped updates {_points(self.skip_rate)}; {time}. The mean train loss over the epochs (the area "
             "under the train-loss curve) is compared seed by seed, each seed with itself: it regresses when the "
-            f"median over seeds of the change exceeds max({self.paired_percent:g}%, {self.paired_spread:g} x the "
-            "base's max - min over seeds, as % of its median). A seed that never reaches a target counts as "
-            "+inf epochs and the medians include it: a target regresses when its median turns infinite where "
+            f"median over seeds of the change exceeds max({self.paired_percent:g}%, {self.spread:g} x the base's "
+            "max - min over seeds of the final train loss, as % of its median). A seed that never reaches a target "
+            "counts as +inf epochs and the medians include it: a target regresses when its median turns infinite where "
             "the base's was finite, or when more seeds miss it than the base's misses (scaled to the current "
             f"seed count) + max(1, {self.spread:g} x those misses). Also gated: more diverged or failed seeds, "
             "fewer seeds, missing or incomplete runs. A row reads REGRESSED only when a quantity it shows did."
@@ -343,13 +346,17 @@ def paired_mean_loss(base: CellSummary, current: CellSummary) -> Paired | None:
     return Paired(changes) if changes else None
 
 
+def _final_range(cell: CellSummary) -> float:
+    return relative_range(cell.final_train_loss) if cell.final_train_loss is not None else 0.0
+
+
 def _check_paired(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
     if base.mean_train_loss is None:
         return
     paired = paired_mean_loss(base, current)
     if paired is None:
         return
-    allowed = tol.paired_allowed(base.mean_train_loss)
+    allowed = tol.paired_allowed(base)
     change = (
         f"{MEAN_LOSS}: median change {paired.median:+.1f}% over {len(paired.changes)} seeds paired with "
         f"themselves ({paired.text()})"
@@ -357,8 +364,8 @@ def _check_paired(diff: CellDiff, base: CellSummary, current: CellSummary, tol: 
     if paired.median > allowed + _EPS:
         diff.flag(
             MEAN_LOSS,
-            f"{change}; allowed up to +{allowed:.1f}% (the larger of {tol.paired_percent:g}% and "
-            f"{tol.paired_spread:g} x the base's range over seeds, {relative_range(base.mean_train_loss):.1f}%)",
+            f"{change}; allowed up to +{allowed:.1f}% (the larger of {tol.paired_percent:g}% and {tol.spread:g} x "
+            f"the base's range over seeds of the final train loss, {_final_range(base):.1f}% of its median)",
         )
     elif paired.median < -allowed - _EPS:
         diff.improve(MEAN_LOSS, change)
