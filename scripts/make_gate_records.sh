@@ -36,9 +36,10 @@
 # suites/ci.yaml, then `python -m pytest tests/test_gate.py` and commit the JSON files. (The
 # variants are compared with base.json, recorded with them, so without a rerun they stay
 # valid tests of the gate; only outputs/baselines/ci.json must follow the code.)
-# It trains 72 runs of three epochs (18 + 2 x 12 + 5 x 6): about 50 minutes, variant after
-# variant (base 716 s, Adam x0.25 507 s, rerun 420 s, ...), on two cores
-# shared with other work (load average 8 to 12); GATE_VARIANTS="a b" trains only those.
+# It trains 102 runs of three epochs (18 + 2 x 12 + 5 x 6 + 18 + 12): about 90 minutes,
+# variant after variant (base 716 s, Adam x0.25 507 s, rerun 420 s, no-simd 1217 s,
+# threads-adam-nag 694 s, ...), on two cores shared with other work (load average 5 to 12);
+# GATE_VARIANTS="a b" trains only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/gate-records}

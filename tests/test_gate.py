@@ -449,3 +449,10 @@ def test_two_builds_of_one_torch_version_are_no_setting_difference(tmp_path: Pat
     other = cells_of(tmp_path / "new", [4.4, 4.4, 4.4], versions=versions("2.15.0+cpu"))
     assert "Settings that differ" not in to_markdown(compare(base, same))
     assert "torch 2.14.1+cu130 → 2.15.0+cpu" in to_markdown(compare(base, other))
+
+
+def test_the_readme_shows_the_rule_compare_prints() -> None:
+    """The README's example comparison ("Regression gate in CI") quotes the rule as the code
+    prints it with the default tolerances, so a change to either shows here."""
+    readme = (BASELINE.parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"    Gate: {Tolerances().describe()}\n" in readme
