@@ -759,6 +759,10 @@ def compare(
     skip_tol: Annotated[
         float, typer.Option("--skip-tol", help="floor of the skipped updates margin, percentage points")
     ] = 5.0,
+    paired_pct: Annotated[
+        float,
+        typer.Option("--paired-pct", help="floor of the mean train loss margin, % change of each seed against itself"),
+    ] = 2.0,
     time_pct: Annotated[
         float | None,
         typer.Option("--time-pct", metavar="P", help="gate training time at +P % (default: reported only)"),
@@ -773,8 +777,11 @@ def compare(
     max(floor, SPREAD x the base's max - min), for epochs to each target, the final test
     error and train loss and the skipped updates. A seed that never reaches a target counts
     as +inf epochs: a target regresses when its median turns infinite, or when more seeds
-    miss it than the base's misses + max(1, SPREAD x those misses). Also: more seeds
-    diverge or fail, fewer seeds, missing or incomplete runs. The rule is printed.
+    miss it than the base's misses + max(1, SPREAD x those misses). The mean train loss over
+    the epochs is compared seed by seed: it regresses when the median change exceeds
+    max(PAIRED_PCT %, SPREAD x the base's range over seeds of the final train loss, in % of
+    its median). Also:
+    more seeds diverge or fail, fewer seeds, missing or incomplete runs. The rule is printed.
     """
     from lsr1bench import reporting
 
@@ -787,6 +794,7 @@ def compare(
             ("--error-tol", error_tol),
             ("--loss-pct", loss_pct),
             ("--skip-tol", skip_tol),
+            ("--paired-pct", paired_pct),
             ("--time-pct", time_pct),
         )
         if value is not None and value < 0
@@ -801,6 +809,7 @@ def compare(
             final_error=error_tol,
             loss_percent=loss_pct,
             skip_rate=skip_tol,
+            paired_percent=paired_pct,
             wall_clock_percent=time_pct,
         )
     except ValueError as exc:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from lsr1bench.cli import app
 from lsr1bench.reporting import Tolerances, compare, compare_paths, load_cells, to_markdown
+from lsr1bench.reporting.compare import paired_mean_loss
 
 runner = CliRunner()
 RECORDED = Path(__file__).parent / "data" / "gate"
@@ -59,10 +60,61 @@ def test_final_error_tolerance_is_the_base_range_widened_by_its_width(tmp_path: 
 def test_final_train_loss_tolerance(tmp_path: Path) -> None:
     base = cells_of(tmp_path / "base", [5.0] * 3, train=[0.30, 0.35, 0.40])
     # allowed = 0.40 + max(20% of the median 0.35 = 0.07, 1 x (0.40 - 0.30)) = 0.50
-    assert regressions(base, cells_of(tmp_path / "a", [5.0] * 3, train=[0.3, 0.49, 0.6])) == []
-    assert regressions(base, cells_of(tmp_path / "b", [5.0] * 3, train=[0.3, 0.51, 0.6])) == [
+    # (seed by seed the mean train loss rises by up to 14%: that rule is switched off here)
+    off = {"paired_percent": 1000.0}
+    assert regressions(base, cells_of(tmp_path / "a", [5.0] * 3, train=[0.3, 0.49, 0.6]), **off) == []
+    assert regressions(base, cells_of(tmp_path / "b", [5.0] * 3, train=[0.3, 0.51, 0.6]), **off) == [
         "final train loss: median 0.5100, base 0.3500 [0.3000–0.4000]; allowed up to 0.5000"
     ]
+
+
+def first_epoch_losses(root: Path, first: list[float], last: float = 0.3):
+    """One cell, a seed per entry of ``first``: train loss 2.3 untrained, ``first[seed]`` after
+    epoch 1, ``last`` after epoch 2, so the mean train loss over the epochs is (first + last) / 2;
+    the test error is the same in every seed."""
+    for seed, loss in enumerate(first):
+        write_run(root / "gate", [90, 6.0, 5.0], label="adam", optimizer="adam", seed=seed, targets=(),
+                  batch_size=50, train_losses=[2.3, loss, last])  # fmt: skip
+    return load_cells(root / "gate")[0]
+
+
+def test_mean_train_loss_is_compared_seed_by_seed(tmp_path: Path) -> None:
+    # base means (1.00 + 0.3) / 2 = 0.65, 0.66, 0.67; every seed ends at 0.3, so the final train
+    # loss has no range over seeds and the floor sets the limit: a seed's mean may rise by 2%
+    base = first_epoch_losses(tmp_path / "base", [1.00, 1.02, 1.04])
+    # a slower first epoch, made up by the last: means 0.70, 0.71, 0.72, final values unchanged
+    slower = first_epoch_losses(tmp_path / "slower", [1.10, 1.12, 1.14])
+    assert regressions(base, slower) == [
+        "mean train loss: median change +7.6% over 3 seeds paired with themselves (seed 0 +7.7%, seed 1 "
+        "+7.6%, seed 2 +7.5%); allowed up to +2.0% (the larger of 2% and 1 x the base's range over seeds of the "
+        "final train loss, 0.0% of its median)"
+    ]
+    # the base's means, 3% higher, dealt to other seeds (0.67, 0.65, 0.66 x 1.03): the median over
+    # seeds rose 3%, but seed by seed +6.2%, +1.4%, +1.5%, a median of +1.5%: each seed is read
+    # against itself, and a rounding change that reshuffles where the seeds end is no shift
+    shuffled = first_epoch_losses(tmp_path / "shuffled", [2 * 0.67 * 1.03 - 0.3, 2 * 0.65 * 1.03 - 0.3,
+                                                          2 * 0.66 * 1.03 - 0.3])  # fmt: skip
+    assert regressions(base, shuffled) == []
+    # a faster first epoch is an improvement, never a regression
+    comparison = compare(slower, base)
+    assert comparison.exit_code == 0
+    assert comparison.diffs[0].improved_quantities == {"mean train loss"}
+    # the table shows the medians and the median paired change; the row reads REGRESSED
+    text = to_markdown(compare(base, slower))
+    (row,) = [line for line in text.splitlines() if line.startswith("| lenet5") and "0.6600" in line]
+    assert "0.6600 [0.6500–0.6700] → 0.7100 [0.7000–0.7200] (+7.6% paired)" in row
+    assert row.split("|")[-2].strip() == "REGRESSED"
+
+
+def test_mean_train_loss_is_not_paired_across_horizons(tmp_path: Path) -> None:
+    """A mean over two epochs is not one over three: with other epochs on the other side the
+    rule has nothing to compare (the settings line shows the epochs that differ)."""
+    base = first_epoch_losses(tmp_path / "base", [1.00, 1.02, 1.04])
+    for seed in range(3):
+        write_run(tmp_path / "longer" / "gate", [90, 6.0, 5.0, 5.0], label="adam", optimizer="adam", seed=seed,
+                  targets=(), batch_size=50, train_losses=[2.3, 1.5, 0.3, 0.3])  # fmt: skip
+    longer = load_cells(tmp_path / "longer" / "gate")[0]
+    assert regressions(base, longer) == []
 
 
 def test_loss_targets_are_gated_like_error_targets(tmp_path: Path) -> None:
@@ -74,10 +126,12 @@ def test_loss_targets_are_gated_like_error_targets(tmp_path: Path) -> None:
 
     # base: below 0.5 at epoch 1 in every seed; allowed 1 + max(1, 0) = 2
     base = suite(tmp_path / "base", [[2.3, 0.45, 0.3, 0.2]] * 3)
+    # (the mean train loss over the epochs rises too: that rule is switched off here)
+    off = {"paired_percent": 1000.0}
     later = suite(tmp_path / "a", [[2.3, 0.6, 0.45, 0.2]] * 3)  # epoch 2: within
-    assert regressions(base, later) == []
+    assert regressions(base, later, **off) == []
     much_later = suite(tmp_path / "b", [[2.3, 0.6, 0.55, 0.2]] * 3)  # epoch 3
-    assert regressions(base, much_later) == [
+    assert regressions(base, much_later, **off) == [
         "train loss < 0.5: median epochs 1 -> 3 (reached by 3/3 seeds, base 3/3); allowed up to 2"
     ]
 
@@ -156,6 +210,19 @@ def test_cli_options_for_the_spread_and_the_loss_floor(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--spread: must be >= 0, got -1" in result.output
     result = runner.invoke(app, ["compare", str(base), str(current), "--loss-pct", "-5"])
     assert result.exit_code == 2 and "--loss-pct: must be >= 0, got -5" in result.output
+    result = runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "-0.5"])
+    assert result.exit_code == 2 and "--paired-pct: must be >= 0, got -0.5" in result.output
+
+
+def test_cli_options_for_the_paired_rule(tmp_path: Path) -> None:
+    # every seed's mean train loss +7.6% (test_mean_train_loss_is_compared_seed_by_seed)
+    base = write_baseline([first_epoch_losses(tmp_path / "base", [1.00, 1.02, 1.04])[0]], tmp_path / "base.json")
+    first_epoch_losses(tmp_path / "cur", [1.10, 1.12, 1.14])
+    current = tmp_path / "cur" / "gate"
+    result = runner.invoke(app, ["compare", str(base), str(current)])
+    assert result.exit_code == 1 and "mean train loss: median change +7.6%" in result.output
+    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "7.7"]).exit_code == 0
+    assert runner.invoke(app, ["compare", str(base), str(current), "--paired-pct", "7.5"]).exit_code == 1
 
 
 def write_baseline(cells: list, path: Path) -> Path:
@@ -203,13 +270,31 @@ def test_every_target_of_the_baseline_is_reached_before_the_last_epoch(baseline:
             assert all(e is not None and e < target.horizon for e in target.epochs_by_seed), (cell.key, target)
 
 
-@pytest.mark.parametrize("name", ["rerun", "hashseed"])
-def test_recorded_reruns_pass(name: str) -> None:
+NON_CHANGES = ["rerun", "hashseed", "no-simd", "threads-adam-nag"]
+
+
+@pytest.mark.parametrize("name", NON_CHANGES)
+def test_recorded_reruns_and_rounding_changes_pass(name: str) -> None:
+    """A rerun and another hash seed change nothing (one thread layout is deterministic);
+    kernels without vector instructions (every cell) and two torch threads instead of one
+    (Adam's and NAG's cells) change only the rounding."""
     comparison = against_base(name)
     text = to_markdown(comparison)
     assert comparison.exit_code == 0, text
     assert len(comparison.diffs) == 6
     assert regressed_rows(text) == []
+
+
+@pytest.mark.parametrize("name", NON_CHANGES)
+def test_recorded_rounding_changes_pass_the_paired_rule_with_margin(name: str) -> None:
+    """The paired mean train loss of a rounding-only change stays within half its limit in
+    every cell, and its cells are all paired (the records keep each seed's values)."""
+    base = {d.key: d.base for d in against_base(name).diffs}
+    for diff in against_base(name).diffs:
+        paired = paired_mean_loss(base[diff.key], diff.current)
+        assert paired is not None and sorted(paired.changes) == [0, 1, 2], diff.key
+        limit = Tolerances().paired_allowed(diff.base)
+        assert abs(paired.median) <= limit / 2, (diff.key, paired.changes, limit)
 
 
 @pytest.mark.parametrize("base, current", [("threads1", "threads2"), ("threads2", "threads1")])
@@ -232,8 +317,13 @@ def regressed_quantities(name: str) -> dict[str, set[str]]:
 
 
 def assert_rows(name: str, regressed: dict[str, set[str]]) -> None:
-    """The Markdown names each regressed cell and quantity; the other cells' rows read ok."""
-    text = to_markdown(against_base(name))
+    """The Markdown names each regressed cell and quantity; the rows of the cells the change
+    did not touch (copied from the base) read ok, and those of a touched cell that did not
+    regress read ok or improved (the broken radius update lowers L-SR1's mean train loss at
+    batch 100)."""
+    comparison = against_base(name)
+    text = to_markdown(comparison)
+    touched = {d.key.describe(with_suite=False) for d in comparison.diffs if d.settings}
     for cell, quantities in regressed.items():
         (line,) = [line for line in text.splitlines() if line.startswith(f"- **{cell}**: ")]
         for quantity in quantities:
@@ -243,7 +333,8 @@ def assert_rows(name: str, regressed: dict[str, set[str]]) -> None:
             assert any(word in line for word in words), (quantity, line)
     for line in text.splitlines():
         if line.startswith("| lenet5") and not any(line.startswith(f"| {cell} ") for cell in regressed):
-            assert line.split("|")[-2].strip() == "ok", line
+            touched_row = any(line.startswith(f"| {cell} ") for cell in touched)
+            assert line.split("|")[-2].strip() in (("ok", "improved") if touched_row else ("ok",)), line
 
 
 RECORDED_REGRESSIONS = {
@@ -254,9 +345,14 @@ RECORDED_REGRESSIONS = {
             "test loss < 0.3",
             "final test error",
             "final train loss",
+            "mean train loss",
         }
         for batch in (50, 100)
     },  # fmt: skip
+    # every target still reached, final values within the seeds' range; the first epoch slower
+    # in every seed: the mean train loss +19% and +28% (b50, b100), +3.8% and +6.7% at 0.8
+    "adam-lr-x0.5": {f"lenet5 + BN · mnist-embedded · adam · b{batch}": {"mean train loss"} for batch in (50, 100)},
+    "adam-lr-x0.8": {f"lenet5 + BN · mnist-embedded · adam · b{batch}": {"mean train loss"} for batch in (50, 100)},
     "nag-diverges": {
         f"lenet5 + BN · mnist-embedded · nag · b{batch}": {
             "runs",
@@ -267,8 +363,9 @@ RECORDED_REGRESSIONS = {
         }
         for batch in (50, 100)
     },  # fmt: skip
-    # the broken radius update at batch 50 (final test error 4.00% -> 5.80%, allowed 5.70%); at
-    # batch 100 it moves the median by 0.70 points, less than its seeds' spread allows, and passes
+    # the broken radius update at batch 50 (final test error 4.00% -> 5.80%, allowed 5.70%; its
+    # mean train loss +16.4% is at the limit L-SR1's wide seeds set, 16.0%); at batch 100 it
+    # passes (below)
     "lsr1-radius-broken": {"lenet5 + BN · mnist-embedded · lsr1 · b50": {"final test error"}},
 }
 
@@ -288,20 +385,19 @@ def test_recorded_divergence_is_counted() -> None:
         assert "diverged: 3/3 seeds (base 0/3)" in diff.regressions
 
 
-@pytest.mark.parametrize("name", ["adam-lr-x0.8", "adam-lr-x0.5"])
-def test_recorded_smaller_adam_rates_are_within_the_seeds_spread(name: str) -> None:
-    """What the gate cannot see on this suite (README, "Regression gate in CI"): Adam at 0.8
-    or half its learning rate loses no target in more than one seed of three, reaches the
-    others at most an epoch later, and moves the final error and loss by less than three
-    seeds' spread and the floors allow.
-    If a change to the tolerances makes these fail, the thread-count test must still pass."""
-    comparison = against_base(name)
-    assert comparison.exit_code == 0, to_markdown(comparison)
-    adam = [d for d in comparison.diffs if d.key.label == "adam"]
-    for diff in adam:
-        for target in diff.current.targets.values():
-            assert target.n == 3 and target.reached >= 2
-        assert diff.current.final_test_error.median > diff.base.final_test_error.median
+def test_recorded_broken_radius_at_batch_100_is_below_the_rounding_noise() -> None:
+    """What the gate cannot see on this suite (README, "Regression gate in CI"): at batch 100
+    the broken radius update first helps (epoch 1's train loss lower in every seed, the radius
+    collapses only after it), then slows the last two epochs. Over three epochs its mean train
+    loss falls, and its final values move less than a rounding-only change moves L-SR1's seeds
+    (no-simd: a seed's final train loss by up to 9.8%, its mean by up to 7.7%)."""
+    diffs = against_base("lsr1-radius-broken").diffs
+    diff = next(d for d in diffs if d.key.label == "lsr1" and d.key.batch_size == 100)
+    assert diff.regressions == []
+    paired = paired_mean_loss(diff.base, diff.current)
+    assert paired is not None and all(change < 0 for change in paired.changes.values())
+    assert diff.current.final_train_loss.median / diff.base.final_train_loss.median - 1 < 0.03
+    assert diff.current.final_test_error.median - diff.base.final_test_error.median < 1.0
 
 
 def test_recorded_regression_lists_the_setting_that_caused_it() -> None:
@@ -353,3 +449,10 @@ def test_two_builds_of_one_torch_version_are_no_setting_difference(tmp_path: Pat
     other = cells_of(tmp_path / "new", [4.4, 4.4, 4.4], versions=versions("2.15.0+cpu"))
     assert "Settings that differ" not in to_markdown(compare(base, same))
     assert "torch 2.14.1+cu130 → 2.15.0+cpu" in to_markdown(compare(base, other))
+
+
+def test_the_readme_shows_the_rule_compare_prints() -> None:
+    """The README's example comparison ("Regression gate in CI") quotes the rule as the code
+    prints it with the default tolerances, so a change to either shows here."""
+    readme = (BASELINE.parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"    Gate: {Tolerances().describe()}\n" in readme

@@ -71,7 +71,32 @@ def test_train_loss_floor_boundary(tmp_path: Path, delta: float, regresses: bool
     # base train loss 0.5 in every seed: limit 0.5 + loss_percent % of 0.5; current 0.6 at 20 %
     base = cell(tmp_path / "b", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.5])
     current = cell(tmp_path / "c", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.6])
-    assert judged(base, current, "final train loss", loss_percent=20.0 + delta) is regresses
+    # (the mean train loss rises too, by 0.1 / 1.4 = 7.1% in every seed: that rule is switched off here)
+    assert judged(base, current, "final train loss", loss_percent=20.0 + delta, paired_percent=1000.0) is regresses
+
+
+@pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
+def test_mean_train_loss_floor_boundary(tmp_path: Path, delta: float, regresses: bool) -> None:
+    # train loss (1.0 + 0.2) / 2 = 0.6 on average over the two epochs in every base seed (no
+    # spread), (1.03 + 0.2) / 2 = 0.615 now: +2.5% in each seed; limit paired_percent
+    base = cell(tmp_path / "b", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.0, 0.2])
+    current = cell(tmp_path / "c", [[90, 6, 4.5]] * 3, train_losses=[2.3, 1.03, 0.2])
+    assert judged(base, current, "mean train loss", paired_percent=2.5 + delta) is regresses
+
+
+@pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
+def test_mean_train_loss_spread_boundary(tmp_path: Path, delta: float, regresses: bool) -> None:
+    # base final train loss 0.2, 0.25, 0.3 (range 0.1 = 40% of the median 0.25), epoch 1 at 1.0:
+    # means 0.6, 0.625, 0.65; now epoch 1 at 1.1 in each seed: means + 0.05, by 8.33%, 8%, 7.69%,
+    # a median of 8% = 0.2 x 40%: limit spread x 40% (no floor); the final values within their range
+    def seeds(root: Path, first: float) -> list:
+        for seed, last in enumerate([0.2, 0.25, 0.3]):
+            write_run(root / "gate", [90, 6, 4.5], label="adam", optimizer="adam", seed=seed, batch_size=50,
+                      targets=(), train_losses=[2.3, first, last])  # fmt: skip
+        return load_cells(root / "gate")[0]
+
+    base, current = seeds(tmp_path / "b", 1.0), seeds(tmp_path / "c", 1.1)
+    assert judged(base, current, "mean train loss", paired_percent=0.0, spread=0.2 + delta) is regresses
 
 
 @pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)

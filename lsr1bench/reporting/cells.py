@@ -32,7 +32,11 @@ from lsr1bench.reporting.runs import (
 
 BASELINE_FORMAT = "lsr1bench-baseline"
 # 2: targets carry their metric and each seed's epochs to it; cells carry their settings.
+# (Cells may also carry each seed's final and mean train loss, ``by_seed``; a version 2 file
+# without them is still read; compare then notes that it cannot pair seeds.)
 BASELINE_VERSION = 2
+# The per-seed values a cell keeps (``by_seed``), for comparisons of the same seed on both sides.
+PER_SEED_VALUES = ("final_train_loss", "mean_train_loss")
 
 # Spec fields that may differ between the runs of one cell (everything else should not).
 _PER_SEED_FIELDS = frozenset({"seed", "run_id", "data_root"})
@@ -135,6 +139,10 @@ class CellSummary:
     min_eigenvalue: Stat | None = None
     update_cosine_p10: Stat | None = None
     update_cosine_median: Stat | None = None
+    # the mean of each seed's train loss over its trained epochs (RunSummary.mean_train_loss)
+    mean_train_loss: Stat | None = None
+    # seed -> {name in PER_SEED_VALUES: value} for the seeds that have them (not diverged)
+    by_seed: dict[int, dict[str, float]] = field(default_factory=dict)
     mixed_fields: list[str] = field(default_factory=list)
     # what the runs were made with (hyperparameters, epochs, data, device, versions,
     # commit, threads), as text; a setting that differs between seeds reads "mixed: ..."
@@ -167,6 +175,7 @@ class CellSummary:
             "incomplete": self.incomplete,
             "targets": [t.to_dict() for t in self.targets.values()],
             **stats,
+            "by_seed": {str(seed): dict(values) for seed, values in sorted(self.by_seed.items())},
             "settings": dict(self.settings),
         }
 
@@ -189,6 +198,10 @@ class CellSummary:
             incomplete=int(data.get("incomplete", 0)),
             targets={t.target: t for t in targets},
             **{name: Stat.from_dict(data.get(name)) for name in _CELL_STATS},
+            by_seed={
+                int(seed): {str(k): float(v) for k, v in values.items()}
+                for seed, values in (data.get("by_seed") or {}).items()
+            },
             settings={str(k): str(v) for k, v in (data.get("settings") or {}).items()},
         )
 
@@ -206,6 +219,7 @@ _CELL_STATS = (
     "rejected_percent",
     "dropped_pairs",
     "radius",
+    "mean_train_loss",
 )
 
 
@@ -255,9 +269,26 @@ def summarize_cell(key: CellKey, runs: list[RunSummary]) -> CellSummary:
         min_eigenvalue=Stat.of(run.min_eigenvalue for run in runs),
         update_cosine_p10=Stat.of(run.update_cosine_p10 for run in runs),
         update_cosine_median=Stat.of(run.update_cosine_median for run in runs),
+        mean_train_loss=Stat.of(run.mean_train_loss for run in alive),
+        by_seed=_by_seed(alive),
         mixed_fields=_mixed_fields(runs),
         settings=cell_settings(runs),
     )
+
+
+def _by_seed(runs: list[RunSummary]) -> dict[int, dict[str, float]]:
+    """Each seed's PER_SEED_VALUES that are finite; a seed with two runs in the cell is left out
+    (which of them would pair with the other side's is not known)."""
+    seeds = Counter(run.seed for run in runs)
+    out = {}
+    for run in runs:
+        if not isinstance(run.seed, int) or seeds[run.seed] > 1:
+            continue
+        values = {name: getattr(run, name) for name in PER_SEED_VALUES}
+        kept = {name: float(v) for name, v in values.items() if v is not None and math.isfinite(v)}
+        if kept:
+            out[run.seed] = kept
+    return out
 
 
 def _mixed_fields(runs: list[RunSummary]) -> list[str]:

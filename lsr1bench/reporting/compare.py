@@ -33,6 +33,18 @@ times the seed-to-seed standard deviation measured on suites/ci.yaml. The quanti
 - the final test error (floor ``final_error`` points), the final train loss (floor
   ``loss_percent`` % of the base median) and the share of skipped updates (floor
   ``skip_rate`` points);
+- the mean train loss over the trained epochs (the area under the train-loss curve per
+  epoch), seed by seed. Final values and epochs to target miss a change that slows the start
+  and is caught up by the last epoch; its area rises in every seed. The same seed on both
+  sides starts from the same weights and batches, so each seed is compared with itself: the
+  cell regresses when the median over seeds of the % change exceeds
+  max(``paired_percent``, ``spread`` x the base's max - min of the final train loss over seeds
+  as % of its median). How far apart the seeds end measures how far this cell's training
+  carries a small difference at its start, and a rounding-only change is such a difference:
+  at most it sends a seed's end anywhere in that range, and its mean, whose first epochs stay
+  close, moves less. Cells that amplify little (Adam's, NAG's here) get the floor; chaotic
+  ones (L-SR1's) a limit their rounding noise stays inside. Seeds are paired only when both
+  sides ran the same epochs;
 - training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
 
 A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
@@ -69,6 +81,7 @@ _EPS = 1e-9
 RUNS = "runs"  # seeds, incomplete, diverged, failed, missing
 FINAL_ERROR = "final test error"
 FINAL_LOSS = "final train loss"
+MEAN_LOSS = "mean train loss"
 SKIPS = "skipped updates"
 TIME = "training time"
 # A base with fewer seeds than this has a spread that says little; compare says so.
@@ -85,11 +98,13 @@ class Tolerances:
     final_error: float = 1.0
     loss_percent: float = 20.0
     skip_rate: float = 5.0
+    # the mean train loss, seed by seed: the floor of its limit, % of each seed's base value
+    paired_percent: float = 2.0
     wall_clock_percent: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("spread", "epochs", "epochs_percent", "final_error", "loss_percent", "skip_rate",
-                     "wall_clock_percent"):  # fmt: skip
+                     "paired_percent", "wall_clock_percent"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and (value < 0 or math.isnan(value)):
                 raise ValueError(f"tolerance {name} must be >= 0, got {value}")
@@ -100,6 +115,13 @@ class Tolerances:
 
     def epochs_floor(self, base_median: float) -> float:
         return max(self.epochs, self.epochs_percent / 100.0 * base_median)
+
+    def paired_allowed(self, base: CellSummary) -> float:
+        """The largest median paired change (%) of the mean train loss that is not a regression:
+        the floor, or ``spread`` x the base's range over seeds of the final train loss, in % of
+        its median."""
+        final = base.final_train_loss
+        return max(self.paired_percent, self.spread * relative_range(final) if final is not None else 0.0)
 
     def describe(self) -> str:
         time = (
@@ -112,8 +134,11 @@ class Tolerances:
             f"max(floor, {self.spread:g} x the base's max - min); floors: epochs to target "
             f"max({self.epochs:g}, {self.epochs_percent:g}% of the base median), final test error "
             f"{_points(self.final_error)}, final train loss {self.loss_percent:g}% of the base median, "
-            f"skipped updates {_points(self.skip_rate)}; {time}. A seed that never reaches a target counts as "
-            "+inf epochs and the medians include it: a target regresses when its median turns infinite where "
+            f"skipped updates {_points(self.skip_rate)}; {time}. The mean train loss over the epochs (the area "
+            "under the train-loss curve) is compared seed by seed, each seed with itself: it regresses when the "
+            f"median over seeds of the change exceeds max({self.paired_percent:g}%, {self.spread:g} x the base's "
+            "max - min over seeds of the final train loss, as % of its median). A seed that never reaches a target "
+            "counts as +inf epochs and the medians include it: a target regresses when its median turns infinite where "
             "the base's was finite, or when more seeds miss it than the base's misses (scaled to the current "
             f"seed count) + max(1, {self.spread:g} x those misses). Also gated: more diverged or failed seeds, "
             "fewer seeds, missing or incomplete runs. A row reads REGRESSED only when a quantity it shows did."
@@ -287,6 +312,65 @@ def _check_value(
         diff.improve(label, change)
 
 
+def relative_range(stat: Stat) -> float:
+    """The max - min over seeds as % of the median (0 for a median of 0)."""
+    return 100.0 * (stat.max - stat.min) / abs(stat.median) if stat.median else 0.0
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The mean train loss of each seed present on both sides: % change, current vs base."""
+
+    changes: dict[int, float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.changes.values())
+
+    def text(self) -> str:
+        return ", ".join(f"seed {seed} {change:+.1f}%" for seed, change in sorted(self.changes.items()))
+
+
+def paired_mean_loss(base: CellSummary, current: CellSummary) -> Paired | None:
+    """Seed-by-seed changes of the mean train loss, or None when nothing can be paired: no seed
+    on both sides with the value, or the runs of either side cover other epochs than the other's
+    (a mean over three epochs is not one over two)."""
+    spans = (base.epochs_present, current.epochs_present)
+    if any(span is None or span.min != span.max for span in spans) or spans[0].median != spans[1].median:  # type: ignore[union-attr]
+        return None
+    changes = {}
+    for seed in sorted(set(base.by_seed) & set(current.by_seed)):
+        b, c = base.by_seed[seed].get("mean_train_loss"), current.by_seed[seed].get("mean_train_loss")
+        if b is not None and c is not None and b > 0:
+            changes[seed] = 100.0 * (c / b - 1.0)
+    return Paired(changes) if changes else None
+
+
+def _final_range(cell: CellSummary) -> float:
+    return relative_range(cell.final_train_loss) if cell.final_train_loss is not None else 0.0
+
+
+def _check_paired(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
+    if base.mean_train_loss is None:
+        return
+    paired = paired_mean_loss(base, current)
+    if paired is None:
+        return
+    allowed = tol.paired_allowed(base)
+    change = (
+        f"{MEAN_LOSS}: median change {paired.median:+.1f}% over {len(paired.changes)} seeds paired with "
+        f"themselves ({paired.text()})"
+    )
+    if paired.median > allowed + _EPS:
+        diff.flag(
+            MEAN_LOSS,
+            f"{change}; allowed up to +{allowed:.1f}% (the larger of {tol.paired_percent:g}% and {tol.spread:g} x "
+            f"the base's range over seeds of the final train loss, {_final_range(base):.1f}% of its median)",
+        )
+    elif paired.median < -allowed - _EPS:
+        diff.improve(MEAN_LOSS, change)
+
+
 def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     base, current = diff.base, diff.current
     if base is None or current is None:
@@ -299,6 +383,7 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     if base.final_train_loss is not None:
         loss_floor = tol.loss_percent / 100.0 * abs(base.final_train_loss.median)
         _check_value(diff, "final train loss", base.final_train_loss, current.final_train_loss, loss_floor, "", tol)
+    _check_paired(diff, base, current, tol)
     _check_value(diff, "skipped updates", base.skip_percent, current.skip_percent, tol.skip_rate, "%", tol)
     if tol.wall_clock_percent is not None:
         percent = _percent_change(base.train_seconds, current.train_seconds)
@@ -370,6 +455,12 @@ def compare(
             f"{len(few)} of {len(base)} BASE cells have fewer than {ENOUGH_SEEDS} seeds, so their spread "
             "over seeds says little; the floors alone set their tolerance"
         )
+    for side, cells in (("BASE", base), ("CURRENT", current)):
+        if any(c.n and not c.by_seed for c in cells):
+            notes.append(
+                f"some {side} cells record no per-seed values (an older baseline, or every seed diverged): "
+                f"their {MEAN_LOSS} is not compared seed by seed"
+            )
     if any(b.settings for b in base) and not all(b.settings for b in base):
         notes.append("some BASE cells record no settings (an older baseline): their settings are not compared")
     matched = [d for d in diffs if d.base is not None and d.current is not None]
@@ -407,6 +498,15 @@ def _pair(base: Stat | None, current: Stat | None, fmt: tables.Formatter, percen
         change = _percent_change(base, current)
         return text if change is None else f"{text} ({change:+.0f}%)"
     return f"{text} ({current.median - base.median:+.2f})"
+
+
+def _paired_text(base: CellSummary | None, current: CellSummary | None) -> str:
+    """``0.4805 → 0.4989 (+3.8% paired)``: the medians over seeds and the median paired change."""
+    if base is None or current is None:
+        return "n/a"
+    text = " → ".join(tables.fmt_stat(cell.mean_train_loss, tables.fmt_loss) for cell in (base, current))
+    paired = paired_mean_loss(base, current) if base.mean_train_loss is not None else None
+    return text if paired is None else f"{text} ({paired.median:+.1f}% paired)"
 
 
 def _runs_text(cell: CellSummary) -> str:
@@ -483,16 +583,19 @@ def to_markdown(comparison: Comparison) -> str:
             diff.key.describe(multi_suite),
             _pair(b and b.final_test_error, c and c.final_test_error, tables.fmt_percent),
             _pair(b and b.final_train_loss, c and c.final_train_loss, tables.fmt_loss),
+            _paired_text(b, c),
             _pair(b and b.skip_percent, c and c.skip_percent, tables.fmt_percent),
             _pair(b and b.train_seconds, c and c.train_seconds, tables.fmt_seconds, percent=True),
             _runs_text(c) if c else "missing",
-            diff.row_status([RUNS, FINAL_ERROR, FINAL_LOSS, SKIPS, TIME]),
+            diff.row_status([RUNS, FINAL_ERROR, FINAL_LOSS, MEAN_LOSS, SKIPS, TIME]),
         ])  # fmt: skip
-    headers = ["cell", "final test error %", "final train loss", "skipped updates %", "train seconds", "runs",
-               "status"]  # fmt: skip
+    headers = ["cell", "final test error %", "final train loss", "mean train loss, paired", "skipped updates %",
+               "train seconds", "runs", "status"]  # fmt: skip
     out.append(tables.markdown(headers, rows) + "\n")
     out.append(
         "Values: median [min–max] over seeds; (k/n) seeds reached the target (the epochs shown are over "
-        "those seeds; the gate's median counts the others as +inf). A row's status is its own quantities'.\n"
+        "those seeds; the gate's median counts the others as +inf); mean train loss: over the trained epochs, "
+        "with the median over seeds of each seed's change against the same seed in the base. A row's status "
+        "is its own quantities'.\n"
     )
     return "\n".join(out)

@@ -132,6 +132,9 @@ class RunSummary:
     final_test_error: float | None = None
     best_test_error: float | None = None
     final_train_loss: float | None = None
+    # the mean of the train loss over the trained epochs (1..last): the area under the
+    # train-loss curve per epoch, which a slower start raises even when the end catches up
+    mean_train_loss: float | None = None
     final_train_seconds: float | None = None
     final_grad_evals: float | None = None
     # Quasi-Newton statistics at the last epoch; None for optimizers without them.
@@ -295,6 +298,9 @@ def _scan_rows(run: RunSummary, rows: list[dict[str, float | None]]) -> None:
         run.final_test_error = last["test_error"]
     if _finite(last.get("train_loss")):
         run.final_train_loss = last["train_loss"]
+    losses = [r.get("train_loss") for r in trained]
+    if all(_finite(loss) for loss in losses):
+        run.mean_train_loss = math.fsum(losses) / len(losses)  # type: ignore[arg-type]
     run.final_train_seconds = last.get("train_seconds")
     run.final_grad_evals = last.get("grad_evals")
     run.steps = last.get("steps")
