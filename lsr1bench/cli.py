@@ -763,6 +763,11 @@ def compare(
         float,
         typer.Option("--paired-pct", help="floor of the mean train loss margin, % change of each seed against itself"),
     ] = 2.0,
+    radius_factor: Annotated[
+        float,
+        typer.Option("--radius-factor", help="how many times outside the base's range over seeds the final "
+                     "trust-region radius may go, either way (>= 1)"),
+    ] = 3.0,
     time_pct: Annotated[
         float | None,
         typer.Option("--time-pct", metavar="P", help="gate training time at +P % (default: reported only)"),
@@ -780,7 +785,8 @@ def compare(
     miss it than the base's misses + max(1, SPREAD x those misses). The mean train loss over
     the epochs is compared seed by seed: it regresses when the median change exceeds
     max(PAIRED_PCT %, SPREAD x the base's range over seeds of the final train loss, in % of
-    its median). Also:
+    its median). The final trust-region radius regresses when its median leaves the base's
+    range over seeds widened RADIUS_FACTOR times each way. Also:
     more seeds diverge or fail, fewer seeds, missing or incomplete runs. The rule is printed.
     """
     from lsr1bench import reporting
@@ -799,6 +805,8 @@ def compare(
         )
         if value is not None and value < 0
     ]
+    if not radius_factor >= 1.0:
+        negative.append(f"--radius-factor: must be >= 1, got {radius_factor:g}")
     if negative:
         raise _bad_input(negative)
     try:
@@ -810,6 +818,7 @@ def compare(
             loss_percent=loss_pct,
             skip_rate=skip_tol,
             paired_percent=paired_pct,
+            radius_factor=radius_factor,
             wall_clock_percent=time_pct,
         )
     except ValueError as exc:

@@ -216,3 +216,38 @@ def test_an_error_equal_to_its_target_is_not_reached_by_the_runner(tmp_path: Pat
     record = runner.train(spec, tmp_path, "cpu")
     assert record.status == "completed", record.error
     assert record.targets_reached == {"test_error": {"5": None, "5.01": 1}, "test_loss": {"0.25": None, "0.251": 1}}
+
+
+def radius_cell(root: Path, radii: list[float], label: str = "lsr1"):
+    """L-SR1 seeds that differ only in their final trust-region radius."""
+    suite = root / "gate"
+    for seed, radius in enumerate(radii):
+        qn = {"steps": 20, "skipped_updates": 0, "rejected_steps": 0, "dropped_pairs": 0, "radius": radius}
+        write_run(suite, [90, 6, 4.5], label=label, seed=seed, batch_size=50, targets=(), qn_final=qn,
+                  train_losses=[2.3, 0.3, 0.3])  # fmt: skip
+    cells, _ = load_cells(suite)
+    assert len(cells) == 1
+    return cells
+
+
+@pytest.mark.parametrize("side", ["below", "above"])
+@pytest.mark.parametrize(("delta", "regresses"), BOUNDARY)
+def test_radius_factor_boundary(tmp_path: Path, side: str, delta: float, regresses: bool) -> None:
+    # base radii 0.2, 0.3, 0.4: with factor 3 the allowed range is [0.2 / 3, 0.4 x 3]; the current
+    # median sits on one end of it (exactly 0.2 / 3 = 0.0667 or 0.4 x 3 = 1.2)
+    base = radius_cell(tmp_path / "b", [0.2, 0.3, 0.4])
+    median = 0.2 / 3.0 if side == "below" else 0.4 * 3.0
+    current = radius_cell(tmp_path / "c", [median * 0.5, median, median * 2.0])
+    assert judged(base, current, "trust-region radius", radius_factor=3.0 + delta) is regresses
+
+
+def test_radius_within_the_base_range_passes_and_cells_without_one_are_not_judged(tmp_path: Path) -> None:
+    base = radius_cell(tmp_path / "b", [0.2, 0.3, 0.4])
+    assert reasons(base, radius_cell(tmp_path / "c", [0.1, 0.2, 0.9]), radius_factor=1.0) == []
+    adam_base = cell(tmp_path / "ab", [[90, 6, 4.5]] * 3)
+    assert reasons(adam_base, cell(tmp_path / "ac", [[90, 6, 4.5]] * 3), radius_factor=1.0) == []
+
+
+def test_radius_factor_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="radius_factor must be >= 1"):
+        Tolerances(radius_factor=0.5)

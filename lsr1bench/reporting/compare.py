@@ -45,6 +45,14 @@ times the seed-to-seed standard deviation measured on suites/ci.yaml. The quanti
   close, moves less. Cells that amplify little (Adam's, NAG's here) get the floor; chaotic
   ones (L-SR1's) a limit their rounding noise stays inside. Seeds are paired only when both
   sides ran the same epochs;
+- the trust-region radius at the end of the run (L-SR1's trust-region cells), both ways:
+  the cell regresses when the median over seeds leaves [base min / ``radius_factor``, base max
+  x ``radius_factor``]. The radius is the optimizer's own verdict on how far its model can be
+  trusted, and a broken radius rule (one that hardly grows or shrinks too fast) shows there
+  first, while the losses it slows are still within the seeds' range. The radius moves by
+  factors of two, so a rounding change that flips one accept-and-grow decision moves a seed's
+  radius by 2: the factor 3 allows that with room (on suites/ci.yaml a rounding-only change
+  moved the median of L-SR1's radius by up to a factor of 2, inside the base's range);
 - training wall-clock only when ``wall_clock_percent`` is set (+P % of the base median).
 
 A cell also regresses when more of its seeds diverge or fail, it has fewer seeds, runs
@@ -83,6 +91,7 @@ FINAL_ERROR = "final test error"
 FINAL_LOSS = "final train loss"
 MEAN_LOSS = "mean train loss"
 SKIPS = "skipped updates"
+RADIUS = "trust-region radius"
 TIME = "training time"
 # A base with fewer seeds than this has a spread that says little; compare says so.
 ENOUGH_SEEDS = 3
@@ -100,6 +109,8 @@ class Tolerances:
     skip_rate: float = 5.0
     # the mean train loss, seed by seed: the floor of its limit, % of each seed's base value
     paired_percent: float = 2.0
+    # the final trust-region radius: how many times outside the base's range over seeds
+    radius_factor: float = 3.0
     wall_clock_percent: float | None = None
 
     def __post_init__(self) -> None:
@@ -108,6 +119,8 @@ class Tolerances:
             value = getattr(self, name)
             if value is not None and (value < 0 or math.isnan(value)):
                 raise ValueError(f"tolerance {name} must be >= 0, got {value}")
+        if not self.radius_factor >= 1.0:
+            raise ValueError(f"tolerance radius_factor must be >= 1, got {self.radius_factor}")
 
     def allowed(self, base: Stat, floor: float) -> float:
         """The highest current median that is not a regression."""
@@ -137,7 +150,9 @@ class Tolerances:
             f"skipped updates {_points(self.skip_rate)}; {time}. The mean train loss over the epochs (the area "
             "under the train-loss curve) is compared seed by seed, each seed with itself: it regresses when the "
             f"median over seeds of the change exceeds max({self.paired_percent:g}%, {self.spread:g} x the base's "
-            "max - min over seeds of the final train loss, as % of its median). A seed that never reaches a target "
+            "max - min over seeds of the final train loss, as % of its median). The trust-region radius at the end "
+            f"of the run regresses when its median leaves [base min / {self.radius_factor:g}, base max x "
+            f"{self.radius_factor:g}]. A seed that never reaches a target "
             "counts as +inf epochs and the medians include it: a target regresses when its median turns infinite where "
             "the base's was finite, or when more seeds miss it than the base's misses (scaled to the current "
             f"seed count) + max(1, {self.spread:g} x those misses). Also gated: more diverged or failed seeds, "
@@ -371,6 +386,19 @@ def _check_paired(diff: CellDiff, base: CellSummary, current: CellSummary, tol: 
         diff.improve(MEAN_LOSS, change)
 
 
+def _check_radius(diff: CellDiff, base: CellSummary, current: CellSummary, tol: Tolerances) -> None:
+    """The final trust-region radius against the base's range over seeds, widened by
+    ``radius_factor`` both ways (cells without a radius on both sides are not checked)."""
+    b, c = base.radius, current.radius
+    if b is None or c is None or not b.min > 0.0 or not math.isfinite(c.median):
+        return
+    low, high = b.min / tol.radius_factor, b.max * tol.radius_factor
+    change = f"{RADIUS}: median {c.median:.4g}, base {b.median:.4g} [{b.min:.4g}–{b.max:.4g}]"
+    if c.median < low or c.median > high:
+        diff.flag(RADIUS, f"{change}; allowed {low:.4g} to {high:.4g} (the base's range, {tol.radius_factor:g} times wider "
+                          "each way)")
+
+
 def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
     base, current = diff.base, diff.current
     if base is None or current is None:
@@ -384,6 +412,7 @@ def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
         loss_floor = tol.loss_percent / 100.0 * abs(base.final_train_loss.median)
         _check_value(diff, "final train loss", base.final_train_loss, current.final_train_loss, loss_floor, "", tol)
     _check_paired(diff, base, current, tol)
+    _check_radius(diff, base, current, tol)
     _check_value(diff, "skipped updates", base.skip_percent, current.skip_percent, tol.skip_rate, "%", tol)
     if tol.wall_clock_percent is not None:
         percent = _percent_change(base.train_seconds, current.train_seconds)
@@ -575,7 +604,7 @@ def to_markdown(comparison: Comparison) -> str:
         out.append(tables.markdown(headers, rows) + "\n")
     else:
         out.append("No cell has targets.\n")
-    out.append("### Final test error and train loss, skipped updates, training time\n")
+    out.append("### Final test error and train loss, skipped updates, radius, training time\n")
     rows = []
     for diff in comparison.diffs:
         b, c = diff.base, diff.current
@@ -585,12 +614,13 @@ def to_markdown(comparison: Comparison) -> str:
             _pair(b and b.final_train_loss, c and c.final_train_loss, tables.fmt_loss),
             _paired_text(b, c),
             _pair(b and b.skip_percent, c and c.skip_percent, tables.fmt_percent),
+            _pair(b and b.radius, c and c.radius, tables.fmt_radius, percent=True),
             _pair(b and b.train_seconds, c and c.train_seconds, tables.fmt_seconds, percent=True),
             _runs_text(c) if c else "missing",
-            diff.row_status([RUNS, FINAL_ERROR, FINAL_LOSS, MEAN_LOSS, SKIPS, TIME]),
+            diff.row_status([RUNS, FINAL_ERROR, FINAL_LOSS, MEAN_LOSS, SKIPS, RADIUS, TIME]),
         ])  # fmt: skip
     headers = ["cell", "final test error %", "final train loss", "mean train loss, paired", "skipped updates %",
-               "train seconds", "runs", "status"]  # fmt: skip
+               "final radius", "train seconds", "runs", "status"]  # fmt: skip
     out.append(tables.markdown(headers, rows) + "\n")
     out.append(
         "Values: median [min–max] over seeds; (k/n) seeds reached the target (the epochs shown are over "
