@@ -20,7 +20,7 @@ optimizer (Adam; L-SR1 trust region with its memory sharded and replicated) it p
   collectives (time inside torch.distributed calls made outside the closure), and the
   optimizer's compute (the rest).
 
-Goals (issue 9): memory per rank <= 1.1 x ((2m+2)/P + 2) n sharded; the optimizer's own
+Goals: memory per rank <= 1.1 x ((2m+2)/P + 2) n sharded; the optimizer's own
 bytes per step independent of n; on GPUs at a global batch of 10,000, L-SR1's scaling
 efficiency from P = 1 to 8 within 10% of Adam's.
 
