@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import doc_regions
+import optimizer_provenance
 from ablation import ablation_table
 from doc_regions import BEGIN, END_TEMPLATE, render_regions, update_regions
 from paper_table1 import PAPER_CELLS, PAPER_TABLE1, paper_row
@@ -534,14 +535,33 @@ def skip_rate_runs(folder: Path) -> str:
 
 
 def provenance(folder: Path) -> str:
-    """Where and with what each committed suite of run records was made, from its run.json files."""
+    """Where and with what each committed suite of run records was made, from its run.json
+    files, and how many of its L-SR1 runs were made with the final optimizer (a clean
+    commit containing the last change under ``lsr1bench/optim/``, see
+    ``optimizer_provenance.py``)."""
     base = folder / RUNS
     if not base.is_dir():
         raise ReportError(f"{base}: no such folder (a generated region reads its run records)")
-    headers = ["suite", "runs (completed)", "seeds", "device", "torch threads", "torch", "commit", "made"]
+    try:
+        final = optimizer_provenance.final_optimizer_commit()
+    except optimizer_provenance.NotAGitCheckout:
+        final = None
+    lsr1_column = f"L-SR1 runs at the final optimizer ({final[:7]})" if final else "L-SR1 runs at the final optimizer"
+    headers = ["suite", "runs (completed)", "seeds", "device", "torch threads", "torch", "commit", "made",
+               lsr1_column]
     rows = []
     for suite_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         runs = suite_runs(folder, suite_dir.name)
+        lsr1 = [r for r in runs if r.spec.get("optimizer") == "lsr1"]
+        if not lsr1:
+            at_final = "no L-SR1 runs"
+        elif suite_dir.name in optimizer_provenance.KEPT_AS_HISTORY:
+            at_final = "kept as the old optimizer's record"
+        elif final is None:
+            at_final = "unknown (not a git checkout)"
+        else:
+            good = sum(optimizer_provenance.verdict(r.git_commit, final) is None for r in lsr1)
+            at_final = "all" if good == len(lsr1) else f"**{good} of {len(lsr1)}**"
         completed = sum(r.status == "completed" for r in runs)
         seeds = sorted({r.seed for r in runs if r.seed is not None})
         commits = sorted({(r.git_commit or "unknown")[:7] for r in runs})
@@ -551,7 +571,7 @@ def provenance(folder: Path) -> str:
             ", ".join(sorted({r.device or "unknown" for r in runs})),
             _threads(runs),
             ", ".join(sorted({str(r.versions.get("torch", "?")) for r in runs})),
-            ", ".join(commits), ", ".join(days),
+            ", ".join(commits), ", ".join(days), at_final,
         ])
     return markdown(headers, rows)
 
