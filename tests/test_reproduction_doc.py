@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
-from reproduction import BEGIN, END_TEMPLATE, FRAGMENTS, lsr1_cpu, main, render_doc, update_doc  # docs/tools
+from reproduction import FRAGMENTS, lsr1_cpu, main, render_doc, update_doc  # docs/tools
 
 from lsr1bench.reporting import ReportError
 
@@ -99,50 +98,62 @@ def test_the_package_holds_no_code_of_this_document() -> None:
         assert "REPRODUCTION.md" not in text and "update_doc" not in text, source
 
 
-# --- prose: numbers come from the records or the paper ---
-
-PAPER = ROOT.parent / "shared" / "paper" / "lsr1-iclr2017.txt"
-NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?(?![\w])")
-# Numbers the prose may state that are neither results nor the paper's: settings the
-# suites and the tool define (the default skip threshold, the L2 weight, the CPU core
-# count) and MNIST's sizes from the data README.
-SETTINGS = {"1e-8", "1e-4", "2", "60,000", "10,000"}
+# --- prose: every number equals the quantity it is about (docs/tools/prose_numbers.py) ---
 
 
-def _prose_and_generated(text: str) -> tuple[str, str]:
-    generated: list[str] = []
-    prose: list[str] = []
-    position = 0
-    for match in BEGIN.finditer(text):
-        end = text.index(END_TEMPLATE.format(name=match.group(1)), match.end())
-        prose.append(text[position : match.start()])
-        generated.append(text[match.end() : end])
-        position = end
-    prose.append(text[position:])
-    kept = []
-    for line in "".join(prose).splitlines():
-        if line.startswith("    ") or line.lstrip().startswith("|") or line.startswith("!["):
-            continue  # commands, the hand-made table of what ran (names only), images
-        kept.append(re.sub(r"`[^`]*`", "", line))  # file names, commit ids and code
-    return "\n".join(kept), "".join(generated)
+def test_prose_numbers_match_their_sources() -> None:
+    """Runs without ../shared: the paper's numbers are in docs/tools/paper_table1.py."""
+    from prose_numbers import check
+
+    problems = check(DOC.read_text(encoding="utf-8"))
+    assert not problems, "python docs/tools/prose_numbers.py:\n" + "\n".join(map(str, problems))
 
 
-def _numbers(text: str) -> set[str]:
-    return set(NUMBER.findall(text.replace(",000", "000")))
+def test_nag_capped_at_40_fails() -> None:
+    """NAG's cap is 50 epochs in suites/repro/table1_mnist_cpu.yaml: the prose saying 40 fails."""
+    from prose_numbers import check
+
+    text = DOC.read_text(encoding="utf-8")
+    assert text.count("NAG capped at 50") == 1
+    problems = [str(p) for p in check(text.replace("NAG capped at 50", "NAG capped at 40"))]
+    # the suite's cap, and the paper's horizon the sentence says it equals
+    assert any("40 should be 50 (suite:table1 NAG's cap (epochs))" in p for p in problems), problems
+    assert any("40 should be 50 (paper:table1_epochs_small_batches)" in p for p in problems), problems
+    assert len(problems) == 2 and len({p.split(": ")[0] for p in problems}) == 1, problems
 
 
-@pytest.mark.skipif(not PAPER.is_file(), reason="../shared/paper is not beside the repo")
-def test_prose_numbers_come_from_the_records_or_the_paper() -> None:
-    prose, generated = _prose_and_generated(DOC.read_text(encoding="utf-8"))
-    allowed = _numbers(generated) | _numbers(PAPER.read_text(encoding="utf-8")) | _numbers(" ".join(SETTINGS))
-    stray = sorted(_numbers(prose) - allowed)
-    assert not stray, f"numbers in docs/REPRODUCTION.md's prose that no record or the paper holds: {stray}"
+def test_a_paper_number_and_a_record_number_typed_wrong_fail() -> None:
+    from prose_numbers import check
+
+    text = DOC.read_text(encoding="utf-8")
+    assert text.count("higher than 60%") == 1
+    edited = text.replace("higher than 60%", "higher than 70%")
+    assert "only the first 3 completed" in edited
+    edited = edited.replace("only the first 3 completed", "only the first 4 completed")
+    problems = [str(p) for p in check(edited)]
+    assert len(problems) == 2, problems
+    assert "70 should be 60 (paper:skip_high_percent)" in problems[0]
+    assert "4 should be 3 (records:old GPU L-SR1 completed at batch 500)" in problems[1]
 
 
-def test_the_prose_check_catches_a_typed_number() -> None:
-    text = "intro\n<!-- lsr1bench:begin skips -->\n| 0.76 |\n<!-- lsr1bench:end skips -->\nit took 0.80 s\n"
-    prose, generated = _prose_and_generated(text)
-    assert _numbers(prose) - _numbers(generated) == {"0.80"}
+def test_a_number_no_check_covers_fails_and_code_does_not_count() -> None:
+    from prose_numbers import Check, check
+
+    body = (
+        "intro\n<!-- lsr1bench:begin skips -->\n| 0.76 |\n<!-- lsr1bench:end skips -->\n"
+        "NAG capped at 50 epochs; it took 0.80 s (see Table 1, `run-b500-s3`).\n\n    lsr1bench run --jobs 8\n"
+    )
+    problems = [str(p) for p in check(body, checks=[Check(r"NAG capped at (\d+)", "suite:table1 NAG's cap (epochs)")])]
+    assert len(problems) == 1, problems
+    assert "0.80 is not covered by any check" in problems[0]
+
+
+def test_a_check_whose_sentence_is_gone_fails() -> None:
+    from prose_numbers import Check, check
+
+    only = [Check(r"NAG capped at (\d+)", "suite:table1 NAG's cap (epochs)")]
+    problems = [str(p) for p in check("nothing here\n", checks=only)]
+    assert problems and "matches nothing in the prose" in problems[0]
 
 
 # --- the run-record fragments on synthetic records, against hand-computed values ---
