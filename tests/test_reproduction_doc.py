@@ -407,3 +407,79 @@ def test_provenance_checks_skip_outside_git(tmp_path: Path) -> None:
 
     with pytest.raises(NotAGitCheckout, match="not a git checkout"):
         final_optimizer_commit(tmp_path)
+
+
+# --- the claims, curvature and Figure 1 fragments on synthetic records ---
+
+
+def _run(folder: Path, suite: str, optimizer: str, label: str, batch: int, seed: int, errors: list[float],
+         batch_norm: bool = True, extra: dict | None = None) -> None:
+    from lsr1bench import records
+    from lsr1bench.grid import RunSpec
+
+    spec = RunSpec(
+        suite=suite, run_id=f"lenet5{'-bn' if batch_norm else ''}-mnist-{label}-b{batch}-s{seed}", model="lenet5",
+        batch_norm=batch_norm, dataset="mnist", optimizer=optimizer, label=label, optimizer_params={},
+        lr_schedule=None, batch_size=batch, seed=seed, epochs=len(errors), targets=(1.1, 1.2, 1.5),
+        stop_at_targets=False,
+    )  # fmt: skip
+    base = {"train_loss": 0.5, "test_loss": 0.1, "train_seconds": 1.0, "total_seconds": 1.0, "grad_evals": 0,
+            "samples": 0}
+    rows = [{**base, "epoch": 0, "test_error": 90.0}]
+    rows += [{**base, "epoch": i + 1, "test_error": e, **((extra or {}).get(i + 1, {}))} for i, e in enumerate(errors)]
+    directory = records.run_dir(folder / "runs", suite, spec.run_id)
+    directory.mkdir(parents=True)
+    records.write_epochs(directory, rows)
+    records.write_run(directory, records.RunRecord(suite, spec.run_id, spec.to_dict(), status="completed",
+                                                   epochs_completed=len(errors)))
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_figure1_fragments_by_hand(tmp_path: Path) -> None:
+    from reproduction import FIGURE1_SUITE, figure1_claims, figure1_embedded
+
+    twenty = [5.0] * 20
+    for seed, last in enumerate((2.0, 2.4, 2.2)):
+        _run(tmp_path, FIGURE1_SUITE, "lsr1", "lsr1-init_fc-torch", 400, seed, [20.0] + [4.0] * 18 + [last])
+    _run(tmp_path, FIGURE1_SUITE, "lbfgs", "lbfgs-forget5-init_fc-torch", 400, 0, twenty)
+    _run(tmp_path, FIGURE1_SUITE, "lsr1", "lsr1-init_fc-torch", 400, 0, [30.0] * 5, batch_norm=False)  # cut short
+    rows = _table(figure1_embedded(tmp_path))
+    assert [(r["optimizer"], r["batch norm"], r["seeds (completed)"]) for r in rows] == [
+        ("L-SR1", "yes", "3 (3)"), ("L-SR1", "no", "1 (1)"), ("L-BFGS, forgetting every 5", "yes", "1 (1)")]
+    assert rows[0]["test error (%), epoch 1"] == "20.00"
+    assert rows[0]["test error (%), epoch 20"] == "2.20 [2.00–2.40]"
+    assert rows[1]["test error (%), epoch 20"] == "—"
+    claims = figure1_claims(tmp_path).splitlines()
+    # L-SR1 (medians 20, 4, 4, 2.2) against L-BFGS (5 throughout): lower at epochs 5, 10 and 20
+    assert claims[0].startswith("- L-SR1 against L-BFGS, with batch norm: L-SR1's median test error is the lower "
+                                "at epochs 5, 10 and 20 of epochs 1, 5, 10 and 20; at epoch 20, 2.20% against 5.00%")
+    assert "every seed of the first below every seed of the second" in claims[0]
+    assert claims[1] == "- L-SR1 against L-BFGS, without batch norm: no epoch of the table has records of both."
+    assert "at epoch 5, 4.00% against 30.00% (medians of 3 seeds and 1 seed)" in claims[2]
+
+
+def test_curvature_outlier_and_nag_minibatch_by_hand(tmp_path: Path) -> None:
+    from reproduction import ABLATION_CPU_SUITE, CPU_SUITE, curvature_outlier, nag_minibatch
+
+    eig = {1: {"min_eigenvalue": -2000.0}, 2: {"min_eigenvalue": -1.0}}
+    _run(tmp_path, CPU_SUITE, "lsr1", "lsr1", 10000, 2, [30.0, 2.0], extra=eig)
+    _run(tmp_path, CPU_SUITE, "lsr1", "lsr1", 500, 0, [3.0, 1.0], extra={1: {"min_eigenvalue": -4.0}})
+    text = curvature_outlier(tmp_path)
+    assert "is -2000 (batch 10000, seed 2, end of epoch 1)" in text
+    assert "the next smallest of the 3 snapshots is -4 (batch 500, seed 0, end of epoch 1)" in text
+    assert text.endswith("so the smallest is 500 times the next.")
+    # NAG: batch 500 passes 1.5% at epoch 3; batch 10000 never does and bottoms at 3.0 in epoch 4
+    _run(tmp_path, CPU_SUITE, "nag", "nag", 500, 0, [5.0, 2.9, 1.4, 1.3])
+    _run(tmp_path, CPU_SUITE, "nag", "nag", 10000, 0, [60.0, 10.0, 4.0, 3.0])
+    _run(tmp_path, ABLATION_CPU_SUITE, "adam", "adam-lr0.01", 1000, 0, [1.0])  # no fc-torch NAG: no row
+    rows = _table(nag_minibatch(tmp_path))
+    assert rows == [{
+        "reading": "N(0, 0.1)", "seed": "0", "epochs run (cap) b500 / b10000": "4 (4) / 4 (4)", "< 1.5%: b500": "3",
+        "< 1.5%: b10000": "not within 4", "b10000's best test error (%)": "3.00", "epochs to it: b500": "2",
+        "epochs to it: b10000": "4", "ratio": "2.0x",
+    }]

@@ -823,6 +823,59 @@ def figure1_embedded(folder: Path) -> str:
             rows.append(row)
     return markdown(headers, rows)
 
+
+def _figure1_errors(runs: list[RunSummary], prefix: str, batch_norm: bool, epoch: int) -> list[float]:
+    chosen = [r for r in runs if r.key.label.startswith(prefix) and r.key.batch_norm == batch_norm]
+    return [e for e in (_error_at(r, epoch) for r in chosen) if e is not None]
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    words = [str(e) for e in epochs]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _compare(runs: list[RunSummary], a: tuple[str, bool], b: tuple[str, bool]) -> tuple[list[int], str]:
+    """The epochs of FIGURE1_EPOCHS at which ``a``'s median test error is below ``b``'s, and
+    a sentence on the last epoch both have: the seeds of each, and whether every seed of
+    ``a`` is below every seed of ``b`` there."""
+    below, last = [], None
+    for epoch in FIGURE1_EPOCHS:
+        ea, eb = _figure1_errors(runs, *a, epoch), _figure1_errors(runs, *b, epoch)
+        if not ea or not eb:
+            continue
+        last = (epoch, ea, eb)
+        if statistics.median(ea) < statistics.median(eb):
+            below.append(epoch)
+    if last is None:
+        return below, "no epoch both have"
+    epoch, ea, eb = last
+    order = "every seed of the first below every seed of the second" if max(ea) < min(eb) else (
+        "every seed of the second below every seed of the first" if max(eb) < min(ea) else "their seeds overlapping")
+    return below, (f"at epoch {epoch}, {fmt_percent(statistics.median(ea))}% against "
+                   f"{fmt_percent(statistics.median(eb))}% (medians of {_seeds(len(ea))} and {_seeds(len(eb))}), "
+                   f"{order}")
+
+
+def figure1_claims(folder: Path) -> str:
+    """The paper's reading of Figure 1 (section 4.1.4) against the rerun's records: at which
+    of the table's epochs one median test error is below the other, and the last epoch's
+    seeds. Verdict words are the prose's; these are the facts they rest on."""
+    runs = suite_runs(folder, FIGURE1_SUITE)
+    lines = []
+    pairs = [(f"L-SR1 against L-BFGS, {'with' if bn else 'without'} batch norm", "L-SR1's median test error",
+              ("lsr1", bn), ("lbfgs", bn)) for bn in (True, False)]
+    pairs += [(f"{name} with batch norm against without", "the median with batch norm", (prefix, True), (prefix, False))
+              for prefix, name in (("lsr1", "L-SR1"), ("lbfgs", "L-BFGS"))]
+    for title, subject, a, b in pairs:
+        below, last = _compare(runs, a, b)
+        if last == "no epoch both have":
+            lines.append(f"- {title}: no epoch of the table has records of both.")
+            continue
+        shown = f"at epochs {_epochs_text(below)}" if below else "at none"
+        lines.append(f"- {title}: {subject} is the lower {shown} of epochs {_epochs_text(list(FIGURE1_EPOCHS))}; "
+                     f"{last}.")
+    return "\n".join(lines)
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "init-saturation": init_saturation,
     "provenance": provenance,
@@ -846,6 +899,7 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "gpu-wallclock": wallclock,
     "figure1": figure1,
     "figure1-embedded": figure1_embedded,
+    "figure1-claims": figure1_claims,
     "curvature-outlier": curvature_outlier,
     "claims-evidence": claims_evidence,
     "nag-minibatch": nag_minibatch,
