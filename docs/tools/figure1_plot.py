@@ -5,7 +5,7 @@ against epochs, a panel per (batch norm, batch size), a line per method (median 
 seeds, the band their min–max), read from
 ``docs/reproduction/runs/repro-figure1-mnist-embedded-cpu/``::
 
-    python docs/tools/figure1_plot.py
+    python docs/tools/figure1_plot.py [RECORDS_FOLDER]     # default: docs/reproduction
 
 The table beside it in docs/REPRODUCTION.md is the ``figure1-embedded`` fragment of
 ``reproduction.py``, from the same records.
@@ -24,8 +24,9 @@ FOLDER = Path(__file__).resolve().parents[1] / "reproduction"
 PNG = FOLDER / "figure1_mnist_embedded_test_error_vs_epoch.png"
 
 
-def main() -> int:
-    runs = suite_runs(FOLDER, FIGURE1_SUITE)
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    runs = suite_runs(Path(argv[0]) if argv else FOLDER, FIGURE1_SUITE)
     save_figure(suite_figure(runs, "test_error", "epoch"), PNG)
     print(f"{PNG.relative_to(FOLDER.parent.parent)}: {len(runs)} runs")
     return 0

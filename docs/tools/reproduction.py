@@ -871,9 +871,13 @@ def figure1_claims(folder: Path) -> str:
         if last == "no epoch both have":
             lines.append(f"- {title}: no epoch of the table has records of both.")
             continue
-        shown = f"at epochs {_epochs_text(below)}" if below else "at none"
-        lines.append(f"- {title}: {subject} is the lower {shown} of epochs {_epochs_text(list(FIGURE1_EPOCHS))}; "
-                     f"{last}.")
+        common = [e for e in FIGURE1_EPOCHS if _figure1_errors(runs, *a, e) and _figure1_errors(runs, *b, e)]
+        if below == common:
+            shown = f"at every epoch both have ({_epochs_text(common)})"
+        else:
+            shown = f"at epochs {_epochs_text(below)} of {_epochs_text(common)}" if below else (
+                f"at none of epochs {_epochs_text(common)}")
+        lines.append(f"- {title}: {subject} is the lower {shown}; {last}.")
     return "\n".join(lines)
 
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
