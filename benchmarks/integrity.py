@@ -2,7 +2,7 @@
 
     python benchmarks/integrity.py [--steps 300] [--model mlp|mlp-bn]
 
-The problem of issue 8: an MLP 100-200-10 (tanh, 22,210 float32 parameters), cross-entropy
+The problem: an MLP 100-200-10 (tanh, 22,210 float32 parameters), cross-entropy
 on 4,000 random inputs with noisy linear-teacher labels, a fresh minibatch of 1,000 every
 step, ``LSR1(model.parameters(), memory=5)``, one thread. It prints how many trial steps
 left the trust region they were solved in (||x_trial - x|| against the radius before the

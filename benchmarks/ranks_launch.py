@@ -8,7 +8,7 @@ subset, global batch 400, L-SR1 sharded and replicated and Adam, on 1 and 2 CPU 
 through the scheduler, as ``lsr1bench run --devices cpu`` does, and prints for each run
 its wall-clock (from the scheduler's start event to its end event), its training seconds
 (``train_seconds``: the optimizer steps only) and the difference: what the run paid to be
-started, its data loaded, its model built and its epochs evaluated. The goal of issue 23:
+started, its data loaded, its model built and its epochs evaluated. The goal:
 a 2-rank run's difference at most 2 s on the CPU. The first run of each rank count also
 pays for starting the processes that the later ones reuse.
 """

@@ -19,8 +19,8 @@ For each (n, m) it prints median times over ``--repeats`` steps, with the memory
   ``bytes n``: ``memory_bytes()`` (state and work buffers) per parameter byte, checked
   against the docstring's footprint ``param_bytes * (m + 6)`` (``ok``).
 
-Goals (issue 8): lsr1 / gemv <= 5 at m = 5, n = 4e6 on CPU; two host syncs per step; on an
-H200-class GPU at n = 1e7, m = 5, lsr1 <= 1.0 ms. Issue 22 (S no longer stored): at n = 4e6
+Goals: lsr1 / gemv <= 5 at m = 5, n = 4e6 on CPU; two host syncs per step; on an
+H200-class GPU at n = 1e7, m = 5, lsr1 <= 1.0 ms. Since S is no longer stored: at n = 4e6
 on CPU, lsr1 / lbfgs <= 1 at m = 5 and 10, lsr1 / gemv <= 2.5 at m = 5, state <= (m + 1) n.
 """
 

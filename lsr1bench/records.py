@@ -51,7 +51,7 @@ OPTIMIZER_COLUMNS = (
     "radius",
     "stored_pairs",
     # L-SR1's model at the end of the epoch and its skip test during it:
-    "min_eigenvalue",  # smallest eigenvalue of B
+    "min_eigenvalue",  # smallest eigenvalue of B, of the model held at the end of the epoch
     "negative_eigenvalues",  # how many eigenvalues of B are negative
     "negative_curvature_fraction",  # of this epoch's steps, those whose model had one
     "update_cosine_p10",  # 10th percentile of |s^T(y - Bs)| / (||s|| ||y - Bs||) this epoch

@@ -1,5 +1,5 @@
 """Run tests/test_lsr1_invariants.py's checks against the optimizer of commit 3e0c45a
-(before issue 8), through a shim that exposes its kept state as ``curvature()``; the old
+(an earlier core), through a shim that exposes its kept state as ``curvature()``; the old
 code keeps no pred, so that check is off.
 
     git worktree add /tmp/old 3e0c45a
@@ -43,7 +43,7 @@ class OldModel:
         return self.S.clone(), self.Y.clone()
 
     def grams(self):
-        # what the checks compare since issue 22: ||s_i||^2, the lower triangle of S^T Psi, Psi^T Psi
+        # what the checks compare since S is no longer stored: ||s_i||^2, the lower triangle of S^T Psi, Psi^T Psi
         ss, sp, pp = self.kept
         return torch.diagonal(ss).clone(), torch.tril(sp), pp
 

@@ -50,7 +50,7 @@ class SignSGD(torch.optim.Optimizer):
                     p.add_(p.grad.sign(), alpha=-group["lr"])
 
 
-# --- broken plugins, for the checks before training (issue 23) ---
+# --- broken plugins, for the checks before training ---
 
 
 def wide_net(extra: int = 2, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Issue 10's first-order ablation settings: LeNet-5's ``init`` and ``loss_reduction``.
+"""The first-order ablation's settings: LeNet-5's ``init`` and ``loss_reduction``.
 
 What the suite may say and how a bad value is worded, how the settings reach the run spec,
 its label and run id (never merged with the default's cells), and what ``loss_reduction:

@@ -1,4 +1,4 @@
-"""Files the tool writes get the process umask's mode, atomic writes included (issue 23).
+"""Files the tool writes get the process umask's mode, atomic writes included.
 
 ``tempfile.mkstemp`` creates files 0600 whatever the umask; a results folder shared with
 colleagues must come out 0644 under umask 022, as ``open(path, "w")`` would make it.

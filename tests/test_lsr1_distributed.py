@@ -262,7 +262,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks, method, shard
 def test_collective_budget_per_step(two_ranks):
     """Trust region: two all-reduces per step on the common path, plus one all-gather of s
     when sharded (an extra pass against cancellation adds one). A rejected step restores x
-    from the full copy every rank saved: no second all-gather (issue 22)."""
+    from the full copy every rank saved: no second all-gather."""
     for shard in (True, False):
         _, _, per_step, stats = two_ranks[0]["runs"][("trust_region", shard)]
         assert any(rejected for *_, rejected in per_step)  # rejected steps are covered

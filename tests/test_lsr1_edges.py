@@ -1,6 +1,7 @@
-"""Issue 22, item 3: inputs that crashed the optimizer or sent it silently down a wrong path.
+"""Inputs that crashed the optimizer or sent it silently down a wrong path.
 
-Each test here failed on the core before issue 22 (see the commit message for how).
+Each test here failed on the core before these edge cases were fixed (see the commit message
+that added it for how).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _run_to_convergence(problem, dtype, steps):
     closure = _closure(opt, [x], f)
     radii = []
     for step in range(steps):
-        opt.step(closure)  # raised ZeroDivisionError (step 596 in float32) before issue 22
+        opt.step(closure)  # raised ZeroDivisionError (step 596 in float32) before the fix
         radii.append(opt.statistics()["radius"])
         model = opt.curvature() if step % 25 == 0 else None
         if model is not None and model.k:  # a zero-length s is never stored

@@ -109,8 +109,8 @@ def check_invariants(model: nn.Module, opt: LSR1, batches, *, gram_tol: float, p
         opt.step(recorder)
         after = opt.statistics()
         if after["nonpositive_pred"] > before["nonpositive_pred"] or len(recorder.points) < 2:
-            # only a zero gradient may leave a step without a trial point (issue 10's frozen
-            # run ended every step here with g != 0)
+            # only a zero gradient may leave a step without a trial point (Table 1's frozen
+            # batch-10000 run ended every step here with g != 0)
             assert float(recorder.grads[0].norm()) == 0.0, f"step {step}: no trial point with g != 0"
             continue
         x0, g0 = recorder.points[0], recorder.grads[0]

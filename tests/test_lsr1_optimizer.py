@@ -463,7 +463,7 @@ def _uphill(real):
 
 
 def test_a_model_predicting_no_decrease_drops_its_oldest_pair_and_solves_again(monkeypatch):
-    """Table 1's batch-10000 run (issue 10) froze: with 4 pairs stored, every step's model
+    """Table 1's batch-10000 run froze: with 4 pairs stored, every step's model
     predicted no decrease, the step ended with no trial point, and nothing in the state
     changed, for epochs. A trust-region minimiser with g != 0 always predicts a decrease,
     so such a step now drops the oldest pair and solves again."""
@@ -532,7 +532,7 @@ def test_unconverged_newton_is_counted_and_never_longer_than_the_radius(monkeypa
     assert not sol.converged and sol.step_norm <= 0.05 * (1 + 1e-12)
 
 
-# The state at which Table 1's batch-10000 L-SR1 run froze (issue 10): its 4 stored pairs
+# The state at which Table 1's batch-10000 L-SR1 run froze: its 4 stored pairs
 # and the gradient, as coordinates in an orthonormal basis of their span (s_1..s_4,
 # psi_1..psi_4, g; float64 from the float32 run), at radius 1.7982479762585655. The pairs
 # saw almost no curvature (psi ~ -s), so B is nearly singular on range(S).

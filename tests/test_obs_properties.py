@@ -1,4 +1,4 @@
-"""Issue 22, item 4: property-based tests of the OBS subproblem solve against a dense
+"""Property-based tests of the OBS subproblem solve against a dense
 reference (eigendecomposition of the dense B plus bisection on the secular equation,
 tests/dense_reference.py), over random small problems."""
 

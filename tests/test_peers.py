@@ -1,4 +1,4 @@
-"""Issue 27: the second-order peers, each driven by the step protocol its table entry declares.
+"""The second-order peers, each driven by the step protocol its table entry declares.
 
 One test per protocol (``registry/table.py`` PROTOCOLS): ``closure-backward`` (a closure
 called with ``backward=False`` evaluates the loss without touching ``.grad``, for any

@@ -1,4 +1,4 @@
-"""docs/PEERS.md is generated from the run records committed in docs/peers/runs/ (issue 27)."""
+"""docs/PEERS.md is generated from the run records committed in docs/peers/runs/."""
 
 from __future__ import annotations
 

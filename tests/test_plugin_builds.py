@@ -1,4 +1,4 @@
-"""Issue 23: plugin models and datasets are built and tried before any training.
+"""Plugin models and datasets are built and tried before any training.
 
 ``validate`` (and ``run``, before it trains) calls each plugin factory once, runs two
 examples through each model and checks the output's shape against the dataset's class

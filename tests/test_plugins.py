@@ -1,4 +1,4 @@
-"""Issue 12: optimizers, models and datasets by import path; sweeps; validation split; tuned rows."""
+"""Optimizers, models and datasets by import path; sweeps; validation split; tuned rows."""
 
 from __future__ import annotations
 

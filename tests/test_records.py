@@ -32,7 +32,7 @@ def test_columns_are_the_documented_contract() -> None:
 
 
 def test_epochs_files_from_before_later_columns_still_read(tmp_path) -> None:
-    # a file written before the skip-rate columns (issue 10) but with val_loss (issue 12)
+    # a file written before the skip-rate columns existed, but with val_loss
     older = [c for c in EPOCH_COLUMNS if not c.startswith("skip_rate_")]
     (tmp_path / "epochs.csv").write_text(",".join(older) + "\n" + ",".join(["1"] + [""] * (len(older) - 1)) + "\n")
     rows = records.read_epochs(tmp_path)

@@ -363,7 +363,7 @@ def test_loss_targets_are_reported_beside_error_targets(tmp_path: Path) -> None:
 
 
 def test_skip_table_reports_lsr1s_model_from_the_epoch_columns(tmp_path: Path) -> None:
-    """Issue 8's columns, hand-computed: % of steps with negative curvature weighted by each
+    """The model-statistics columns, hand-computed: % of steps with negative curvature weighted by each
     epoch's steps, the smallest eigenvalue over epoch ends, the last epoch's cosines."""
     from lsr1bench.records import EPOCH_COLUMNS
     from lsr1bench.reporting import tables

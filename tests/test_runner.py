@@ -70,7 +70,7 @@ def test_real_lenet5_run_learns_and_records_everything(tmp_path: Path) -> None:
         "test_error": {"60": first_below_60, "1": None},
         "train_loss": {"100": first_below_100, "1e-06": None},
     }
-    # issue 8's per-epoch columns: the model's spectrum and the skip test's cosines
+    # the per-epoch statistics columns: the model's spectrum and the skip test's cosines
     assert rows[0]["negative_curvature_fraction"] is None and rows[0]["update_cosine_median"] is None
     for r in rows[1:]:
         assert r["min_eigenvalue"] is not None and r["negative_eigenvalues"] >= 0

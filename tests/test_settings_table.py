@@ -193,7 +193,7 @@ def test_the_threshold_rule_is_one_rule_for_suite_and_constructor(name: str, par
 @pytest.mark.parametrize(
     "name, params",
     [
-        # the three disagreements of issue 25: the suite refused what LSR1 accepts
+        # three settings the suite once refused though LSR1 accepts them
         ("lsr1", {"radius_increase": 1.0}),
         ("lsr1", {"skip_tol": 0.0}),
         ("lsr1", {"decrease_threshold": 0.0}),

@@ -32,12 +32,14 @@ Never imports torch.
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import doc_regions
+import optimizer_provenance
 from ablation import ablation_table
 from doc_regions import BEGIN, END_TEMPLATE, render_regions, update_regions
 from paper_table1 import PAPER_CELLS, PAPER_TABLE1, paper_row
@@ -453,7 +455,7 @@ def cpu_skip_study(folder: Path) -> str:
     """L-SR1 on the CPU runs: what its skip test skipped at r = 1e-8, the steps it rejected,
     the pairs it dropped, and how often its model B had negative curvature."""
     headers = ["batch", "seed", "steps", "steps with no trial point", "skipped updates (%)", "rejected steps (%)",
-               "dropped pairs", "steps with B indefinite (%)", "min eigenvalue of B",
+               "dropped pairs", "steps with B indefinite (%)", "min eigenvalue of B (epoch ends)",
                "cosine p10 / median (last epoch)"]
     rows = []
     for run in _lsr1_runs(folder):
@@ -534,14 +536,33 @@ def skip_rate_runs(folder: Path) -> str:
 
 
 def provenance(folder: Path) -> str:
-    """Where and with what each committed suite of run records was made, from its run.json files."""
+    """Where and with what each committed suite of run records was made, from its run.json
+    files, and how many of its L-SR1 runs were made with the final optimizer (a clean
+    commit containing the last change under ``lsr1bench/optim/``, see
+    ``optimizer_provenance.py``)."""
     base = folder / RUNS
     if not base.is_dir():
         raise ReportError(f"{base}: no such folder (a generated region reads its run records)")
-    headers = ["suite", "runs (completed)", "seeds", "device", "torch threads", "torch", "commit", "made"]
+    try:
+        final = optimizer_provenance.final_optimizer_commit()
+    except optimizer_provenance.NotAGitCheckout:
+        final = None
+    lsr1_column = f"L-SR1 runs at the final optimizer ({final[:7]})" if final else "L-SR1 runs at the final optimizer"
+    headers = ["suite", "runs (completed)", "seeds", "device", "torch threads", "torch", "commit", "made",
+               lsr1_column]
     rows = []
     for suite_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         runs = suite_runs(folder, suite_dir.name)
+        lsr1 = [r for r in runs if r.spec.get("optimizer") == "lsr1"]
+        if not lsr1:
+            at_final = "no L-SR1 runs"
+        elif suite_dir.name in optimizer_provenance.KEPT_AS_HISTORY:
+            at_final = "kept as the old optimizer's record"
+        elif final is None:
+            at_final = "unknown (not a git checkout)"
+        else:
+            good = sum(optimizer_provenance.verdict(r.git_commit, final) is None for r in lsr1)
+            at_final = "all" if good == len(lsr1) else f"**{good} of {len(lsr1)}**"
         completed = sum(r.status == "completed" for r in runs)
         seeds = sorted({r.seed for r in runs if r.seed is not None})
         commits = sorted({(r.git_commit or "unknown")[:7] for r in runs})
@@ -551,7 +572,7 @@ def provenance(folder: Path) -> str:
             ", ".join(sorted({r.device or "unknown" for r in runs})),
             _threads(runs),
             ", ".join(sorted({str(r.versions.get("torch", "?")) for r in runs})),
-            ", ".join(commits), ", ".join(days),
+            ", ".join(commits), ", ".join(days), at_final,
         ])
     return markdown(headers, rows)
 
@@ -636,6 +657,229 @@ def init_saturation(folder: Path) -> str:
     return markdown(headers, table)
 
 
+
+# --- curvature: the smallest end-of-epoch eigenvalue of B ---
+
+
+def _eigenvalue_snapshots(folder: Path) -> list[tuple[float, RunSummary, int]]:
+    """Every end-of-epoch snapshot of L-SR1's smallest eigenvalue of B in the CPU Table 1's
+    runs: (value, run, epoch), smallest first."""
+    found = []
+    for run in _lsr1_runs(folder):
+        for row in run.rows:
+            value = row.get("min_eigenvalue")
+            if value is not None and math.isfinite(value) and (row["epoch"] or 0) >= 1:
+                found.append((float(value), run, int(row["epoch"] or 0)))
+    return sorted(found, key=lambda item: item[0])
+
+
+def curvature_outlier(folder: Path) -> str:
+    """The smallest end-of-epoch eigenvalue over the L-SR1 records of the CPU Table 1, where
+    it was taken, and how it compares with the smallest of every other snapshot."""
+    snapshots = _eigenvalue_snapshots(folder)
+    if len(snapshots) < 2:
+        return "Fewer than two end-of-epoch eigenvalue snapshots in the records: nothing to compare."
+    (low, run, epoch), (second, other, other_epoch) = snapshots[0], snapshots[1]
+    ratio = low / second if second < 0 else math.inf
+    return (
+        f"The smallest eigenvalue of B over every end-of-epoch snapshot of these runs is {low:.4g} "
+        f"(batch {run.key.batch_size}, seed {run.seed}, end of epoch {epoch}); the next smallest of the "
+        f"{len(snapshots)} snapshots is {second:.3g} (batch {other.key.batch_size}, seed {other.seed}, end of "
+        f"epoch {other_epoch}), so the smallest is {ratio:.0f} times the next."
+    )
+
+
+# --- the claims of section 4.1.4: the evidence each verdict rests on ---
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _evidence(runs: list[RunSummary], label: str, batch: str, target_value: str) -> str:
+    """One cell's evidence: epochs to the target over the seeds that reached it, or, when
+    none did, the final test error and how far the runs went."""
+    chosen = _runs_of(runs, label, batch)
+    if not chosen:
+        return "not run"
+    level = float(target_value)
+    reached = [e for e in (_first_epoch_below(r, level) for r in chosen) if e is not None]
+    missed = [r for r in chosen if _first_epoch_below(r, level) is None]
+    n = len(chosen)
+    if reached:
+        text = f"{fmt_stat(Stat.of(reached), fmt_count)} epochs, {len(reached)} of {_seeds(n)}"
+        if missed:
+            text += (f"; the other {len(missed)} ended at "
+                     f"{fmt_stat(Stat.of(r.final_test_error for r in missed), fmt_percent)}% after "
+                     f"{fmt_stat(Stat.of(r.epochs_present for r in missed), fmt_count)} epochs")
+        return text
+    final = fmt_stat(Stat.of(r.final_test_error for r in chosen), fmt_percent)
+    epochs = fmt_stat(Stat.of(r.epochs_present for r in chosen), fmt_count)
+    return f"not reached, 0 of {_seeds(n)}: final test error {final}% after {epochs} epochs"
+
+
+def _first_epoch_below(run: RunSummary, level: float, or_equal: bool = False) -> int | None:
+    """The first epoch (from 1) whose end-of-epoch test error is below ``level`` (or at it)."""
+    for row in run.rows:
+        error = row.get("test_error")
+        if (row["epoch"] or 0) >= 1 and error is not None and (error < level or (or_equal and error == level)):
+            return int(row["epoch"] or 0)
+    return None
+
+
+READINGS = {
+    "N(0, 0.1)": (CPU_SUITE, {"lsr1": "lsr1", "adam": "adam", "nag": "nag"}),
+    "fc-torch": (ABLATION_CPU_SUITE, {"lsr1": "lsr1-init_fc-torch", "adam": "adam-lr0.003-init_fc-torch",
+                                      "nag": "nag-lr0.003-init_fc-torch"}),
+}
+
+
+def claims_evidence(folder: Path) -> str:
+    """Per optimizer, reading and Table 1 cell: the evidence the section 4.1.4 verdicts rest
+    on (epochs to the cell's target with the seeds that reached it, or the final test error
+    where no seed did), and the test error after the first epoch (Adam's initial progress)."""
+    headers = ["optimizer", "reading"]
+    for target, batch in PAPER_CELLS:
+        headers.append(f"{target}% @ {batch}: epochs")
+    headers.append("test error after epoch 1 (%), b500 / b1000 / b10000")
+    rows = []
+    for optimizer in TABLE1_ORDER:
+        for reading, (suite, labels) in READINGS.items():
+            runs = suite_runs(folder, suite)
+            label = labels[optimizer]
+            row = [CPU_NAMES[optimizer], reading]
+            for target, batch in PAPER_CELLS:
+                paper = PAPER_TABLE1[optimizer][batch]
+                row.append(f"paper {'unreadable' if paper is None else paper}; ours "
+                           f"{_evidence(runs, label, batch, target)}")
+            first = [fmt_stat(Stat.of(_error_at(r, 1) for r in _runs_of(runs, label, b)), fmt_percent, "—")
+                     for _, b in PAPER_CELLS]
+            row.append(" / ".join(first))
+            rows.append(row)
+    return markdown(headers, rows)
+
+
+def nag_minibatch(folder: Path) -> str:
+    """The paper's "a 20 fold increase in minibatch size did not decrease the speed of
+    convergence by the same or higher order of magnitude", for NAG, from the records: per
+    reading and seed, the epochs at batch 500 and 10000 to Table 1's loosest target (1.5%),
+    and to the lowest test error the batch-10000 run reached within its cap (a level both
+    runs reach), with the ratio of the two."""
+    headers = ["reading", "seed", "epochs run (cap) b500 / b10000", "< 1.5%: b500", "< 1.5%: b10000",
+               "b10000's best test error (%)", "epochs to it: b500", "epochs to it: b10000", "ratio"]
+    rows = []
+    for reading, (suite, labels) in READINGS.items():
+        runs = suite_runs(folder, suite)
+        small = {r.seed: r for r in _runs_of(runs, labels["nag"], "500")}
+        large = {r.seed: r for r in _runs_of(runs, labels["nag"], "10000")}
+        for seed in sorted(set(small) & set(large)):
+            a, b = small[seed], large[seed]
+            level = b.best_test_error
+            ea = _first_epoch_below(a, level, or_equal=True) if level is not None else None
+            eb = _first_epoch_below(b, level, or_equal=True) if level is not None else None
+            hit_a, hit_b = _first_epoch_below(a, 1.5), _first_epoch_below(b, 1.5)
+            rows.append([
+                reading, str(seed),
+                f"{a.epochs_present} ({a.epochs_planned}) / {b.epochs_present} ({b.epochs_planned})",
+                str(hit_a) if hit_a else f"not within {a.epochs_present}",
+                str(hit_b) if hit_b else f"not within {b.epochs_present}",
+                _fmt_or(level, fmt_percent), str(ea) if ea else "n/a", str(eb) if eb else "n/a",
+                f"{eb / ea:.1f}x" if ea and eb else "n/a",
+            ])
+    return markdown(headers, rows)
+
+
+# --- Figure 1 on the embedded MNIST subset, the final optimizer ---
+
+FIGURE1_SUITE = "repro-figure1-mnist-embedded-cpu"
+FIGURE1_EPOCHS = (1, 5, 10, 20)
+FIGURE1_ORDER = ["lsr1", "lbfgs-forget5", "nag", "sgd", "adadelta", "momentum"]
+
+
+def figure1_embedded(folder: Path) -> str:
+    """Figure 1's rerun on the embedded MNIST subset: per method and batch norm, test error
+    median [min–max] over the seeds at epochs 1, 5, 10 and 20 (the seeds that got there)."""
+    runs = suite_runs(folder, FIGURE1_SUITE)
+    headers = ["optimizer", "batch", "batch norm", "seeds (completed)"]
+    headers += [f"test error (%), epoch {e}" for e in FIGURE1_EPOCHS]
+    rows = []
+    labels = sorted({r.key.label for r in runs}, key=lambda x: next(
+        (i for i, name in enumerate(FIGURE1_ORDER) if x.startswith(name)), len(FIGURE1_ORDER)))
+    for label in labels:
+        for batch_norm in (True, False):
+            chosen = sorted((r for r in runs if r.key.label == label and r.key.batch_norm == batch_norm),
+                            key=lambda r: r.seed or 0)
+            if not chosen:
+                continue
+            name = next((OPTIMIZER_NAMES[k] for k in FIGURE1_ORDER if label.startswith(k)), label)
+            row = [name, str(chosen[0].key.batch_size), "yes" if batch_norm else "no",
+                   f"{len(chosen)} ({sum(r.status == 'completed' for r in chosen)})"]
+            for epoch in FIGURE1_EPOCHS:
+                stat_ = Stat.of(_error_at(r, epoch) for r in chosen)
+                text = fmt_stat(stat_, fmt_percent, "—")
+                if stat_ is not None and stat_.count < len(chosen):
+                    text += f" ({stat_.count} of {len(chosen)})"
+                row.append(text)
+            rows.append(row)
+    return markdown(headers, rows)
+
+
+def _figure1_errors(runs: list[RunSummary], prefix: str, batch_norm: bool, epoch: int) -> list[float]:
+    chosen = [r for r in runs if r.key.label.startswith(prefix) and r.key.batch_norm == batch_norm]
+    return [e for e in (_error_at(r, epoch) for r in chosen) if e is not None]
+
+
+def _epochs_text(epochs: list[int]) -> str:
+    words = [str(e) for e in epochs]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _compare(runs: list[RunSummary], a: tuple[str, bool], b: tuple[str, bool]) -> tuple[list[int], str]:
+    """The epochs of FIGURE1_EPOCHS at which ``a``'s median test error is below ``b``'s, and
+    a sentence on the last epoch both have: the seeds of each, and whether every seed of
+    ``a`` is below every seed of ``b`` there."""
+    below, last = [], None
+    for epoch in FIGURE1_EPOCHS:
+        ea, eb = _figure1_errors(runs, *a, epoch), _figure1_errors(runs, *b, epoch)
+        if not ea or not eb:
+            continue
+        last = (epoch, ea, eb)
+        if statistics.median(ea) < statistics.median(eb):
+            below.append(epoch)
+    if last is None:
+        return below, "no epoch both have"
+    epoch, ea, eb = last
+    order = "every seed of the first below every seed of the second" if max(ea) < min(eb) else (
+        "every seed of the second below every seed of the first" if max(eb) < min(ea) else "their seeds overlapping")
+    return below, (f"at epoch {epoch}, {fmt_percent(statistics.median(ea))}% against "
+                   f"{fmt_percent(statistics.median(eb))}% (medians of {_seeds(len(ea))} and {_seeds(len(eb))}), "
+                   f"{order}")
+
+
+def figure1_claims(folder: Path) -> str:
+    """The paper's reading of Figure 1 (section 4.1.4) against the rerun's records: at which
+    of the table's epochs one median test error is below the other, and the last epoch's
+    seeds. Verdict words are the prose's; these are the facts they rest on."""
+    runs = suite_runs(folder, FIGURE1_SUITE)
+    lines = []
+    pairs = [(f"L-SR1 against L-BFGS, {'with' if bn else 'without'} batch norm", "L-SR1's median test error",
+              ("lsr1", bn), ("lbfgs", bn)) for bn in (True, False)]
+    pairs += [(f"{name} with batch norm against without", "the median with batch norm", (prefix, True), (prefix, False))
+              for prefix, name in (("lsr1", "L-SR1"), ("lbfgs", "L-BFGS"))]
+    for title, subject, a, b in pairs:
+        below, last = _compare(runs, a, b)
+        if last == "no epoch both have":
+            lines.append(f"- {title}: no epoch of the table has records of both.")
+            continue
+        common = [e for e in FIGURE1_EPOCHS if _figure1_errors(runs, *a, e) and _figure1_errors(runs, *b, e)]
+        if below == common:
+            shown = f"at every epoch both have ({_epochs_text(common)})"
+        else:
+            shown = f"at epochs {_epochs_text(below)} of {_epochs_text(common)}" if below else (
+                f"at none of epochs {_epochs_text(common)}")
+        lines.append(f"- {title}: {subject} is the lower {shown}; {last}.")
+    return "\n".join(lines)
+
 FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "init-saturation": init_saturation,
     "provenance": provenance,
@@ -658,6 +902,11 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "skips": skips,
     "gpu-wallclock": wallclock,
     "figure1": figure1,
+    "figure1-embedded": figure1_embedded,
+    "figure1-claims": figure1_claims,
+    "curvature-outlier": curvature_outlier,
+    "claims-evidence": claims_evidence,
+    "nag-minibatch": nag_minibatch,
 }
 
 
