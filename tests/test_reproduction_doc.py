@@ -397,9 +397,24 @@ def test_the_provenance_check_passes_at_head_and_fails_on_older_or_dirty_commits
     _record(tmp_path, "s", "none", "lsr1", None)
     stale = stale_lsr1_records(tmp_path)
     assert [line.split(":")[0] for line in stale] == ["s/at-old", "s/dirty", "s/none", "s/unknown"]
-    assert f"predates the final optimizer ({final[:7]})" in stale[0]
+    assert f"whose optimizer code differs from the final optimizer's ({final[:7]})" in stale[0]
     assert "+dirty" in stale[1]
     assert OPTIMIZER_PATH == "lsr1bench/optim"
+
+
+def test_the_optimizer_code_ignores_docstrings_and_comments_but_not_code() -> None:
+    import ast
+
+    from optimizer_provenance import _without_docstrings
+
+    def code(source: str) -> str:
+        return ast.dump(_without_docstrings(ast.parse(source)))
+
+    base = 'def f(x):\n    """Double x."""\n    return 2 * x  # twice\n'
+    assert code(base) == code('def f(x):\n    """Twice x, reworded."""\n    # a comment\n    return 2 * x\n')
+    assert code(base) == code("def f(x):\n    return 2 * x\n")
+    assert code(base) != code('def f(x):\n    """Double x."""\n    return x + x\n')
+    assert code('"""Module."""\nA = 1\n') != code('"""Module."""\nA = 2\n')
 
 
 def test_provenance_checks_skip_outside_git(tmp_path: Path) -> None:
