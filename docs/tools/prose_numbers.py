@@ -175,12 +175,26 @@ def _params(s: Sources, key: str, *files: str, optimizer: str | None = None) -> 
                 if key in spec.optimizer_params and optimizer in (None, spec.optimizer))
 
 
+def _not_aimed(s: Sources, batch: int) -> Value:
+    """The Table 1 targets (test error) of L-SR1's runs at other batch sizes that its runs at
+    ``batch`` do not have."""
+    def targets(spec) -> set[float]:
+        return {float(v) for v in (spec.targets or {}).get("test_error", [])}
+
+    lsr1 = [spec for spec in s.specs(T1) if spec.label == "lsr1"]
+    here = set().union(*(targets(spec) for spec in lsr1 if spec.batch_size == batch))
+    others = set().union(*(targets(spec) for spec in lsr1 if spec.batch_size != batch))
+    return _all(others - here)
+
+
 SOURCES: dict[str, Callable[[Sources], Value]] = {
     # the suites' settings
     "suite:batch sizes": lambda s: _all(p.batch_size for p in _specs(s, T1, FIG, FIG_OLD)),
     "suite:table1 seed count": lambda s: float(len({p.seed for p in s.specs(T1)})),
     "suite:table1 NAG's cap (epochs)": lambda s: s.setting(T1, "nag", "epochs"),
     "suite:table1 Adam's cap (epochs)": lambda s: s.setting(T1, "adam", "epochs"),
+    "suite:table1 L-SR1's cap (epochs)": lambda s: s.setting(T1, "lsr1", "epochs"),
+    "suite:table1 targets L-SR1 at batch 1000 does not aim at": lambda s: _not_aimed(s, 1000),
     "suite:table1 first-order lr": lambda s: _params(s, "lr", T1),
     "suite:table1 momentum": lambda s: s.setting(T1, "nag", "momentum"),
     "suite:table1 largest / smallest batch": lambda s: (max(p.batch_size for p in s.specs(T1))
@@ -298,6 +312,8 @@ CHECKS: list[Check] = [
     Check(r"L2 (1e-4)", "tool:MNIST L2 weight"),
     # caps and horizons
     Check(r"NAG capped at (\d+)\s+epochs", "suite:table1 NAG's cap (epochs)"),
+    Check(r"every looser\s+one, capped at (\d+)\s+epochs", "suite:table1 L-SR1's cap (epochs)"),
+    Check(r"never aimed at (\d\.\d)%", "suite:table1 targets L-SR1 at batch 1000 does not aim at"),
     Check(r"capped at (\d+)\s+epochs in every cell: the paper's horizon", "paper:table1_epochs_small_batches"),
     Check(r"within the (\d+)-epoch\s+cap", "suite:table1 NAG's cap (epochs)"),
     Check(r"within its (\d+)-epoch cap", "suite:table1 NAG's cap (epochs)"),

@@ -379,6 +379,12 @@ def cpu_table1(folder: Path) -> str:
     return _paper_cells(suite_runs(folder, CPU_SUITE), CPU_ROWS, always=("nag",))
 
 
+def _outcome(run: RunSummary, target) -> str:
+    """Why a run has no epoch for ``target``: not one of its targets (a run that stops at
+    its own cell's target never aimed at the others), or the report's outcome."""
+    return run.outcome(target) if target in run.targets else "not a target"
+
+
 def cpu_runs(folder: Path) -> str:
     """Every CPU run: how far it went, its errors, and epochs / gradient evaluations /
     training seconds to each target."""
@@ -398,7 +404,7 @@ def cpu_runs(folder: Path) -> str:
                     target = _target(runs, value)
                     hit = run.hits.get(target)
                     if hit is None:  # not reached, or the run did not get that far
-                        row.append(run.outcome(target))
+                        row.append(_outcome(run, target))
                     else:
                         row.append(f"{hit.epoch} · {fmt_count(hit.grad_evals or 0)} · "
                                    f"{_fmt_or(hit.train_seconds, fmt_seconds)}")
@@ -530,7 +536,7 @@ def skip_rate_runs(folder: Path) -> str:
             for value in TARGETS:
                 target = _target(runs, value)
                 hit = run.hits.get(target)
-                row.append(str(hit.epoch) if hit else run.outcome(target))
+                row.append(str(hit.epoch) if hit else _outcome(run, target))
             rows.append(row)
     return markdown(headers, rows)
 
