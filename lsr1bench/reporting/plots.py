@@ -297,11 +297,8 @@ def plot_results(runs: list[RunSummary], folder: Path, fmt: str = "png") -> list
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     styles = label_styles(runs)
-    by_suite: dict[str, list[RunSummary]] = defaultdict(list)
-    for run in runs:
-        by_suite[run.key.suite].append(run)
     written = []
-    for suite, suite_runs in sorted(by_suite.items()):
+    for suite, suite_runs in _by_suite(runs):
         name = _safe_name(suite)
         for metric in METRICS:
             if not any(measured_points(run, metric, "epoch") for run in suite_runs) and metric != "test_error":
@@ -354,16 +351,21 @@ def profile_figure(found: Sequence[object], styles: dict[str, LineStyle]) -> Fig
     return figure
 
 
+def _by_suite(runs: list[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
+    """The runs grouped by suite, suites in name order."""
+    by_suite: dict[str, list[RunSummary]] = defaultdict(list)
+    for run in runs:
+        by_suite[run.key.suite].append(run)
+    return sorted(by_suite.items())
+
+
 def plot_profiles(runs: list[RunSummary], folder: Path, fmt: str = "png") -> list[Path]:
     """The performance-profile figure of each suite with at least one problem; the files written."""
     from lsr1bench.reporting.profiles import profiles
 
     styles = label_styles(runs)
-    by_suite: dict[str, list[RunSummary]] = defaultdict(list)
-    for run in runs:
-        by_suite[run.key.suite].append(run)
     written = []
-    for suite, suite_runs in sorted(by_suite.items()):
+    for suite, suite_runs in _by_suite(runs):
         found = profiles(suite_runs)
         if not any(profile.problems or profile.unsolved or profile.incomplete for profile in found):
             continue  # no targets: nothing to profile
