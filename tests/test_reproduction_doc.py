@@ -500,3 +500,70 @@ def test_curvature_outlier_and_nag_minibatch_by_hand(tmp_path: Path) -> None:
         "< 1.5%: b10000": "not within 4", "b10000's best test error (%)": "3.00", "epochs to it: b500": "2",
         "epochs to it: b10000": "4", "ratio": "2.0x",
     }]
+
+
+# --- the curvature probe (docs/tools/probe_curvature.py) ---
+
+
+def test_probe_window_is_the_textbook_sr1_recursion_over_the_pairs_held() -> None:
+    """_window's cosines and rank-one terms against a dense SR1 recursion from gamma I
+    (the textbook update B += v v^T / (s^T v), v = y - B s) over the optimizer's pairs, on
+    an indefinite quadratic with the memory full (older pairs dropped)."""
+    import torch
+    from probe_curvature import _min_eigenvalue, _window
+
+    from lsr1bench.optim import LSR1
+
+    torch.manual_seed(0)
+    n = 12
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    A = q @ torch.diag(torch.linspace(-3.0, 5.0, n, dtype=torch.float64)) @ q.T
+    x = torch.nn.Parameter(torch.randn(n, dtype=torch.float64))
+    opt = LSR1([x], memory=3, keep_pairs=True)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = 0.5 * x @ A @ x + 0.1 * x.pow(4).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(8):
+        opt.step(closure)
+    curvature = opt.curvature()
+    assert curvature.k == 3
+    S, Y = curvature.pairs()
+    B = curvature.gamma * torch.eye(n, dtype=torch.float64)
+    cosines, terms = [], []
+    for s, y in zip(S, Y):
+        v = y - B @ s
+        d = float(s @ v)
+        cosines.append(abs(d) / float(s.norm() * v.norm()))
+        terms.append(float(v @ v) / d)
+        B = B + torch.outer(v, v) / d
+    got = _window(curvature)
+    assert float(got["window_min_cosine"]) == pytest.approx(min(cosines), rel=1e-3)
+    worst = min(range(3), key=lambda i: terms[i])
+    assert float(got["window_min_term"]) == pytest.approx(terms[worst], rel=1e-3)
+    assert got["window_min_term_pair"] == str(worst + 1)
+    assert float(got["recursion_vs_compact"]) < 1e-8
+    assert _min_eigenvalue(curvature) == pytest.approx(float(torch.linalg.eigvalsh(B)[0]), rel=1e-6, abs=1e-9)
+
+
+def test_curvature_probe_fragment_reads_its_csv(tmp_path: Path) -> None:
+    from reproduction import curvature_probe
+
+    header = ("step,stored,k,min_eigenvalue,skip_test_cosine,cosine,v_over_s,curvature_along_s,sr1_term,"
+              "window_min_cosine,window_min_term,window_min_term_pair,recursion_vs_compact\n")
+    (tmp_path / "curvature_probe.csv").write_text(
+        header + "1,1,1,1,0.5,0.5,1,1,2,0.5,2,1,1e-9\n2,1,2,-40,0.4,0.4,1,1,-3,0.01,-41,1,2e-9\n"
+        "3,0,2,-5,0.001,,,,,0.01,-6,2,1e-9\n",
+        encoding="utf-8",
+    )
+    text = curvature_probe(tmp_path)
+    lines = text.splitlines()
+    assert lines[2].split("|")[1].strip() == "1" and "| no " in lines[4] and "| —" in lines[4]
+    assert ("lowest after step 2 (-40). The pair that step stored passed the skip test with cosine 0.4 "
+            "(its rank-one term -3); in the SR1 recursion over the 2 pairs B then held, pair 1 of 2 has "
+            "cosine 0.01 and a rank-one term of -41.") in text
+    with pytest.raises(ReportError, match="probe_curvature.py writes it"):
+        curvature_probe(tmp_path / "nowhere")

@@ -695,6 +695,41 @@ def curvature_outlier(folder: Path) -> str:
     )
 
 
+CURVATURE_PROBE = "curvature_probe.csv"
+
+
+def curvature_probe(folder: Path) -> str:
+    """The per-step probe of the outlier's run (``curvature_probe.csv``, written by
+    ``docs/tools/probe_curvature.py``): a table of its steps, then where B's smallest
+    eigenvalue was lowest, set against the skip test's cosine of that step's pair and the
+    smallest cosine and most negative rank-one term of the SR1 recursion over the pairs
+    B then held."""
+    path = folder / CURVATURE_PROBE
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file (python docs/tools/probe_curvature.py writes it)") from None
+    if not rows:
+        raise ReportError(f"{path}: no steps")
+    headers = ["step", "pair stored", "pairs held", "min eigenvalue of B", "skip test's cosine",
+               "its SR1 term", "window's smallest cosine", "window's most negative term (pair)",
+               "recursion vs compact B"]
+    table = [[r["step"], "yes" if r["stored"] == "1" else "no", r["k"], f"{float(r['min_eigenvalue']):.4g}",
+              r["skip_test_cosine"], r["sr1_term"] or "—", r["window_min_cosine"],
+              f"{r['window_min_term']} ({r['window_min_term_pair']})", r["recursion_vs_compact"]] for r in rows]
+    low = min(rows, key=lambda r: float(r["min_eigenvalue"]))
+    held = int(low["k"])
+    sentence = (
+        f"B's smallest eigenvalue is lowest after step {low['step']} ({float(low['min_eigenvalue']):.4g}). "
+        f"The pair that step stored passed the skip test with cosine {low['skip_test_cosine']} (its rank-one "
+        f"term {low['sr1_term']}); in the SR1 recursion over the {held} pairs B then held, pair "
+        f"{low['window_min_term_pair']} of {held} has cosine {low['window_min_cosine']} and a rank-one term of "
+        f"{low['window_min_term']}."
+    )
+    return markdown(headers, table) + "\n\n" + sentence
+
+
 # --- the claims of section 4.1.4: the evidence each verdict rests on ---
 
 
@@ -911,6 +946,7 @@ FRAGMENTS: dict[str, Callable[[Path], str]] = {
     "figure1-embedded": figure1_embedded,
     "figure1-claims": figure1_claims,
     "curvature-outlier": curvature_outlier,
+    "curvature-probe": curvature_probe,
     "claims-evidence": claims_evidence,
     "nag-minibatch": nag_minibatch,
 }
