@@ -1,4 +1,4 @@
-"""Issue 9's bar for suites/distributed_smoke.yaml: each 2-rank run retraces its 1-rank run.
+"""The data-parallel bar for suites/distributed_smoke.yaml: each 2-rank run retraces its 1-rank run.
 
     python .ci/check_distributed_smoke.py outputs/distributed_smoke
 

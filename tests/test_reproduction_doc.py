@@ -352,12 +352,6 @@ NO_GIT = _git_checkout()
 
 
 @pytest.mark.skipif(NO_GIT is not None, reason=NO_GIT or "")
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed L-SR1 records predate the final optimizer: the rerun of Table 1's L-SR1 cells "
-    "(both readings) and of the skip-rate runs on the final core is pending; remove this mark when its "
-    "records replace the old ones",
-)
 def test_every_lsr1_record_was_made_with_the_final_optimizer() -> None:
     from optimizer_provenance import stale_lsr1_records
 
