@@ -80,12 +80,16 @@ BATCHES = ["500", "1000", "10000"]
 
 
 def read_csv(folder: Path, stem: str, kind: str) -> list[Row]:
-    path = folder / f"{stem}_{kind}.csv"
+    return _rows(folder / f"{stem}_{kind}.csv", "the generated regions read it")
+
+
+def _rows(path: Path, writer: str) -> list[Row]:
+    """The rows of a committed CSV; a missing file is a ReportError saying ``writer``."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
     except FileNotFoundError:
-        raise ReportError(f"{path}: no such file (the generated regions read it)") from None
+        raise ReportError(f"{path}: no such file ({writer})") from None
 
 
 def pick(rows: list[Row], **match: str) -> Row | None:
@@ -637,12 +641,7 @@ def init_saturation(folder: Path) -> str:
     ``init_saturation.csv`` (written by ``docs/tools/measure_init.py``): per reading, the
     median over the measured seeds, with the range, of the layer's weight std, the share
     of pre-activations beyond |z| > 2 and the mean tanh'."""
-    path = folder / INIT_SATURATION
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file (python docs/tools/measure_init.py writes it)") from None
+    rows = _rows(folder / INIT_SATURATION, "python docs/tools/measure_init.py writes it")
 
     def spread(values: list[float], fmt: Callable[[float], str]) -> str:
         low, middle, high = fmt(min(values)), fmt(statistics.median(values)), fmt(max(values))
@@ -705,11 +704,7 @@ def curvature_probe(folder: Path) -> str:
     smallest cosine and most negative rank-one term of the SR1 recursion over the pairs
     B then held."""
     path = folder / CURVATURE_PROBE
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file (python docs/tools/probe_curvature.py writes it)") from None
+    rows = _rows(path, "python docs/tools/probe_curvature.py writes it")
     if not rows:
         raise ReportError(f"{path}: no steps")
     headers = ["step", "pair stored", "pairs held", "min eigenvalue of B", "skip test's cosine",
