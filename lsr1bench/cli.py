@@ -864,7 +864,8 @@ def export_tensorboard(
         written = write_events(results_dir, out)
     except ReportError as exc:
         raise _bad_input([str(exc)]) from None
-    _plain(_console(), f"wrote {_plural(len(written), 'run')}' events under {out}; view them with: tensorboard --logdir {out}")
+    view = f"view them with: tensorboard --logdir {out}"
+    _plain(_console(), f"wrote {_plural(len(written), 'run')}' events under {out}; {view}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -56,8 +56,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "suites" / "repro" / "table1_mnist_cpu.yaml"
 RUN_ID = "lenet5-bn-mnist-lsr1-b10000-s2"
 RECORD = ROOT / "docs" / "reproduction" / "runs" / "repro-table1-mnist-cpu" / RUN_ID
-COLUMNS = ["step", "stored", "k", "min_eigenvalue", "skip_test_cosine", "cosine", "v_over_s", "curvature_along_s", "sr1_term",
-           "window_min_cosine", "window_min_term", "window_min_term_pair", "recursion_vs_compact"]
+COLUMNS = ["step", "stored", "k", "min_eigenvalue", "skip_test_cosine", "cosine", "v_over_s", "curvature_along_s",
+           "sr1_term", "window_min_cosine", "window_min_term", "window_min_term_pair", "recursion_vs_compact"]
 
 
 def _min_eigenvalue(curvature: Any) -> float:

@@ -395,8 +395,8 @@ def _check_radius(diff: CellDiff, base: CellSummary, current: CellSummary, tol: 
     low, high = b.min / tol.radius_factor, b.max * tol.radius_factor
     change = f"{RADIUS}: median {c.median:.4g}, base {b.median:.4g} [{b.min:.4g}–{b.max:.4g}]"
     if c.median < low or c.median > high:
-        diff.flag(RADIUS, f"{change}; allowed {low:.4g} to {high:.4g} (the base's range, {tol.radius_factor:g} times wider "
-                          "each way)")
+        widened = f"the base's range, {tol.radius_factor:g} times wider each way"
+        diff.flag(RADIUS, f"{change}; allowed {low:.4g} to {high:.4g} ({widened})")
 
 
 def _check_cell(diff: CellDiff, tol: Tolerances) -> None:
