@@ -125,8 +125,8 @@ class _Probe:
             lsr1.update_cosines(clear=True)
             loss = step(closure)
             after = lsr1.curvature()
-            stored = lsr1.statistics()["skipped_updates"] == skipped_before
-            tests = lsr1.update_cosines(clear=True)
+            tests = lsr1.update_cosines(clear=True)  # a step with no trial point makes no skip test
+            stored = bool(tests) and lsr1.statistics()["skipped_updates"] == skipped_before
             row: dict[str, Any] = {"step": len(self.rows) + 1, "stored": int(stored), "k": after.k,
                                    "min_eigenvalue": f"{_min_eigenvalue(after):.6g}",
                                    "skip_test_cosine": f"{tests[-1]:.4g}" if tests else ""}
