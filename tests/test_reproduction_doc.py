@@ -559,5 +559,9 @@ def test_curvature_probe_fragment_reads_its_csv(tmp_path: Path) -> None:
     assert ("lowest after step 2 (-40). The pair that step stored passed the skip test with cosine 0.4 "
             "(its rank-one term -3); in the SR1 recursion over the 2 pairs B then held, pair 1 of 2 has "
             "cosine 0.01 and a rank-one term of -41.") in text
+    (tmp_path / "curvature_probe.csv").write_text(
+        header + "1,1,1,1,0.5,0.5,1,1,2,0.5,2,1,1e-9\n2,0,1,-7,0.001,,,,,0.5,-8,1,1e-9\n", encoding="utf-8")
+    assert "lowest after step 2 (-7). That step stored no pair; in the SR1 recursion over the 1 pairs" in (
+        curvature_probe(tmp_path))
     with pytest.raises(ReportError, match="probe_curvature.py writes it"):
         curvature_probe(tmp_path / "nowhere")

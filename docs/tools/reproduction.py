@@ -715,10 +715,14 @@ def curvature_probe(folder: Path) -> str:
               f"{r['window_min_term']} ({r['window_min_term_pair']})", r["recursion_vs_compact"]] for r in rows]
     low = min(rows, key=lambda r: float(r["min_eigenvalue"]))
     held = int(low["k"])
+    if low["stored"] == "1":
+        pair = (f"The pair that step stored passed the skip test with cosine {low['skip_test_cosine']} (its "
+                f"rank-one term {low['sr1_term']})")
+    else:
+        pair = "That step stored no pair"
     sentence = (
         f"B's smallest eigenvalue is lowest after step {low['step']} ({float(low['min_eigenvalue']):.4g}). "
-        f"The pair that step stored passed the skip test with cosine {low['skip_test_cosine']} (its rank-one "
-        f"term {low['sr1_term']}); in the SR1 recursion over the {held} pairs B then held, pair "
+        f"{pair}; in the SR1 recursion over the {held} pairs B then held, pair "
         f"{low['window_min_term_pair']} of {held} has cosine {low['window_min_cosine']} and a rank-one term of "
         f"{low['window_min_term']}."
     )

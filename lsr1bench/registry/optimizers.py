@@ -167,13 +167,8 @@ class TrainOptimizer:
         negative_steps = stats["negative_curvature_steps"] - self._negative_steps
         self._curvature_steps, self._negative_steps = stats["steps"], stats["negative_curvature_steps"]
         model = opt.curvature()
-        try:
-            eigenvalues = [float(v) for v in model.eigenvalues()]
-        except torch.linalg.LinAlgError:
-            eigenvalues = []
+        eigenvalues = model_eigenvalues(model)
         gamma_multiplicity = model.n - model.k
-        if gamma_multiplicity > 0:
-            eigenvalues.append(model.gamma)
         negative = sum(1 for v in eigenvalues[: model.k] if v < 0.0)
         negative += gamma_multiplicity if model.gamma < 0.0 else 0
         cosines = self._carried_cosines + opt.update_cosines()
@@ -195,6 +190,19 @@ class TrainOptimizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {type(self.optimizer).__name__})"
+
+
+def model_eigenvalues(model: Any) -> list[float]:
+    """The distinct eigenvalue slots of an L-SR1 model B (a ``CurvatureOperator``): its k
+    eigenvalues on range(Psi), then gamma once when k < n (its multiplicity is n - k).
+    Empty when Psi^T Psi is not positive definite (the eigenvalues are then undefined)."""
+    try:
+        eigenvalues = [float(v) for v in model.eigenvalues()]
+    except torch.linalg.LinAlgError:
+        eigenvalues = []
+    if model.n > model.k:
+        eigenvalues.append(model.gamma)
+    return eigenvalues
 
 
 class LBFGSTrainOptimizer(TrainOptimizer):
