@@ -221,8 +221,6 @@ def read_suite(folder: Path) -> Suite:
         (c.choice,) = choose(summaries)
         if c.choice.chosen is not None:
             c.runs = [done[spec.run_id] for spec in members if spec.label == c.choice.chosen]
-    for c in cells.values():
-        c.runs = [run for run in c.runs if run.id not in c.missing]
     return Suite(name, runs, expected, list(cells.values()))
 
 
