@@ -122,6 +122,9 @@ VAL = {
 }
 
 
+FAR = ([6.0, 5.5, 5.0], [6.0, 5.5, 5.0])  # any other point of a sweep: never there, high final error
+
+
 def _full_suite_records(folder: Path, batch: int, skip: tuple[str, ...] = ()) -> None:
     """Records of every run of suites/peers.yaml at ``batch`` (but the ids in ``skip``):
     the paper's L-SR1 ends at 1.0 % test error, tz-lsr1-tr at 1.3 % (below 1.5 % from its
@@ -136,7 +139,7 @@ def _full_suite_records(folder: Path, batch: int, skip: tuple[str, ...] = ()) ->
             _fake_record(suite, spec, tests, tests, 10.0)
             continue
         (lr,) = spec.sweep.values()
-        vals = VAL[(spec.optimizer, lr)][spec.seed]
+        vals = VAL.get((spec.optimizer, lr), FAR)[spec.seed]
         _fake_record(suite, spec, [v + 1.0 for v in vals], vals, 5.0 if spec.run_id.startswith(SOAP_DEFAULT) else 10.0)
 
 
@@ -157,16 +160,20 @@ def test_tuned_picks_and_entries_by_hand(tmp_path: Path) -> None:
     assert "**soap-init_fc-torch-lr0.01**" in tuned
     assert "**shampoo-init_fc-torch-lr0.0003**" in tuned
     assert "**adahessian-init_fc-torch-lr0.1**" in tuned
-    assert "`soap (tuned)` at batch 500: pending, 0 of the sweep's 6 runs recorded" in tuned
+    soap = sum(
+        spec.sweep_of == "soap-init_fc-torch" and spec.batch_size == 500 for spec in peers.expected_runs("peers")
+    )
+    assert f"`soap (tuned)` at batch 500: pending, 0 of the sweep's {soap} runs recorded" in tuned
     cost = peers.FRAGMENTS["suite-cost"](tmp_path)
     # the tuned entry reports the picked point's test rows, the default entry the default's
     assert _row(cost, 10000, "soap (tuned)")[7] == "1.90"  # lr 0.01: 0.9 + 1.0 in both seeds
     assert _row(cost, 10000, "soap (default)")[7] == "2.20"  # lr 0.003: 1.2 + 1.0
     assert _row(cost, 10000, "adahessian (tuned)")[7] == "2.00"  # lr 0.1, not lr 0.3 (2.05)
     assert _row(cost, 10000, "lsr1")[8] == "2"
-    assert "batch 500: every entry (0 of its 24 runs recorded)" in cost
+    per_batch = sum(spec.batch_size == 500 for spec in peers.expected_runs("peers"))
+    assert f"batch 500: every entry (0 of its {per_batch} runs recorded)" in cost
     verdict = peers.FRAGMENTS["suite-verdict"](tmp_path)
-    assert "- Batch 500: no verdict; 0 of its 24 runs are recorded." in verdict
+    assert f"- Batch 500: no verdict; 0 of its {per_batch} runs are recorded." in verdict
     line = next(v for v in verdict.splitlines() if v.startswith("- Batch 10000"))
     assert "the paper's L-SR1 leads (1.00 %" in line and "Cheapest epoch: `soap (default)` (5.0 s)" in line
     # only L-SR1 reaches 1.1 % and 1.2 % in both seeds; 1.5 % also tz-lsr1-tr, sooner (epoch 1)
@@ -174,19 +181,25 @@ def test_tuned_picks_and_entries_by_hand(tmp_path: Path) -> None:
     assert line.endswith("1.5 % in every seed: `tz-lsr1-tr` (1 epoch(s), 10 s), `lsr1` (2 epoch(s), 20 s).")
     assert "batch sizes 10000" in peers.FRAGMENTS["suite-profile"](tmp_path)
     setup = peers.FRAGMENTS["suite-setup"](tmp_path)
-    assert "24 of the suite's 72 runs completed" in setup and "batch 10000" not in setup.splitlines()[-1]
+    expected = peers.expected_runs("peers")
+    done = sum(spec.batch_size == 10000 for spec in expected)
+    assert f"{done} of the suite's {len(expected)} runs completed" in setup
+    assert "batch 10000" not in setup.splitlines()[-1]  # not among the batch sizes still to run
 
 
 def test_a_missing_sweep_point_holds_back_the_pick_and_the_verdict(tmp_path: Path) -> None:
     missing = "lenet5-bn-mnist-soap-init_fc-torch-lr0.001-b10000-s1"
     _full_suite_records(tmp_path, 10000, skip=(missing,))
-    assert "`soap (tuned)` at batch 10000: pending, 5 of the sweep's 6 runs recorded" in peers.FRAGMENTS["suite-tuned"](
-        tmp_path
-    )
+    expected = peers.expected_runs("peers")
+    soap = sum(spec.sweep_of == "soap-init_fc-torch" and spec.batch_size == 10000 for spec in expected)
+    batch = sum(spec.batch_size == 10000 for spec in expected)
+    tuned = peers.FRAGMENTS["suite-tuned"](tmp_path)
+    assert f"`soap (tuned)` at batch 10000: pending, {soap - 1} of the sweep's {soap} runs recorded" in tuned
     cost = peers.FRAGMENTS["suite-cost"](tmp_path)
     assert "| 10000 | `soap (tuned)`" not in cost and "| 10000 | `soap (default)`" in cost
-    assert "batch 10000: `soap (tuned)` (5/6 runs)" in cost
-    assert "- Batch 10000: no verdict; 23 of its 24 runs are recorded." in peers.FRAGMENTS["suite-verdict"](tmp_path)
+    assert f"batch 10000: `soap (tuned)` ({soap - 1}/{soap} runs)" in cost
+    verdict = peers.FRAGMENTS["suite-verdict"](tmp_path)
+    assert f"- Batch 10000: no verdict; {batch - 1} of its {batch} runs are recorded." in verdict
     assert "waits" in peers.FRAGMENTS["suite-profile"](tmp_path)
 
 
