@@ -213,3 +213,24 @@ def test_a_run_the_suite_does_not_define_is_an_error(tmp_path: Path) -> None:
     (stray / "run.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ReportError, match="does not define: lenet5-bn-mnist-lsr1-init_fc-torch-b64-s0"):
         peers.FRAGMENTS["suite-cost"](tmp_path)
+
+
+def test_the_doc_regenerates_without_the_peers_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the optional packages a suite naming the peers fails validation; the document
+    only needs the suite's run list, so it still reads it."""
+    from lsr1bench.registry import table
+    from lsr1bench.spec import SpecError, load_suite
+
+    monkeypatch.setattr(
+        table,
+        "missing_package",
+        lambda name: f"{name} needs a package" if table.OPTIMIZER_TABLE[name].requires else None,
+    )
+    with pytest.raises(SpecError, match="needs a package"):
+        load_suite(peers.SUITE_FILES[peers.FULL])
+    peers.expected_runs.cache_clear()
+    try:
+        text = peers.DOC.read_text(encoding="utf-8")
+        assert render_regions(text, peers.FRAGMENTS, peers.RECORDS, "docs/PEERS.md") == text
+    finally:
+        peers.expected_runs.cache_clear()
