@@ -234,3 +234,16 @@ def test_the_doc_regenerates_without_the_peers_extra(monkeypatch: pytest.MonkeyP
         assert render_regions(text, peers.FRAGMENTS, peers.RECORDS, "docs/PEERS.md") == text
     finally:
         peers.expected_runs.cache_clear()
+
+
+def test_a_diverged_run_is_an_outcome_not_a_pending_run(tmp_path: Path) -> None:
+    _full_suite_records(tmp_path, 10000)
+    run = tmp_path / "peers" / "lenet5-bn-mnist-adahessian-init_fc-torch-lr0.3-b10000-s0"
+    data = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    data["status"] = records.DIVERGED
+    (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
+    assert "- Batch 10000: on test error" in peers.FRAGMENTS["suite-verdict"](tmp_path)
+    assert "**adahessian-init_fc-torch-lr0.1**" in peers.FRAGMENTS["suite-tuned"](tmp_path)
+    data["status"] = records.INTERRUPTED  # one still to finish holds the batch size back
+    (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
+    assert "- Batch 10000: no verdict" in peers.FRAGMENTS["suite-verdict"](tmp_path)

@@ -109,7 +109,9 @@ def load(folder: Path) -> list[Run]:
 
 
 def completed(runs: list[Run]) -> list[Run]:
-    return [run for run in runs if run.status == "completed" and run.rows]
+    """The runs that ran to their end: completed, or stopped as diverged (an outcome of the
+    method and its setting, not a run still to make), with at least one trained epoch."""
+    return [run for run in runs if run.status in records.FINISHED and run.rows]
 
 
 @cache
