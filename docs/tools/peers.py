@@ -295,7 +295,7 @@ def fragment_setup(folder: Path) -> str:
         f"- Batch sizes {', '.join(str(b) for b in batches)};"
         f" seeds {', '.join(str(s) for s in sorted({s.seed for s in suite.expected}))};"
         f" entries {', '.join(f'`{e}`' for e in suite.entries)}; targets (test error) {targets}.",
-        f"- {len(done)} of the suite's {len(suite.expected)} runs completed{where}.",
+        f"- {len(done)} of the suite's {len(suite.expected)} runs finished (completed or diverged){where}.",
     ]
     counts = [
         f"batch {b}: {sum(s.run_id in done for s in suite.expected if s.batch_size == b)}"
