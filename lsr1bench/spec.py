@@ -516,8 +516,11 @@ class OptimizerEntry(Settings):
         return params
 
     @model_validator(mode="after")
-    def _package(self) -> OptimizerEntry:
-        """A peer whose optional package does not import fails here, with the install command."""
+    def _package(self, info: ValidationInfo) -> OptimizerEntry:
+        """A peer whose optional package does not import fails here, with the install command
+        (unless the suite is read only for its run list: ``load_suite(..., check_packages=False)``)."""
+        if not (info.context or {}).get("check_packages", True):
+            return self
         if not plugins.is_import_path(self.name) and self.name in names.OPTIMIZERS:
             problem = table.missing_package(self.name)
             if problem is not None:
@@ -803,8 +806,11 @@ SCIENTIFIC_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC_FLOAT, list("-+0123456789."))
 
 
-def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite") -> Suite:
-    """Validate suite YAML ``text``; raise :class:`SpecError` listing every problem."""
+def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite", check_packages: bool = True) -> Suite:
+    """Validate suite YAML ``text``; raise :class:`SpecError` listing every problem.
+
+    ``check_packages=False`` skips only the check that the peers' optional packages import:
+    for tools that need the runs a suite defines (its run ids), not to train them."""
     if not text.strip():
         raise SpecError(["(top level): the suite file is empty; it needs at least 'grids:'"], source)
     try:
@@ -825,7 +831,7 @@ def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite")
     if bad_keys:
         raise SpecError([f"(top level): keys must be strings, got {bad_keys[0]!r}"], source)
     try:
-        suite = Suite.model_validate(data)
+        suite = Suite.model_validate(data, context={"check_packages": check_packages})
     except ValidationError as exc:
         raise SpecError(_format_errors(exc), source) from None
     if suite.name is None:
@@ -835,8 +841,9 @@ def parse_suite(text: str, source: str = "<suite>", default_name: str = "suite")
     return suite
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate the suite at ``path``; raise :class:`SpecError` on any problem."""
+def load_suite(path: str | Path, check_packages: bool = True) -> Suite:
+    """Read and validate the suite at ``path``; raise :class:`SpecError` on any problem
+    (``check_packages``: see :func:`parse_suite`)."""
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -847,4 +854,4 @@ def load_suite(path: str | Path) -> Suite:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"(file): cannot read {path}: {exc}"], source) from None
-    return parse_suite(text, source=source, default_name=path.stem)
+    return parse_suite(text, source=source, default_name=path.stem, check_packages=check_packages)

@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 
 from lsr1bench import records
 from lsr1bench.cli import app
+from lsr1bench.grid import expand
 from lsr1bench.registry.names import resolved_optimizer_params
 from lsr1bench.registry.optimizers import build_optimizer
 from lsr1bench.registry.table import OPTIMIZER_TABLE, PEERS_INSTALL, missing_package
+from lsr1bench.spec import SpecError, load_suite
 
 REPO = Path(__file__).resolve().parent.parent
 cli = CliRunner()
@@ -211,6 +213,14 @@ def test_a_peer_whose_package_is_missing_fails_validate_with_the_install_command
         assert 'pip install -e ".[peers]"' in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+    # a tool that needs only the run list (docs/tools/peers.py) reads it without the package,
+    # and every other check still holds
+    assert [r.run_id for r in expand(load_suite(suite, check_packages=False))] == [
+        f"mlp-mnist-embedded-{label}-b1000-s0" for label in ("lsr1", name)
+    ]
+    suite.write_text(suite.read_text().replace("epochs: 1", "epochs: 0"))
+    with pytest.raises(SpecError, match="epochs"):
+        load_suite(suite, check_packages=False)
 
 
 def test_a_plugin_declaring_an_unknown_protocol_is_refused_by_validate(tmp_path: Path) -> None:
