@@ -157,9 +157,10 @@ def _row(table: str, batch: int, entry: str) -> list[str]:
 def test_tuned_picks_and_entries_by_hand(tmp_path: Path) -> None:
     _full_suite_records(tmp_path, 10000)
     tuned = peers.FRAGMENTS["suite-tuned"](tmp_path)
-    assert "**soap-init_fc-torch-lr0.01**" in tuned
-    assert "**shampoo-init_fc-torch-lr0.01**" in tuned
-    assert "**adahessian-init_fc-torch-lr0.1**" in tuned
+    assert "`soap (tuned)` at batch 10000: **lr 0.01** (lr 0.0003: " in tuned  # points named by value
+    assert "`shampoo (tuned)` at batch 10000: **lr 0.01** (" in tuned
+    assert "`adahessian (tuned)` at batch 10000: **lr 0.1** (" in tuned
+    assert "init_fc-torch" not in tuned
     soap = sum(
         spec.sweep_of == "soap-init_fc-torch" and spec.batch_size == 500 for spec in peers.expected_runs("peers")
     )
@@ -243,7 +244,7 @@ def test_a_diverged_run_is_an_outcome_not_a_pending_run(tmp_path: Path) -> None:
     data["status"] = records.DIVERGED
     (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
     assert "- Batch 10000: on test error" in peers.FRAGMENTS["suite-verdict"](tmp_path)
-    assert "**adahessian-init_fc-torch-lr0.1**" in peers.FRAGMENTS["suite-tuned"](tmp_path)
+    assert "`adahessian (tuned)` at batch 10000: **lr 0.1**" in peers.FRAGMENTS["suite-tuned"](tmp_path)
     data["status"] = records.INTERRUPTED  # one still to finish holds the batch size back
     (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
     assert "- Batch 10000: no verdict" in peers.FRAGMENTS["suite-verdict"](tmp_path)

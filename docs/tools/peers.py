@@ -331,17 +331,33 @@ def fragment_cost(folder: Path) -> str:
     return (_table(headers, rows) if rows else "No cell has all its runs recorded yet.") + _pending(suite)
 
 
+def _setting(sweep: dict[str, Any]) -> str:
+    """A sweep point by its values (``lr 0.01``), not by its run label."""
+    return ", ".join(
+        f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in sweep.items()
+    )
+
+
 def fragment_tuned(folder: Path) -> str:
     suite = read_suite(folder)
     lines = []
     for cell in sorted((c for c in suite.cells if c.entry.endswith(TUNED)), key=lambda c: (c.batch, c.entry)):
+        head = f"- `{cell.entry}` at batch {cell.batch}:"
         if cell.choice is None:
             lines.append(
-                f"- `{cell.entry}` at batch {cell.batch}: pending, {len(cell.needs) - len(cell.missing)} of the"
-                f" sweep's {len(cell.needs)} runs recorded."
+                f"{head} pending, {len(cell.needs) - len(cell.missing)} of the sweep's {len(cell.needs)} runs recorded."
             )
-        else:
-            lines.append(cell.choice.line())
+            continue
+        choice = cell.choice
+        if choice.chosen is None:
+            lines.append(f"{head} no setting picked: {choice.reason}")
+            continue
+        points = {spec.label: _setting(spec.sweep) for spec in suite.expected if spec.run_id in cell.needs}
+        order = list(points)  # the suite's order of the sweep, not the labels' string order
+        scores = sorted(choice.scores, key=lambda score: order.index(score[0]))
+        seen = "; ".join(f"{points[label]}: {text}" for label, text in scores)
+        warnings = "".join(f"\n  - warning: {edge}" for edge in choice.edges)
+        lines.append(f"{head} **{points[choice.chosen]}** ({seen}){warnings}")
     if not lines:
         return "This suite sweeps no setting: every entry runs at its defaults."
     criterion = next((c.choice.criterion for c in suite.cells if c.choice is not None), None)
